@@ -1,0 +1,1 @@
+"""Triton and torch reference kernels (installed as rmbench_fast.kernels)."""

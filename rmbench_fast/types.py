@@ -1,0 +1,102 @@
+"""The records and token sequences that flow through the pipeline.
+
+data -> format -> tokenize -> plan -> engine -> scores -> metrics -> report
+
+A record has six sequences, always in this slot order (SPEC §1):
+    slot 0..2 = chosen[style 0..2], slot 3..5 = rejected[style 0..2]
+with style 0 = concise, 1 = detailed plain, 2 = detailed markdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+STYLES = ("concise", "detailed_plain", "detailed_markdown")
+N_STYLES = 3
+N_SLOTS = 6  # chosen 0..2, rejected 0..2
+DOMAINS = ("chat", "math", "code", "safety-refuse", "safety-response")
+# Metric groups: safety-refuse and safety-response are pooled into one "safety" matrix (SPEC §2).
+METRIC_DOMAINS = ("chat", "math", "code", "safety")
+
+
+def metric_domain(domain: str) -> str:
+    """The metric group of a record domain: 'safety-refuse' -> 'safety'."""
+    return "safety" if domain.startswith("safety") else domain
+
+
+@dataclass(frozen=True)
+class Record:
+    """One RM-Bench prompt with its 3 chosen and 3 rejected responses (style order)."""
+
+    index: int  # position in its source file (0-based)
+    id: str
+    domain: str  # one of DOMAINS
+    prompt: str
+    chosen: tuple[str, str, str]
+    rejected: tuple[str, str, str]
+    source: str  # file the record came from
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def response(self, slot: int) -> str:
+        return self.chosen[slot] if slot < N_STYLES else self.rejected[slot - N_STYLES]
+
+
+@dataclass
+class TokSeq:
+    """One tokenized sequence to score.
+
+    DPO (SPEC §5): `ids` = prompt tokens + answer tokens; tokens ids[label_start:] are scored,
+    each by the log-prob the model gives it at the previous position. label_start >= 1.
+    Classifier (SPEC §4): no labels (label_start == len(ids)); the score is read at
+    `pool_index`; if `mask_first`, token 0 (a duplicated BOS) gets attention mask 0 but keeps
+    its position.
+    """
+
+    ids: list[int]
+    label_start: int
+    pool_index: int = -1
+    mask_first: bool = False
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.ids) - self.label_start
+
+
+@dataclass
+class PackedBatch:
+    """One batch from the planner: whole records packed with a shared prompt prefix (SPEC §7).
+
+    A segment is one record: its six sequences' longest common token prefix (P tokens, stored
+    once), then six branches (slot order 0..5), each the rest of its sequence. Flat layout:
+        [seg0: prefix | branch0 | ... | branch5][seg1: ...]...
+    Position ids run 0..P-1 over the prefix and continue P, P+1, ... inside each branch.
+    Attention: token q sees key k iff same segment, flat(k) <= flat(q), and k is in the prefix
+    or in q's own branch; and key_valid[k] (False only for a masked duplicated BOS, SPEC §4).
+    With prefix sharing off, P = 0 and every branch is a whole sequence.
+
+    Sequence index j = s * 6 + b for segment s, branch (slot) b.
+    All arrays are numpy int32 (key_valid: bool).
+    """
+
+    input_ids: Any  # [T] token ids
+    position_ids: Any  # [T]
+    key_valid: Any  # [T] bool
+    seg_offsets: Any  # [S+1] flat start of each segment (cu_seqlens over segments)
+    prefix_len: Any  # [S]
+    branch_offsets: Any  # [S*6+1] flat start of branch j; branch j ends at branch_offsets[j+1]
+    # (segment s's prefix occupies seg_offsets[s] .. seg_offsets[s]+prefix_len[s]; its branches
+    #  follow contiguously, so branch_offsets[s*6] == seg_offsets[s] + prefix_len[s].)
+    label_pos: Any  # [K] flat index whose output predicts label k (the previous token)
+    label_ids: Any  # [K] the label token ids
+    label_seq: Any  # [K] sequence index j of label k; labels are grouped by j, in token order
+    pool_pos: Any  # [S*6] flat index of the classifier's pooled token, -1 for DPO
+    seq_record: Any  # [S*6] index of the record (in the planner's input list) of sequence j
+
+    @property
+    def n_tokens(self) -> int:
+        return int(len(self.input_ids))
+
+    @property
+    def n_segments(self) -> int:
+        return int(len(self.prefix_len))
