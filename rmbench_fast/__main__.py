@@ -1,0 +1,7 @@
+"""`python -m rmbench_fast`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

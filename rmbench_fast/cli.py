@@ -1,0 +1,120 @@
+"""`python -m rmbench_fast {run,report,bench}`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import RMBenchError
+from .types import DOMAINS
+
+DEFAULT_OUT = "rmbench_out"
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory (default: the embedded SmolLM2-135M-Instruct demo)")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--ref-model", help="reference model directory (DPO with a reference)")
+    ref.add_argument(
+        "--ref-free",
+        choices=["avg", "sum", "norm"],
+        help="reference-free DPO reward: mean, sum or -L2 norm of the answer log-probs (default avg)",
+    )
+    p.add_argument("--kind", choices=["auto", "classifier", "dpo"], default="auto", help="default: from config.json")
+    p.add_argument("--data", help="RM-Bench data: total_dataset.json, <domain>_filtered.json, a directory, .jsonl or .parquet")
+    p.add_argument("--limit", type=int, help="score only the first N records of each domain")
+    p.add_argument("--domains", nargs="+", metavar="DOMAIN", help=f"domains to score: {', '.join(DOMAINS)}, safety")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="score only these record ids")
+    p.add_argument(
+        "--chat-template",
+        metavar="NAME",
+        help="named template for tokenizers without a chat template: tulu (official default), zephyr, llama-2, "
+        "mistral, chatml, llama-3",
+    )
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: float32 on CPU, bfloat16 on GPU")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--backend", default="auto", choices=["auto", "native", "hf"],
+                   help="native engine or Hugging Face transformers reference (auto: native where supported)")
+    p.add_argument("--batch-tokens", type=int, default=None, help="token budget per packed batch (native)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per batch (hf backend)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
+    p.add_argument("--fp32-scores", action="store_true",
+                   help="classifier: keep fp32 scores instead of rounding to the model dtype (not official)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow executing code from the model directory")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rmbench_fast", description="Fast, exact RM-Bench evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="score a reward model on RM-Bench")
+    _add_run_args(run)
+    rep = sub.add_parser("report", help="re-print the tables of a finished run")
+    rep.add_argument("out", help="the --out directory of a run")
+    rep.add_argument("--plot", action="store_true", help="also write a PNG heatmap per domain")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .pipeline import RunConfig, run_and_report
+
+    console = Console(stderr=False)
+    cfg = RunConfig(
+        model=args.model,
+        ref_model=args.ref_model,
+        ref_free=args.ref_free,
+        kind=args.kind,
+        data=args.data,
+        limit=args.limit,
+        domains=args.domains,
+        ids=args.ids,
+        chat_template=args.chat_template,
+        dtype=args.dtype,
+        device=args.device,
+        backend=args.backend,
+        batch_tokens=args.batch_tokens,
+        batch_size=args.batch_size,
+        out=args.out,
+        fp32_scores=args.fp32_scores,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+        progress=not args.no_progress,
+    )
+    run_and_report(cfg, console)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import plot_matrices, print_report, read_metrics
+
+    out = Path(args.out)
+    metrics = read_metrics(out)
+    print_report(metrics)
+    if args.plot:
+        for path in plot_matrices(metrics, out if out.is_dir() else out.parent):
+            print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _report(args)
+    except RMBenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""One evaluation run, end to end: data -> format -> tokenize -> score -> metrics -> report.
+
+Everything that can fail on user input (data, model directory, template, options) is checked
+before the first forward pass, so a bad input costs seconds, not a scoring run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import data_files, hash_files, hf_cached_dataset, load_records, select
+from .errors import ModelError, UsageError
+from .metrics import compute_metrics
+from .report import print_report, score_rows, write_outputs
+from .types import N_STYLES, Record, TokSeq
+
+
+@dataclass
+class RunConfig:
+    model: str | None = None
+    ref_model: str | None = None
+    ref_free: str | None = None
+    kind: str = "auto"
+    data: str | None = None
+    limit: int | None = None
+    domains: Sequence[str] | None = None
+    ids: Sequence[str] | None = None
+    chat_template: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    backend: str = "auto"
+    batch_tokens: int | None = None
+    batch_size: int = 8
+    out: str | None = "rmbench_out"
+    fp32_scores: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    progress: bool = True
+
+
+def sample_data_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("rmbench_fast") / "sample" / "rm_bench_sample.jsonl"))
+
+
+def resolve_data(data: str | None) -> tuple[Path, str]:
+    """The data path and where it came from: the user's, the HF cache, or the embedded sample."""
+    if data is not None:
+        return Path(data), "user"
+    cached = hf_cached_dataset()
+    if cached is not None:
+        return cached, "huggingface-cache"
+    return sample_data_path(), "embedded-sample"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for, but torch sees no CUDA device (use --device cpu)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "float32" if device == "cpu" else "bfloat16"
+    return dtype
+
+
+def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
+    """The model kind and the reference-free mode, with the option conflicts rejected."""
+    kind = info.kind if cfg.kind == "auto" else cfg.kind
+    if kind == "classifier":
+        if cfg.ref_model:
+            raise UsageError(f"--ref-model was given, but {info.path} is a sequence classifier (kind classifier); "
+                             "a reference model applies to DPO policies only")
+        if cfg.ref_free:
+            raise UsageError("--ref-free applies to DPO policies only, but the model is a sequence classifier")
+        return kind, None
+    return kind, (None if cfg.ref_model else (cfg.ref_free or "avg"))
+
+
+def tokenize_records(
+    records: Sequence[Record], formatter: Any, tok: Any, kind: str, *, add_eos: bool = False
+) -> list[list[TokSeq]]:
+    """Six TokSeqs per record in slot order (chosen 0..2, rejected 0..2).
+
+    DPO: each style k's (chosen, rejected) is tokenized as a pair (SPEC §5).
+    Classifier: each full text alone (SPEC §4).
+    """
+    from .tokenize import encode_classifier, encode_dpo_pair
+
+    out: list[list[TokSeq]] = []
+    for rec in records:
+        prompt_text = formatter.prompt_text(rec.prompt)
+        fulls = [formatter.full_text(rec.prompt, rec.response(s)) for s in range(2 * N_STYLES)]
+        if kind == "dpo":
+            pairs = [encode_dpo_pair(tok, prompt_text, fulls[k], fulls[N_STYLES + k]) for k in range(N_STYLES)]
+            out.append([p[0] for p in pairs] + [p[1] for p in pairs])
+        else:
+            out.append([encode_classifier(tok, text, add_eos=add_eos) for text in fulls])
+    return out
+
+
+def _versions() -> dict[str, str]:
+    out = {"rmbench_fast": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "tokenizers", "triton", "numpy", "safetensors"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _make_scorer(cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | None, info: Any, device: str, dtype: str):
+    backend = cfg.backend
+    if backend in ("auto", "native"):
+        try:
+            from .engine.runner import NativeScorer, native_supports
+        except ImportError:
+            if backend == "native":
+                raise UsageError("--backend native is not available in this build; use --backend hf") from None
+        else:
+            reason = native_supports(info.config)
+            if reason is None:
+                return "native", NativeScorer(
+                    model_dir,
+                    kind=kind,
+                    ref_model_dir=Path(cfg.ref_model) if cfg.ref_model else None,
+                    ref_free_mode=ref_free or "avg",
+                    dtype=dtype,
+                    device=device,
+                    batch_tokens=cfg.batch_tokens,
+                    fp32_scores=cfg.fp32_scores,
+                    allow_pickle=cfg.allow_pickle,
+                )
+            if backend == "native":
+                raise ModelError(f"the native engine does not support this model: {reason}; use --backend hf",
+                                 file=str(model_dir))
+    from .backends.hf import HFScorer
+
+    return "hf", HFScorer(
+        model_dir,
+        kind=kind,
+        ref_model_dir=Path(cfg.ref_model) if cfg.ref_model else None,
+        ref_free_mode=ref_free or "avg",
+        dtype=dtype,
+        device=device,
+        batch_size=cfg.batch_size,
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
+        fp32_scores=cfg.fp32_scores,
+    )
+
+
+def evaluate(
+    cfg: RunConfig,
+    *,
+    progress: Callable[[int], None] | None = None,
+    set_total: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run RM-Bench on one reward model. Returns {"domains", "total", "meta", "rows"}:
+    metrics.json's structure plus the scored records (scores.json's rows).
+
+    `set_total(n_records)` is called once before scoring, `progress(k)` as k more records finish.
+    """
+    from .format import Formatter
+    from .modelio import inspect_model_dir
+    from .tokenize import Tokenizer
+
+    t0 = time.perf_counter()
+    # 1. Data: validated in full before anything else runs.
+    data_path, data_origin = resolve_data(cfg.data)
+    files = data_files(data_path)
+    records = select(load_records(data_path), domains=cfg.domains, limit=cfg.limit, ids=cfg.ids)
+    if not records:
+        raise UsageError(f"no records left to score in {data_path} after --domains/--limit/--ids")
+
+    # 2. Model(s) and options.
+    demo = cfg.model is None
+    if demo:
+        from .demo import ensure_smollm2
+
+        log("no --model given: using the embedded demo policy SmolLM2-135M-Instruct (reference-free DPO)")
+        model_dir = ensure_smollm2()
+    else:
+        model_dir = Path(cfg.model)
+    info = inspect_model_dir(model_dir, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    kind, ref_free = _check_kind(cfg, info)
+    if cfg.ref_model:
+        inspect_model_dir(Path(cfg.ref_model), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+
+    # 3. Format and tokenize.
+    formatter = Formatter.from_model_dir(model_dir, cfg.chat_template)
+    tok = Tokenizer.from_model_dir(model_dir)
+    add_eos = kind == "classifier" and not getattr(formatter, "uses_chat_template", True)
+    seqs = tokenize_records(records, formatter, tok, kind, add_eos=add_eos)
+    n_tokens = sum(len(s.ids) for group in seqs for s in group)
+    n_labels = sum(s.n_labels for group in seqs for s in group)
+
+    # 4. Score.
+    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype)
+    if set_total is not None:
+        set_total(len(records))
+    t_score = time.perf_counter()
+    scores = np.asarray(scorer.score(seqs, progress=progress), dtype=np.float64)
+    score_s = time.perf_counter() - t_score
+
+    # 5. Metrics and metadata.
+    result = compute_metrics(records, scores)
+    ties = int(sum(int(np.sum(s[:N_STYLES, None] == s[None, N_STYLES:])) for s in scores))
+    result["meta"] = {
+        "model": str(model_dir),
+        "ref_model": cfg.ref_model,
+        "demo_model": demo,
+        "kind": kind,
+        "reward": "ref" if cfg.ref_model else (ref_free if kind == "dpo" else "classifier-logit"),
+        "backend": backend,
+        "device": device,
+        "dtype": dtype,
+        "data": {"path": str(data_path), "origin": data_origin, "files": [str(f) for f in files],
+                 "sha256": hash_files(files), "n_records": len(records)},
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "chat_template": getattr(formatter, "name", None),
+        "classifier_add_eos": getattr(tok, "add_eos_applies", None) if add_eos else None,
+        "tokens": {"total": n_tokens, "scored": n_labels},
+        "tied_comparisons": ties,
+        "scorer_stats": getattr(scorer, "stats", None),
+        "versions": _versions(),
+        "seconds": {"total": time.perf_counter() - t0, "scoring": score_s},
+    }
+    result["meta"].update(getattr(scorer, "meta", None) or {})
+    result["rows"] = score_rows(records, scores)
+    return result
+
+
+def run_and_report(cfg: RunConfig, console: Any) -> dict[str, Any]:
+    """`python -m rmbench_fast run`: evaluate with a progress bar, write the outputs, print tables."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not cfg.progress, transient=True,
+    ) as bar:
+        task = bar.add_task("scoring", total=None)
+
+        result = evaluate(
+            cfg,
+            progress=lambda n: bar.advance(task, n),
+            set_total=lambda n: bar.update(task, total=n),
+            log=console.print,
+        )
+    rows = result.pop("rows")
+    out_dir = Path(cfg.out or "rmbench_out")
+    write_outputs(out_dir, rows, result)
+    print_report(result, console)
+    meta = result["meta"]
+    console.print(
+        f"{meta['data']['n_records']} records scored in {meta['seconds']['scoring']:.1f} s "
+        f"({meta['backend']} backend, {meta['device']}, {meta['dtype']}); wrote {out_dir / 'scores.json'} "
+        f"and {out_dir / 'metrics.json'}"
+    )
+    if meta["data"]["origin"] == "embedded-sample":
+        console.print(
+            "[bold]This was the embedded 10-record sample, not RM-Bench.[/bold] For real numbers, get the RM-Bench "
+            "data (github.com/THU-KEG/RM-Bench, data/total_dataset.json, or the HF dataset THU-KEG/RM-Bench) and run:\n"
+            "  python -m rmbench_fast run --model YOUR_MODEL_DIR --data total_dataset.json"
+        )
+    return result
