@@ -2,8 +2,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <climits>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "planner.h"
 #include "prefix.h"
 
 namespace py = pybind11;
@@ -12,6 +17,8 @@ namespace {
 
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+template <typename T>
+using CArrayStrict = py::array_t<T, py::array::c_style>;
 
 py::array_t<int32_t> common_prefix_lengths(CArray<int32_t> ids, CArray<int64_t> offsets, int64_t group_size) {
   if (ids.ndim() != 1 || offsets.ndim() != 1) throw py::value_error("ids and offsets must be 1-D");
@@ -37,6 +44,119 @@ py::array_t<int32_t> common_prefix_lengths(CArray<int32_t> ids, CArray<int64_t> 
   return out;
 }
 
+// A 1-D C-contiguous array of T from `obj`: only lossless ("safe") dtype casts are allowed,
+// so int64 ids are refused instead of silently wrapped.
+template <typename T>
+CArrayStrict<T> input_array(const py::handle& obj, const char* name) {
+  py::array a = py::array::ensure(obj);
+  if (!a) throw py::type_error(std::string(name) + " must be a numpy array");
+  if (a.ndim() != 1) throw py::value_error(std::string(name) + " must be 1-D, got " + std::to_string(a.ndim()) + "-D");
+  const py::dtype want = py::dtype::of<T>();
+  const bool same = a.dtype().kind() == want.kind() && a.dtype().itemsize() == want.itemsize();
+  if (!same) {
+    const bool safe = py::module_::import("numpy").attr("can_cast")(a.dtype(), want, "safe").cast<bool>();
+    if (!safe)
+      throw py::type_error(std::string(name) + " must have dtype " + py::str(want).cast<std::string>() + ", got " +
+                           py::str(a.dtype()).cast<std::string>());
+  }
+  return CArrayStrict<T>::ensure(a);
+}
+
+py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, const py::handle& label_start_obj,
+                      const py::handle& pool_index_obj, const py::handle& mask_first_obj, int64_t vocab_size,
+                      int64_t batch_tokens, int64_t max_segments, bool share_prefix) {
+  auto ids = input_array<int32_t>(ids_obj, "ids");
+  auto offsets = input_array<int64_t>(offsets_obj, "offsets");
+  auto label_start = input_array<int32_t>(label_start_obj, "label_start");
+  auto pool_index = input_array<int32_t>(pool_index_obj, "pool_index");
+  auto mask_first = input_array<uint8_t>(mask_first_obj, "mask_first");
+  const int64_t n_off = offsets.shape(0);
+  if (n_off < 1 || (n_off - 1) % rmbf::kSlots != 0)
+    throw py::value_error("offsets must hold n_records * 6 + 1 entries, got " + std::to_string(n_off));
+  const int64_t n_seq = n_off - 1;
+  for (auto [arr, name] : {std::pair<py::ssize_t, const char*>{label_start.shape(0), "label_start"},
+                           {pool_index.shape(0), "pool_index"},
+                           {mask_first.shape(0), "mask_first"}})
+    if (arr != n_seq)
+      throw py::value_error(std::string(name) + " must hold n_records * 6 = " + std::to_string(n_seq) +
+                            " entries, got " + std::to_string(arr));
+  if (batch_tokens > INT32_MAX) throw py::value_error("batch_tokens must be < 2**31 (batch indices are int32)");
+  if (n_seq / rmbf::kSlots > INT32_MAX) throw py::value_error("too many records for int32 record indices");
+  if (max_segments < 0) throw py::value_error("max_segments must be >= 0 (0 = no cap)");
+  const int64_t* off = offsets.data();
+  if (off[0] != 0) throw py::value_error("offsets[0] must be 0, got " + std::to_string(off[0]));
+  for (int64_t i = 0; i < n_seq; ++i)
+    if (off[i + 1] < off[i]) throw py::value_error("offsets must be non-decreasing (at " + std::to_string(i) + ")");
+  if (off[n_seq] != ids.shape(0))
+    throw py::value_error("offsets[-1] = " + std::to_string(off[n_seq]) + " but ids has " +
+                          std::to_string(ids.shape(0)) + " tokens");
+
+  rmbf::PlanParams p;
+  p.ids = ids.data();
+  p.offsets = off;
+  p.label_start = label_start.data();
+  p.pool_index = pool_index.data();
+  p.mask_first = mask_first.data();
+  p.n_records = n_seq / rmbf::kSlots;
+  p.n_ids = ids.shape(0);
+  p.vocab_size = vocab_size;
+  p.batch_tokens = batch_tokens;
+  p.max_segments = max_segments;
+  p.share_prefix = share_prefix;
+
+  rmbf::PlanLayout layout;
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = rmbf::check_plan_inputs(p);
+    if (err.empty()) err = rmbf::make_plan_layout(p, &layout);
+  }
+  if (!err.empty()) throw py::value_error(err);
+
+  const int64_t B = layout.n_batches(), S = p.n_records;
+  const int64_t T = layout.batch_tok.back(), K = layout.batch_lab.back();
+  py::array_t<int32_t> input_ids(T), position_ids(T), seg_offsets(S + B), prefix_len(S),
+      branch_offsets(S * rmbf::kSlots + B), label_pos(K), label_ids(K), label_seq(K), pool_pos(S * rmbf::kSlots),
+      seq_record(S * rmbf::kSlots);
+  py::array_t<bool> key_valid(T);
+  rmbf::PlanOutputs o{input_ids.mutable_data(),
+                      position_ids.mutable_data(),
+                      reinterpret_cast<uint8_t*>(key_valid.mutable_data()),
+                      seg_offsets.mutable_data(),
+                      prefix_len.mutable_data(),
+                      branch_offsets.mutable_data(),
+                      label_pos.mutable_data(),
+                      label_ids.mutable_data(),
+                      label_seq.mutable_data(),
+                      pool_pos.mutable_data(),
+                      seq_record.mutable_data()};
+  {
+    py::gil_scoped_release release;
+    rmbf::fill_plan(p, layout, o);
+  }
+  auto vec = [](const std::vector<int64_t>& v) {
+    py::array_t<int64_t> a(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+  };
+  py::dict out;
+  out["input_ids"] = input_ids;
+  out["position_ids"] = position_ids;
+  out["key_valid"] = key_valid;
+  out["seg_offsets"] = seg_offsets;
+  out["prefix_len"] = prefix_len;
+  out["branch_offsets"] = branch_offsets;
+  out["label_pos"] = label_pos;
+  out["label_ids"] = label_ids;
+  out["label_seq"] = label_seq;
+  out["pool_pos"] = pool_pos;
+  out["seq_record"] = seq_record;
+  out["batch_tok"] = vec(layout.batch_tok);
+  out["batch_seg"] = vec(layout.batch_seg);
+  out["batch_lab"] = vec(layout.batch_lab);
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -45,4 +165,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("group_size") = 6,
         "For each group of `group_size` consecutive sequences (flat int32 ids + int64 offsets), "
         "the length of their longest common token prefix. Returns int32 [n_groups].");
+  m.def("plan_batches", &plan_batches, py::arg("ids"), py::arg("offsets"), py::arg("label_start"),
+        py::arg("pool_index"), py::arg("mask_first"), py::kw_only(), py::arg("vocab_size") = -1,
+        py::arg("batch_tokens"), py::arg("max_segments") = 0, py::arg("share_prefix") = true,
+        "Plan prefix-shared, token-budgeted batches (see rmbench_fast.plan). Inputs: ids int32 [N], "
+        "offsets int64 [n*6+1], label_start / pool_index int32 [n*6], mask_first uint8/bool [n*6]. "
+        "Returns a dict of concatenated batch-local arrays plus batch_tok / batch_seg / batch_lab "
+        "int64 [B+1] ranges. vocab_size <= 0 skips the upper id check; max_segments 0 = no cap.");
 }
