@@ -165,7 +165,7 @@ def _make_scorer(cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | Non
     )
 
 
-def evaluate(
+def run_evaluation(
     cfg: RunConfig,
     *,
     progress: Callable[[int], None] | None = None,
@@ -266,7 +266,7 @@ def run_and_report(cfg: RunConfig, console: Any) -> dict[str, Any]:
     ) as bar:
         task = bar.add_task("scoring", total=None)
 
-        result = evaluate(
+        result = run_evaluation(
             cfg,
             progress=lambda n: bar.advance(task, n),
             set_total=lambda n: bar.update(task, total=n),
@@ -288,4 +288,21 @@ def run_and_report(cfg: RunConfig, console: Any) -> dict[str, Any]:
             "data (github.com/THU-KEG/RM-Bench, data/total_dataset.json, or the HF dataset THU-KEG/RM-Bench) and run:\n"
             "  python -m rmbench_fast run --model YOUR_MODEL_DIR --data total_dataset.json"
         )
+    return result
+
+
+def evaluate(model: str | None = None, **options: Any) -> dict[str, Any]:
+    """Python API: `evaluate(model_dir, ref_model=..., ref_free=..., data=..., limit=..., ...)`.
+
+    Takes the same options as `python -m rmbench_fast run` (see `RunConfig`), writes nothing
+    unless `out=` is given, and returns {"domains", "total", "meta", "rows"} (metrics.json's
+    structure plus the scored records).
+    """
+    out = options.pop("out", None)
+    options.setdefault("progress", False)
+    cfg = RunConfig(model=model, out=out, **options)
+    result = run_evaluation(cfg, log=lambda _msg: None)
+    if out is not None:
+        rows = result["rows"]
+        write_outputs(Path(out), rows, {k: v for k, v in result.items() if k != "rows"})
     return result
