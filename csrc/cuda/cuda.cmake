@@ -17,5 +17,8 @@ set_target_properties(_cuda PROPERTIES
   CUDA_RUNTIME_LIBRARY Static
   CUDA_STANDARD 17
   CUDA_STANDARD_REQUIRED ON)
+# The module links with the C++ driver (pybind11), which does not know nvcc's implicit library
+# directory under Ninja: name it, or -lcudart_static / -lcudadevrt are not found.
+target_link_directories(_cuda PRIVATE ${CUDAToolkit_LIBRARY_DIR})
 target_link_libraries(_cuda PRIVATE CUDA::cudart_static)
 install(TARGETS _cuda DESTINATION rmbench_fast)
