@@ -1,0 +1,257 @@
+"""Attention over a packed shared-prefix batch (SPEC §7, PackedBatch docstring).
+
+The visibility rule, written once as a FlexAttention-style `mask_mod` and used by every path:
+    q sees k  iff  seg[q] == seg[k]  and  k <= q (flat order)
+                   and (k is in the prefix or br[k] == br[q])
+                   and (key_valid[k] or k == q)
+                   [and pos[q] - pos[k] < window, for sliding-window layers]
+The `k == q` term only matters for a masked duplicated BOS (key_valid False): its own row would
+otherwise see nothing and SDPA would return NaN, which then leaks into other rows through
+0 * NaN in the value product. Its output is never read (nothing attends to it, it is never a
+label or pooled position), so letting it see itself changes no score.
+
+Paths (all exact; they differ only in which pairs they skip computing):
+  * "sdpa" (default off-GPU): per segment, causal SDPA over the prefix once, then the six
+    branches as a batch of 6, padded to the longest branch, each attending to
+    [prefix K/V ; own branch K/V]. Cost ~ P^2 + 6 B (P + B) instead of (P + 6B)^2.
+  * "flex" (default on CUDA): one FlexAttention call over the whole flat batch with a block
+    mask from `mask_mod`, so fully masked 128x128 tiles (other segments, sibling branches)
+    are skipped.
+  * "dense": the [T, T] mask materialised; the test reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rmbench_fast.types import N_SLOTS, PackedBatch
+
+AttnImpl = Literal["sdpa", "flex", "dense"]
+MaskMod = Callable[[Any, Any, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SegmentPlan:
+    """Index tensors for one segment on the "sdpa" path (built once per batch and window)."""
+
+    start: int  # flat start of the prefix
+    prefix_len: int
+    prefix_mask: torch.Tensor | None  # [P, P] bool, None = plain causal
+    branch_rows: torch.Tensor  # [nb * Bmax] flat index gathered into each padded branch row
+    n_branches: int  # non-empty branches
+    bmax: int
+    row_valid: torch.Tensor  # [nb * Bmax] bool: a real token (not padding)
+    out_idx: torch.Tensor  # [n_valid] flat index of each real branch row
+    branch_mask: torch.Tensor  # [nb, 1, Bmax, P + Bmax] bool
+
+
+@dataclass
+class PackedLayout:
+    """Per-token metadata of a PackedBatch on the compute device, plus cached masks."""
+
+    n_tokens: int
+    positions: torch.Tensor  # [T] int64
+    seg: torch.Tensor  # [T] int32 segment id
+    branch: torch.Tensor  # [T] int32 sequence index j, -1 in a prefix
+    key_valid: torch.Tensor  # [T] bool
+    batch: PackedBatch
+    max_span: int  # largest pos[q] - pos[k] possible inside one sequence
+    _cache: dict[tuple[str, int | None], Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_batch(cls, batch: PackedBatch, device: torch.device) -> PackedLayout:
+        T = batch.n_tokens
+        seg_off = np.asarray(batch.seg_offsets, dtype=np.int64)
+        seg = np.repeat(np.arange(len(seg_off) - 1, dtype=np.int32), np.diff(seg_off))
+        starts, ends = branch_bounds(batch)
+        branch = np.full(T, -1, dtype=np.int32)
+        for j in range(len(starts)):
+            branch[starts[j] : ends[j]] = j
+        pos = np.asarray(batch.position_ids, dtype=np.int64)
+
+        def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+        return cls(
+            n_tokens=T,
+            positions=t(pos, torch.int64),
+            seg=t(seg, torch.int32),
+            branch=t(branch, torch.int32),
+            key_valid=t(np.asarray(batch.key_valid, dtype=bool), torch.bool),
+            batch=batch,
+            max_span=int(pos.max()) if T else 0,
+        )
+
+    def effective_window(self, window: int | None) -> int | None:
+        """None when the window cannot bite in this batch (every span < window)."""
+        return None if window is None or window > self.max_span else window
+
+    def mask_mod(self, window: int | None) -> MaskMod:
+        return make_mask_mod(self.seg, self.branch, self.key_valid, self.positions, window)
+
+    def dense_mask(self, window: int | None) -> torch.Tensor:
+        """[T, T] bool: the rule evaluated at every (q, k) pair."""
+        key = ("dense", window)
+        if key not in self._cache:
+            idx = torch.arange(self.n_tokens, device=self.seg.device)
+            self._cache[key] = self.mask_mod(window)(None, None, idx[:, None], idx[None, :])
+        return self._cache[key]
+
+    def segment_plans(self, window: int | None) -> list[SegmentPlan]:
+        key = ("sdpa", window)
+        if key not in self._cache:
+            self._cache[key] = _build_segment_plans(self, window)
+        return self._cache[key]
+
+    def block_mask(self, window: int | None) -> Any:
+        key = ("flex", window)
+        if key not in self._cache:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            self._cache[key] = create_block_mask(
+                self.mask_mod(window), None, None, self.n_tokens, self.n_tokens, device=self.seg.device
+            )
+        return self._cache[key]
+
+
+def branch_bounds(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) flat indices of every branch j, int64 [S*6]; end is exclusive.
+
+    branch_offsets[j + 1] is the next branch's start, which for a segment's last branch lies
+    past the next segment's prefix: the last branch ends at its segment's end instead.
+    """
+    bo = np.asarray(batch.branch_offsets, dtype=np.int64)
+    end = bo[1:].copy()
+    end[N_SLOTS - 1 :: N_SLOTS] = np.asarray(batch.seg_offsets, dtype=np.int64)[1:]
+    return bo[:-1], end
+
+
+def make_mask_mod(
+    seg: torch.Tensor, branch: torch.Tensor, key_valid: torch.Tensor, pos: torch.Tensor, window: int | None
+) -> MaskMod:
+    """The visibility rule (module docstring) as a FlexAttention mask_mod over flat indices."""
+
+    def mask_mod(b: Any, h: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        same_seq = (seg[q] == seg[k]) & ((branch[k] < 0) | (branch[k] == branch[q]))
+        m = same_seq & (k <= q) & (key_valid[k] | (q == k))
+        if window is not None:
+            m = m & (pos[q] - pos[k] < window)
+        return m
+
+    return mask_mod
+
+
+def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[SegmentPlan]:
+    b = layout.batch
+    dev = layout.seg.device
+    rule = layout.mask_mod(window)
+    seg_off = np.asarray(b.seg_offsets, dtype=np.int64)
+    br_start, br_end = branch_bounds(b)
+    plans = []
+    for s in range(b.n_segments):
+        a, P = int(seg_off[s]), int(b.prefix_len[s])
+        pidx = torch.arange(a, a + P, device=dev)
+        prefix_mask = None
+        prefix_plain = bool(layout.key_valid[a : a + P].all()) and (window is None or window > P)
+        if P and not prefix_plain:
+            prefix_mask = rule(None, None, pidx[:, None], pidx[None, :])
+        starts = br_start[s * N_SLOTS : (s + 1) * N_SLOTS]
+        ends = br_end[s * N_SLOTS : (s + 1) * N_SLOTS]
+        lens = ends - starts
+        keep = np.nonzero(lens > 0)[0]
+        nb, bmax = len(keep), int(lens.max()) if len(lens) else 0
+        if nb == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=dev)
+            plans.append(SegmentPlan(a, P, prefix_mask, empty, 0, 0, empty.bool(), empty, empty.bool()))
+            continue
+        off = np.arange(bmax)
+        rows = starts[keep][:, None] + off[None, :]  # [nb, Bmax]
+        valid = off[None, :] < lens[keep][:, None]
+        rows = np.where(valid, rows, starts[keep][:, None])  # padding re-reads a real token
+        rows_t = torch.from_numpy(rows.reshape(-1)).to(dev)
+        valid_t = torch.from_numpy(valid.reshape(-1)).to(dev)
+        q_idx = rows_t.view(nb, bmax)
+        k_idx = torch.cat([pidx[None, :].expand(nb, P), q_idx], dim=1)  # [nb, P + Bmax]
+        mask = rule(None, None, q_idx[:, :, None], k_idx[:, None, :])  # [nb, Bmax, P + Bmax]
+        vt = valid_t.view(nb, bmax)
+        key_real = torch.cat([torch.ones(nb, P, dtype=torch.bool, device=dev), vt], dim=1)
+        mask = mask & key_real[:, None, :]
+        # padded query rows: see key 0 only, to stay finite; they are dropped afterwards
+        pad_rows = ~vt
+        mask[:, :, 0] |= pad_rows
+        plans.append(
+            SegmentPlan(a, P, prefix_mask, rows_t, nb, bmax, valid_t, rows_t[valid_t], mask[:, None])
+        )
+    return plans
+
+
+def packed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout, window: int | None, impl: AttnImpl
+) -> torch.Tensor:
+    """Scaled dot-product attention under the packed rule. q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
+    window = layout.effective_window(window)
+    if impl == "sdpa":
+        return _sdpa_segments(q, k, v, layout.segment_plans(window))
+    if impl == "flex":
+        return _flex(q, k, v, layout.block_mask(window))
+    mask = layout.dense_mask(window)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask, enable_gqa=True
+    )  # [1, Hq, T, D]
+    return out[0].transpose(0, 1)
+
+
+def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[SegmentPlan]) -> torch.Tensor:
+    out = torch.empty_like(q)
+    Hq, D = q.shape[1], q.shape[2]
+    for p in plans:
+        a, P = p.start, p.prefix_len
+        # prefix: [1, H, P, D]
+        kp, vp = k[a : a + P].transpose(0, 1), v[a : a + P].transpose(0, 1)
+        if P:
+            qp = q[a : a + P].transpose(0, 1)
+            if p.prefix_mask is None:
+                o = F.scaled_dot_product_attention(qp[None], kp[None], vp[None], is_causal=True, enable_gqa=True)
+            else:
+                o = F.scaled_dot_product_attention(
+                    qp[None], kp[None], vp[None], attn_mask=p.prefix_mask, enable_gqa=True
+                )
+            out[a : a + P] = o[0].transpose(0, 1)
+        if not p.n_branches:
+            continue
+        nb, bm = p.n_branches, p.bmax
+        # branches: q [nb, Hq, Bmax, D]; keys [nb, Hk, P + Bmax, D]
+        qb = q[p.branch_rows].view(nb, bm, Hq, D).transpose(1, 2)
+        kb = k[p.branch_rows].view(nb, bm, -1, D).transpose(1, 2)
+        vb = v[p.branch_rows].view(nb, bm, -1, D).transpose(1, 2)
+        kk = torch.cat([kp[None].expand(nb, -1, -1, -1), kb], dim=2)
+        vv = torch.cat([vp[None].expand(nb, -1, -1, -1), vb], dim=2)
+        o = F.scaled_dot_product_attention(qb, kk, vv, attn_mask=p.branch_mask, enable_gqa=True)
+        o = o.transpose(1, 2).reshape(nb * bm, Hq, D)
+        out[p.out_idx] = o[p.row_valid]
+    return out
+
+
+_compiled_flex: Any = None
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> torch.Tensor:
+    """FlexAttention over the whole flat batch; compiled on CUDA, eager (reference speed) elsewhere."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = flex_attention
+    if q.device.type == "cuda":
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=True)
+        fn = _compiled_flex
+    out = fn(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=block_mask, enable_gqa=True
+    )
+    return out[0].transpose(0, 1)

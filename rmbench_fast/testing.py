@@ -1,0 +1,236 @@
+"""Tiny random-init model directories for tests and benchmarks (needs `transformers`).
+
+The models have real-config shapes (GQA, tied/untied heads, rope scaling, real vocab sizes)
+but tiny hidden sizes, so a parity test runs in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+Arch = Literal["llama", "mistral", "qwen2"]
+Kind = Literal["causal", "classifier"]
+
+_CLASSES = {
+    ("llama", "causal"): "LlamaForCausalLM",
+    ("mistral", "causal"): "MistralForCausalLM",
+    ("qwen2", "causal"): "Qwen2ForCausalLM",
+    ("llama", "classifier"): "LlamaForSequenceClassification",
+    ("mistral", "classifier"): "MistralForSequenceClassification",
+    ("qwen2", "classifier"): "Qwen2ForSequenceClassification",
+}
+SMOLLM2_VOCAB = 49152
+
+
+def tiny_config(
+    arch: Arch,
+    *,
+    num_kv_heads: int = 2,
+    vocab_size: int = 32000,
+    tie_word_embeddings: bool = False,
+    rope_scaling: dict[str, Any] | None = None,
+    sliding_window: int | None = None,
+    **overrides: Any,
+) -> Any:
+    """A transformers config of family `arch`: hidden 64, 2 layers, 4 heads of 16."""
+    import transformers
+
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}
+    kwargs: dict[str, Any] = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=num_kv_heads,
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie_word_embeddings,
+        max_position_embeddings=8192,
+        initializer_range=0.08,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    if arch != "qwen2":
+        kwargs["head_dim"] = 16
+    if arch == "mistral":
+        kwargs["sliding_window"] = sliding_window
+    if arch == "qwen2" and sliding_window is not None:
+        kwargs.update(use_sliding_window=True, sliding_window=sliding_window, max_window_layers=1)
+    kwargs["rope_theta"] = 10000.0 if rope_scaling is None else 500000.0
+    if rope_scaling is not None:
+        kwargs["rope_scaling"] = {"rope_theta": kwargs["rope_theta"], **rope_scaling}
+    kwargs.update(overrides)
+    return cls[arch](**kwargs)
+
+
+def make_tiny_model_dir(
+    path: str | Path,
+    arch: Arch = "llama",
+    *,
+    kind: Kind = "causal",
+    tie_word_embeddings: bool = False,
+    num_kv_heads: int = 2,
+    vocab_size: int = 32000,
+    seed: int = 0,
+    rope_scaling: dict[str, Any] | None = None,
+    sliding_window: int | None = None,
+    **overrides: Any,
+) -> Path:
+    """Write config.json + model.safetensors (fp32, random init) and a tokenizer into `path`.
+
+    The tokenizer is SmolLM2's when vocab_size == 49152 and the demo model is available,
+    otherwise a trivial word-level tokenizer (enough for code that only needs the files).
+    """
+    import torch
+    import transformers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_config(
+        arch,
+        num_kv_heads=num_kv_heads,
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie_word_embeddings,
+        rope_scaling=rope_scaling,
+        sliding_window=sliding_window,
+        **overrides,
+    )
+    cfg.architectures = [_CLASSES[(arch, kind)]]
+    if kind == "classifier":
+        cfg.num_labels = 1
+    torch.manual_seed(seed)
+    model = getattr(transformers, _CLASSES[(arch, kind)])(cfg).eval()
+    if kind == "classifier":
+        # HF initialises the score head small; make scores spread like a trained head's
+        with torch.no_grad():
+            model.score.weight.normal_(0.0, 0.5)
+    model.save_pretrained(path, safe_serialization=True)
+    _write_tokenizer(path, vocab_size)
+    return path
+
+
+def _write_tokenizer(path: Path, vocab_size: int) -> None:
+    if vocab_size == SMOLLM2_VOCAB:
+        try:
+            from rmbench_fast.demo import ensure_smollm2  # type: ignore[attr-defined]
+
+            src = ensure_smollm2()
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (src / name).is_file():
+                    shutil.copy(src / name, path / name)
+            return
+        except Exception:  # noqa: BLE001 - the demo model is optional here
+            pass
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    words = [chr(c) for c in range(33, 127)]
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 4096})
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic TokSeqs and the HF one-sequence-at-a-time reference (SPEC §4/§5 semantics)
+# ---------------------------------------------------------------------------------------------
+
+PAD_EOS = 2  # tiny models: pad = eos = 2, bos = 1
+
+
+def synthetic_records(
+    n: int, *, vocab_size: int, kind: Kind | Literal["dpo"] = "dpo", seed: int = 0, max_answer: int = 14
+) -> list[list[Any]]:
+    """n records of six TokSeqs with the structures RM-Bench produces.
+
+    DPO: BOS + prompt + a 2-token shared answer header (labels start inside the common
+    prefix), then per-slot answers ending in EOS; record r % 4 == 1 has a boundary merge in
+    slot 1 (prompt's last token differs, label_start one earlier), r % 4 == 2 has a
+    left-truncated prompt in style 2 (common prefix 0), r % 4 == 3 has identical chosen and
+    rejected in style 0.
+    Classifier: prompt + answer + EOS, pooled at the token before the EOS; r % 3 == 1 starts
+    with a duplicated BOS that is masked (mask_first).
+    """
+    import numpy as np
+
+    from rmbench_fast.types import TokSeq
+
+    rng = np.random.default_rng(seed)
+
+    def toks(k: int) -> list[int]:
+        return [int(x) for x in rng.integers(3, vocab_size, size=k)]
+
+    out: list[list[Any]] = []
+    for r in range(n):
+        prompt = [1] + toks(int(rng.integers(3, 20)))
+        header = toks(2)
+        answers = [toks(int(rng.integers(1, max_answer))) + [PAD_EOS] for _ in range(6)]
+        if kind != "classifier" and r % 4 == 3:
+            answers[3] = list(answers[0])
+        group = []
+        for slot in range(6):
+            p = list(prompt)
+            if kind == "classifier":
+                if r % 3 == 1:
+                    p = [1] + p
+                ids = p + header + answers[slot]
+                group.append(TokSeq(ids=ids, label_start=len(ids), pool_index=len(ids) - 2, mask_first=r % 3 == 1))
+                continue
+            start = len(p)
+            if r % 4 == 1 and slot == 1:
+                p[-1] = (p[-1] + 1 - 3) % (vocab_size - 3) + 3
+                start -= 1
+            if r % 4 == 2 and slot in (2, 5):
+                p = p[2:]
+                start -= 2
+            ids = p + header + answers[slot]
+            group.append(TokSeq(ids=ids, label_start=start))
+        out.append(group)
+    return out
+
+
+def hf_reference_scores(
+    model: Any, seqs: list[list[Any]], kind: Literal["dpo", "classifier"], mode: str = "avg", ref_model: Any = None
+) -> Any:
+    """Scores [n, 6] float64 from an HF model run on each TokSeq alone (no padding, no sharing).
+
+    DPO: lp_t = log_softmax(logits[t-1].float())[ids[t]] for t >= label_start; reward per
+    SPEC §5 (ref: Σ lp - Σ lp_ref; avg / sum / norm). Classifier: the model's pooled logit,
+    with attention mask 0 on a masked duplicated BOS.
+    """
+    import numpy as np
+    import torch
+
+    def lps(m: Any, s: Any) -> Any:
+        ids = torch.tensor([s.ids])
+        logits = m(input_ids=ids).logits[0].float()  # [L, V]
+        lp = torch.log_softmax(logits[s.label_start - 1 : -1], dim=-1)
+        return lp.gather(1, ids[0, s.label_start :, None])[:, 0].double()
+
+    out = np.zeros((len(seqs), 6))
+    with torch.no_grad():
+        for r, group in enumerate(seqs):
+            for j, s in enumerate(group):
+                if kind == "classifier":
+                    mask = torch.ones(1, len(s.ids), dtype=torch.long)
+                    if s.mask_first:
+                        mask[0, 0] = 0
+                    out[r, j] = float(model(input_ids=torch.tensor([s.ids]), attention_mask=mask).logits[0, 0])
+                    continue
+                lp = lps(model, s)
+                if ref_model is not None:
+                    out[r, j] = float(lp.sum() - lps(ref_model, s).sum())
+                elif mode == "avg":
+                    out[r, j] = float(lp.mean())
+                elif mode == "sum":
+                    out[r, j] = float(lp.sum())
+                else:
+                    out[r, j] = float(-lp.norm())
+    return out
