@@ -100,6 +100,17 @@ def segment_bucket(length: int) -> int:
     return (length * length).bit_length() - 1
 
 
+def segment_lengths(seqs: Sequence[Sequence[TokSeq]], *, share_prefix: bool = True) -> np.ndarray:
+    """Packed length of each record's segment, int64 [n]: P + sum_b (len_b - P), with P the
+    prefix the planner shares (0 when the six disagree on mask_first). The smallest valid
+    `batch_tokens` is its max."""
+    out = np.zeros(len(seqs), dtype=np.int64)
+    for r, group in enumerate(seqs):
+        p = _prefix_len(group, share_prefix)
+        out[r] = p + sum(len(s.ids) - p for s in group)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Python reference planner
 # --------------------------------------------------------------------------------------------

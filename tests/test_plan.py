@@ -432,3 +432,12 @@ def test_core_rejects_malformed_buffers() -> None:
         plan_batches_flat(**f, batch_tokens=2**31, impl="cpp")
     # bool mask_first and int16 ids are safe casts: accepted
     call(mask_first=f["mask_first"].astype(bool), ids=f["ids"].astype(np.int16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seqs=corpora, share=st.booleans())
+def test_segment_lengths_match_plan(seqs: list[list[TokSeq]], share: bool) -> None:
+    lens = plan.segment_lengths(seqs, share_prefix=share)
+    assert lens.tolist() == [seg_len_of(g, expected_prefix(g, share)) for g in seqs]
+    budget = max(int(lens.max()) if len(lens) else 1, 1)
+    plan_batches(seqs, batch_tokens=budget, share_prefix=share)  # the max is always a valid budget
