@@ -1,0 +1,130 @@
+"""Native engine vs HF transformers, fp32 CPU, on tiny random-init models (SPEC §4, §5, §7).
+
+Each TokSeq is run through HF alone (no padding, no sharing) and scored with the SPEC
+formula; the engine scores the same records packed with shared prefixes. Tolerance:
+|Δ| <= 1e-4 (1 + |s|) against HF; shared-prefix vs no-sharing: |Δ| <= 1e-5 (1 + |s|).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from rmbench_fast.engine import NativeScorer  # noqa: E402
+from rmbench_fast.testing import hf_reference_scores, make_tiny_model_dir, synthetic_records  # noqa: E402
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 16}
+LINEAR = {"rope_type": "linear", "factor": 2.0}
+
+# id: (arch, kind, tied, kv_heads, vocab, rope_scaling, sliding_window, reward mode)
+CASES: dict[str, tuple[Any, ...]] = {
+    "llama3-gqa-untied-avg": ("llama", "causal", False, 2, 32000, LLAMA3, None, "avg"),
+    "llama-mha-tied-sum": ("llama", "causal", True, 4, 49152, None, None, "sum"),
+    "mistral-mqa-window-norm": ("mistral", "causal", False, 1, 32000, None, 8, "norm"),
+    "qwen2-tied-window-avg": ("qwen2", "causal", True, 2, 151936, None, 8, "avg"),
+    "llama-linear-classifier": ("llama", "classifier", False, 2, 32000, LINEAR, None, None),
+    "mistral-classifier": ("mistral", "classifier", False, 1, 32000, None, None, None),
+    "qwen2-classifier": ("qwen2", "classifier", True, 2, 151936, None, None, None),
+}
+
+
+def _tol(s: np.ndarray, rel: float) -> np.ndarray:
+    return rel * (1.0 + np.abs(s))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("engine_models")
+    out = {}
+    for name, (arch, kind, tied, kv, vocab, rope, window, _) in CASES.items():
+        out[name] = make_tiny_model_dir(
+            root / name, arch, kind=kind, tie_word_embeddings=tied, num_kv_heads=kv, vocab_size=vocab,
+            seed=len(name), rope_scaling=rope, sliding_window=window,
+        )
+    out["ref"] = make_tiny_model_dir(root / "ref", "llama", kind="causal", num_kv_heads=2, vocab_size=32000, seed=99,
+                                     rope_scaling=LLAMA3)
+    return out
+
+
+def _hf(path: Path, kind: str) -> Any:
+    import transformers
+
+    cls = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModelForSequenceClassification
+    return cls.from_pretrained(path).eval()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_hf_and_sharing_is_exact(case: str, models: dict[str, Path]) -> None:
+    arch, kind, _, _, vocab, _, window, mode = CASES[case]
+    engine_kind = "dpo" if kind == "causal" else "classifier"
+    seqs = synthetic_records(8, vocab_size=vocab, kind=engine_kind, seed=3)
+    if window is not None:  # the window must actually bite
+        assert max(len(s.ids) for g in seqs for s in g) > 2 * window
+    want = hf_reference_scores(_hf(models[case], kind), seqs, engine_kind, mode or "avg")
+    shared = NativeScorer(models[case], kind=engine_kind, ref_free_mode=mode or "avg", batch_tokens=256)
+    got = shared.score(seqs)
+    assert shared.stats["prefix_savings"] > 0 and shared.stats["n_batches"] > 1
+    assert np.all(np.abs(got - want) <= _tol(want, 1e-4)), np.abs(got - want).max()
+    plain = NativeScorer(models[case], kind=engine_kind, ref_free_mode=mode or "avg", batch_tokens=256,
+                         share_prefix=False)
+    got_plain = plain.score(seqs)
+    assert plain.stats["prefix_savings"] == 0
+    assert np.all(np.abs(got - got_plain) <= _tol(got_plain, 1e-5))
+    # sanity: the scores are not degenerate (distinct across slots)
+    assert np.unique(np.round(got, 6)).size > got.size // 2
+
+
+def test_reference_model_reward(models: dict[str, Path]) -> None:
+    """With a reference model: reward = Σ log π - Σ log π_ref (ref-free mode ignored)."""
+    seqs = synthetic_records(6, vocab_size=32000, seed=5)
+    pol = _hf(models["llama3-gqa-untied-avg"], "causal")
+    want = hf_reference_scores(pol, seqs, "dpo", ref_model=_hf(models["ref"], "causal"))
+    sc = NativeScorer(models["llama3-gqa-untied-avg"], kind="dpo", ref_model_dir=models["ref"],
+                      ref_free_mode="norm", batch_tokens=300)
+    got = sc.score(seqs)
+    assert sc.stats["forwards_per_sequence"] == 2
+    assert np.all(np.abs(got - want) <= _tol(want, 1e-4))
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_attention_impls_agree(models: dict[str, Path]) -> None:
+    """dense (reference), per-segment sdpa and FlexAttention (eager on CPU) give one answer."""
+    seqs = synthetic_records(5, vocab_size=32000, seed=7)
+    outs = [
+        NativeScorer(models["mistral-mqa-window-norm"], kind="dpo", ref_free_mode="norm", attn_impl=impl,
+                     batch_tokens=400).score(seqs)
+        for impl in ("dense", "sdpa", "flex")
+    ]
+    for o in outs[1:]:
+        assert np.all(np.abs(o - outs[0]) <= _tol(outs[0], 1e-5))
+
+
+def test_progress_and_budget_raise(models: dict[str, Path]) -> None:
+    seqs = synthetic_records(4, vocab_size=32000, seed=9)
+    logs: list[str] = []
+    done: list[int] = []
+    sc = NativeScorer(models["llama3-gqa-untied-avg"], kind="dpo", batch_tokens=8, log=logs.append)
+    got = sc.score(seqs, progress=done.append)
+    assert sum(done) == 4 and len(logs) == 1 and "raising the token budget" in logs[0]
+    assert sc.stats["batch_tokens"] == max(sc.stats["max_batch_tokens"], 8) > 8
+    ref = NativeScorer(models["llama3-gqa-untied-avg"], kind="dpo", batch_tokens=4096).score(seqs)
+    assert np.all(np.abs(got - ref) <= _tol(ref, 1e-5))
+
+
+def test_bf16_close_to_fp32(models: dict[str, Path]) -> None:
+    """bf16 runs and stays near fp32 (loose: bf16 has ~3 significant digits)."""
+    seqs = synthetic_records(3, vocab_size=32000, kind="classifier", seed=2)
+    f32 = NativeScorer(models["mistral-classifier"], kind="classifier", dtype="float32").score(seqs)
+    b16 = NativeScorer(models["mistral-classifier"], kind="classifier", dtype="bfloat16").score(seqs)
+    assert np.all(np.isfinite(b16))
+    assert np.abs(b16 - f32).max() <= 0.02 * (1 + np.abs(f32).max())
+    # the default reproduces bf16 rounding of the score (SPEC §4): values are bf16-representable
+    import torch
+
+    assert np.array_equal(torch.tensor(b16).bfloat16().double().numpy(), b16)
