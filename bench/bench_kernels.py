@@ -7,11 +7,32 @@ torch.compile, our Triton kernels A and B, and cut-cross-entropy / Liger if impo
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from conftest import Case, cases, make_inputs, torch_label_logprobs, torch_linear_logprobs
+
+
+def _load_shapes() -> Any:
+    """bench/conftest.py by path under a unique name: a bare `import conftest` could pick up another
+    directory's conftest module already in sys.modules (e.g. tests/conftest.py under pytest)."""
+    name = "rmbf_bench_shapes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "conftest.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+_shapes = _load_shapes()
+Case, cases, make_inputs = _shapes.Case, _shapes.cases, _shapes.make_inputs
+torch_label_logprobs, torch_linear_logprobs = _shapes.torch_label_logprobs, _shapes.torch_linear_logprobs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = cases(DEVICE)

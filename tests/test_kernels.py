@@ -282,3 +282,19 @@ def test_rerun_in_interpreter_subprocess() -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_gpu_bench_script_dry_run() -> None:
+    """bench/gpu_kernels.py imports and its CPU-safe path (inputs, torch paths, report) runs."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_kernels.py"
+    spec = importlib.util.spec_from_file_location("rmbf_gpu_kernels_bench", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--dry-run", "--impls", "torch_logits", "torch_linear"])
+    assert res["device"].startswith("cpu") and res["ceilings"]["mem_bytes_per_s"] > 0
+    rows = res["results"]
+    assert {r["impl"] for r in rows} == {"torch_logits", "torch_linear"}
+    assert all(r["finite"] and r["ms"] > 0 for r in rows)
