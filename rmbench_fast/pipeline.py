@@ -92,13 +92,22 @@ def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
     return kind, (None if cfg.ref_model else (cfg.ref_free or "avg"))
 
 
+def classifier_pad_id(info: Any, tok: Any) -> int | None:
+    """The pad id the classifier pools with: config.pad_token_id, else the tokenizer's pad,
+    else EOS (the official script sets pad = EOS when the tokenizer has none)."""
+    if info.pad_token_id is not None:
+        return int(info.pad_token_id)
+    return tok.pad_id if tok.pad_id is not None else tok.eos_id
+
+
 def tokenize_records(
-    records: Sequence[Record], formatter: Any, tok: Any, kind: str, *, add_eos: bool = False
+    records: Sequence[Record], formatter: Any, tok: Any, kind: str, *, add_eos: bool = False,
+    pad_id: int | None = None,
 ) -> list[list[TokSeq]]:
     """Six TokSeqs per record in slot order (chosen 0..2, rejected 0..2).
 
     DPO: each style k's (chosen, rejected) is tokenized as a pair (SPEC §5).
-    Classifier: each full text alone (SPEC §4).
+    Classifier: each full text alone (SPEC §4), pooled at the rightmost non-`pad_id` token.
     """
     from .tokenize import encode_classifier, encode_dpo_pair
 
@@ -110,8 +119,22 @@ def tokenize_records(
             pairs = [encode_dpo_pair(tok, prompt_text, fulls[k], fulls[N_STYLES + k]) for k in range(N_STYLES)]
             out.append([p[0] for p in pairs] + [p[1] for p in pairs])
         else:
-            out.append([encode_classifier(tok, text, add_eos=add_eos) for text in fulls])
+            out.append([encode_classifier(tok, text, add_eos=add_eos, pad_id=pad_id) for text in fulls])
     return out
+
+
+def legacy_pooling_diffs(records: Sequence[Record], seqs: Sequence[Sequence[TokSeq]], pad_id: int | None) -> list[dict[str, Any]]:
+    """Sequences where transformers 4.43.4's pooling ((first pad) - 1) differs from today's
+    (rightmost non-pad): those records would have scored differently under the pinned version."""
+    from .tokenize import legacy_pool_index
+
+    diffs = []
+    for rec, group in zip(records, seqs):
+        for slot, s in enumerate(group):
+            legacy = legacy_pool_index(s.ids, pad_id)
+            if legacy != s.pool_index:
+                diffs.append({"record": rec.index, "id": rec.id, "slot": slot, "pool": s.pool_index, "pool_4_43_4": legacy})
+    return diffs
 
 
 def _versions() -> dict[str, str]:
@@ -124,7 +147,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _make_scorer(cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | None, info: Any, device: str, dtype: str):
+def _make_scorer(
+    cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | None, info: Any, device: str, dtype: str,
+    log: Callable[[str], None],
+) -> tuple[str, Any]:
     backend = cfg.backend
     if backend in ("auto", "native"):
         try:
@@ -135,6 +161,7 @@ def _make_scorer(cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | Non
         else:
             reason = native_supports(info.config)
             if reason is None:
+                extra = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
                 return "native", NativeScorer(
                     model_dir,
                     kind=kind,
@@ -142,9 +169,10 @@ def _make_scorer(cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | Non
                     ref_free_mode=ref_free or "avg",
                     dtype=dtype,
                     device=device,
-                    batch_tokens=cfg.batch_tokens,
                     fp32_scores=cfg.fp32_scores,
                     allow_pickle=cfg.allow_pickle,
+                    log=log,
+                    **extra,
                 )
             if backend == "native":
                 raise ModelError(f"the native engine does not support this model: {reason}; use --backend hf",
@@ -207,14 +235,20 @@ def run_evaluation(
 
     # 3. Format and tokenize.
     formatter = Formatter.from_model_dir(model_dir, cfg.chat_template)
-    tok = Tokenizer.from_model_dir(model_dir)
-    add_eos = kind == "classifier" and not getattr(formatter, "uses_chat_template", True)
-    seqs = tokenize_records(records, formatter, tok, kind, add_eos=add_eos)
+    tok = Tokenizer(model_dir)
+    # The official classifier script sets add_eos_token = True when there is no chat template.
+    add_eos = kind == "classifier" and not formatter.uses_chat_template
+    pad_id = classifier_pad_id(info, tok) if kind == "classifier" else None
+    seqs = tokenize_records(records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
+    legacy = legacy_pooling_diffs(records, seqs, pad_id) if kind == "classifier" else []
+    if legacy:
+        log(f"[yellow]warning:[/yellow] transformers 4.43.4 would have pooled {len(legacy)} sequence(s) at a different "
+            "token (pad = EOS inside the text); scores follow today's rule, the list is in metrics.json meta")
     n_tokens = sum(len(s.ids) for group in seqs for s in group)
     n_labels = sum(s.n_labels for group in seqs for s in group)
 
     # 4. Score.
-    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype)
+    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype, log)
     if set_total is not None:
         set_total(len(records))
     t_score = time.perf_counter()
@@ -236,8 +270,10 @@ def run_evaluation(
         "data": {"path": str(data_path), "origin": data_origin, "files": [str(f) for f in files],
                  "sha256": hash_files(files), "n_records": len(records)},
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
-        "chat_template": getattr(formatter, "name", None),
-        "classifier_add_eos": getattr(tok, "add_eos_applies", None) if add_eos else None,
+        "chat_template": "model" if formatter.uses_chat_template else formatter.template_name,
+        "classifier_add_eos": tok.eos_switch("current").describe() if add_eos else None,
+        "classifier_add_eos_4_43_4": tok.eos_switch("4.43.4").describe() if add_eos else None,
+        "pooling_4_43_4_differs": legacy,
         "tokens": {"total": n_tokens, "scored": n_labels},
         "tied_comparisons": ties,
         "scorer_stats": getattr(scorer, "stats", None),

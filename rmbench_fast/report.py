@@ -69,7 +69,7 @@ def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
     console = console or Console()
     short = ["concise", "detailed", "markdown"]
     for name, d in metrics["domains"].items():
-        t = Table(title=f"{name}  (n={d['n']})  chosen style \u2193 vs rejected style \u2192", title_justify="left")
+        t = Table(title=f"{name} (n={d['n']}): rows chosen, cols rejected", title_justify="left")
         t.add_column("")
         for s in short:
             t.add_column(s, justify="right")
