@@ -97,27 +97,28 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def time_cpp(n: int, chunk: int, floor: int, repeats: int) -> tuple[float, dict[str, Any]]:
-    """Best wall time to plan n synthetic records, in chunks of `chunk` records (each chunk is
-    generated untimed, planned in one timed call, then freed, so memory is one chunk's)."""
-    best = float("inf")
+def time_cpp(n: int, chunk: int, floor: int, repeats: int) -> tuple[float, float, dict[str, Any]]:
+    """Best wall and CPU time to plan n synthetic records, in chunks of `chunk` records (each
+    chunk is generated untimed, planned in one timed call, then freed: memory is one chunk's)."""
+    best = best_cpu = float("inf")
     stats: dict[str, Any] = {}
     for _ in range(repeats):
-        elapsed = 0.0
+        elapsed = cpu = 0.0
         agg = {"n_batches": 0, "useful_tokens": 0, "packed_tokens": 0, "n_labels": 0, "max_batch_tokens": 0}
         for i, r0 in enumerate(range(0, n, chunk)):
             part = synth_corpus(min(chunk, n - r0), seed=i)
             budget = budget_for(part, floor)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             batches = plan.plan_batches_flat(**part, batch_tokens=budget, vocab_size=VOCAB, impl="cpp")
             elapsed += time.perf_counter() - t
+            cpu += time.process_time() - c
             s = plan.plan_stats(batches)
             for k in agg:
                 agg[k] = max(agg[k], s[k]) if k == "max_batch_tokens" else agg[k] + s[k]
             del batches, part
-        best = min(best, elapsed)
+        best, best_cpu = min(best, elapsed), min(best_cpu, cpu)
         stats = agg
-    return best, stats
+    return best, best_cpu, stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     chunk = args.chunk or args.records
-    cpp_s, cpp_stats = time_cpp(args.records, chunk, args.batch_tokens, args.repeats)
+    load_before = os.getloadavg()
+    cpp_s, cpp_cpu_s, cpp_stats = time_cpp(args.records, chunk, args.batch_tokens, args.repeats)
     cpp_tps = cpp_stats["useful_tokens"] / cpp_s
     print(
         f"C++   : {cpp_stats['useful_tokens'] / 1e6:.1f}M tokens in {cpp_s:.3f}s = {cpp_tps / 1e6:.1f}M tokens/s"
@@ -147,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     seqs = to_tokseqs(small)
     py_budget = budget_for(small, args.batch_tokens)
     del small
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ref = plan.plan_batches(seqs, batch_tokens=py_budget, vocab_size=VOCAB, impl="python")
-    py_s = time.perf_counter() - t
+    py_s, py_cpu_s = time.perf_counter() - t, time.process_time() - c
     py_tokens = plan.plan_stats(ref)["useful_tokens"]
     py_tps = py_tokens / py_s
     e2e_s = float("inf")
@@ -174,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         "python_n_records": args.py_records,
         "cpp_seconds": cpp_s,
         "python_seconds": py_s,
+        # CPU-time rates: less sensitive to other processes on a shared machine
+        "cpu_time_tokens_per_s": cpp_stats["useful_tokens"] / cpp_cpu_s,
+        "python_cpu_time_tokens_per_s": py_tokens / py_cpu_s,
+        "cpu_time_ratio": (cpp_stats["useful_tokens"] / cpp_cpu_s) / (py_tokens / py_cpu_s),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
         "batch_tokens": args.batch_tokens,
         "cpp_plan": cpp_stats,
         "threads": 1,

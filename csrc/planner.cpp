@@ -53,9 +53,14 @@ std::string check_plan_inputs(const PlanParams& p) {
       return where(i) + "pool_index " + std::to_string(q) + " out of range [0, " + std::to_string(n) + ") or -1";
     if (n > 0) {
       const int32_t* ids = p.ids + p.offsets[i];
-      const auto [lo, hi] = std::minmax_element(ids, ids + n);
-      if (*lo < 0 || (p.vocab_size > 0 && *hi >= p.vocab_size)) {
-        const int32_t bad = *lo < 0 ? *lo : *hi;
+      // A value min/max (not std::minmax_element, which tracks iterators) so it vectorizes.
+      int32_t lo = ids[0], hi = ids[0];
+      for (int64_t k = 1; k < n; ++k) {
+        lo = std::min(lo, ids[k]);
+        hi = std::max(hi, ids[k]);
+      }
+      if (lo < 0 || (p.vocab_size > 0 && hi >= p.vocab_size)) {
+        const int32_t bad = lo < 0 ? lo : hi;
         return where(i) + "token id " + std::to_string(bad) + " out of range [0, " +
                (p.vocab_size > 0 ? std::to_string(p.vocab_size) : std::string("None")) + ")";
       }
