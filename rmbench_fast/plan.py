@@ -276,6 +276,24 @@ def flatten_seqs(seqs: Sequence[Sequence[TokSeq]]) -> dict[str, np.ndarray]:
     }
 
 
+def _check_flat(ids: np.ndarray, offsets: np.ndarray, per_seq: list[np.ndarray]) -> None:
+    """The buffer checks the C++ binding makes, for the Python path (same messages)."""
+    if ids.ndim != 1 or offsets.ndim != 1:
+        raise ValueError("ids and offsets must be 1-D")
+    if len(offsets) < 1 or (len(offsets) - 1) % N_SLOTS:
+        raise ValueError(f"offsets must hold n_records * 6 + 1 entries, got {len(offsets)}")
+    for a, name in zip(per_seq, ("label_start", "pool_index", "mask_first")):
+        if len(a) != len(offsets) - 1:
+            raise ValueError(f"{name} must hold n_records * 6 = {len(offsets) - 1} entries, got {len(a)}")
+    if offsets[0] != 0:
+        raise ValueError(f"offsets[0] must be 0, got {offsets[0]}")
+    bad = np.flatnonzero(np.diff(offsets) < 0)
+    if len(bad):
+        raise ValueError(f"offsets must be non-decreasing (at {bad[0]})")
+    if offsets[-1] != len(ids):
+        raise ValueError(f"offsets[-1] = {offsets[-1]} but ids has {len(ids)} tokens")
+
+
 def _unflatten(
     ids: np.ndarray,
     offsets: np.ndarray,
@@ -339,6 +357,7 @@ def plan_batches_flat(
     """`plan_batches` on flat numpy inputs (see `flatten_seqs`): the fast path, no TokSeq lists."""
     use_cpp = _pick_impl(impl)
     if not use_cpp:
+        _check_flat(np.asarray(ids), np.asarray(offsets), [label_start, pool_index, mask_first])
         seqs = _unflatten(
             np.asarray(ids),
             np.asarray(offsets),

@@ -397,6 +397,36 @@ def test_bad_budget_and_shape(impl: str) -> None:
         plan_batches([GOOD], batch_tokens=100, impl="fast")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_flat_rejects_malformed_buffers(impl: str) -> None:
+    f = flatten_seqs([GOOD, GOOD])
+
+    def call(**over: object) -> None:
+        plan_batches_flat(**{**f, **over}, impl=impl, batch_tokens=100)  # type: ignore[arg-type]
+
+    call()  # the unmodified buffers plan fine
+    bad_off = f["offsets"].copy()
+    bad_off[3] = bad_off[5]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        call(offsets=bad_off)
+    with pytest.raises(ValueError, match=r"offsets\[-1\] = 36 but ids has 35 tokens"):
+        call(ids=f["ids"][:-1])
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be 0"):
+        call(offsets=f["offsets"] + 1)
+    with pytest.raises(ValueError, match="n_records \\* 6 \\+ 1"):
+        call(offsets=f["offsets"][:-1])
+    with pytest.raises(ValueError, match="label_start must hold"):
+        call(label_start=f["label_start"][:-1])
+    with pytest.raises(ValueError, match="mask_first must hold"):
+        call(mask_first=f["mask_first"][1:])
+    with pytest.raises(ValueError, match="must be 1-D"):
+        call(ids=f["ids"].reshape(6, 6))
+    bad_ls = f["label_start"].copy()
+    bad_ls[7] = 0
+    with pytest.raises(ValueError, match=r"record 1 slot 1: label_start 0 out of range \[1, 3\]"):
+        call(label_start=bad_ls)
+
+
 @needs_cpp
 def test_core_rejects_malformed_buffers() -> None:
     f = flatten_seqs([GOOD, GOOD])
