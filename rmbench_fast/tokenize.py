@@ -2,8 +2,11 @@
 
 `Tokenizer` loads `tokenizer.json` + `tokenizer_config.json` (+ `special_tokens_map.json`) and
 encodes like transformers' fast tokenizer (`TokenizersBackend` in transformers 5) loaded from the
-same directory: the `tokenizer.json` pipeline as is, plus the named special tokens of the config
-as added special tokens (transformers adds the missing ones on load).
+same directory: the `tokenizer.json` pipeline, plus the named special tokens of the config as
+added special tokens (transformers adds the missing ones on load). transformers 5 replaces the
+normalizer/pre-tokenizer/decoder of classes with their own `__init__` by the class's; we
+replicate that for GPT2Tokenizer only (`Tokenizer.rebuilt_pipeline`), see
+`_rebuild_like_transformers5`.
 
 Classifier path (SPEC §4, RM-Bench run_rm.py + reward-bench RewardBenchPipeline):
     ids = post_process(last (max_length - n_special) tokens of tok(text))     (left truncation)
@@ -170,6 +173,25 @@ class EosSwitch:
         return f"add_eos_token rebuilt the post-processor: {', '.join(parts)} (transformers {self.rule})"
 
 
+def _rebuild_like_transformers5(backend: Any, config: TokenizerConfig) -> bool:
+    """transformers 5 rebuilds the pipeline of tokenizer classes that define their own
+    `__init__`: only vocab, merges and post-processor come from tokenizer.json; normalizer,
+    pre-tokenizer and decoder come from the class. We replicate the class we know to change
+    real tokenizers: GPT2Tokenizer (plain byte-level split, so e.g. SmolLM's `Digits` step is
+    dropped). Returns whether the pipeline was changed. Other classes keep tokenizer.json's
+    pipeline (PreTrainedTokenizerFast/TokenizersBackend load it as is)."""
+    if _base_class(config.tokenizer_class) != "GPT2Tokenizer":
+        return False
+    from tokenizers import decoders, pre_tokenizers
+
+    before = (backend.normalizer, backend.pre_tokenizer)
+    prefix = bool(config.raw.get("add_prefix_space", False))
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix)
+    backend.decoder = decoders.ByteLevel()
+    return repr(before) != repr((backend.normalizer, backend.pre_tokenizer))
+
+
 class Tokenizer:
     """A fast tokenizer from a model directory, encoding like transformers' AutoTokenizer."""
 
@@ -203,6 +225,7 @@ class Tokenizer:
                 present.add(content)
         if missing:
             self.backend.add_special_tokens(missing)
+        self.rebuilt_pipeline = _rebuild_like_transformers5(self.backend, self.config)
         self._truncating: dict[tuple[int, bool, str], Any] = {}
 
     # -- special tokens -------------------------------------------------------------------

@@ -319,3 +319,20 @@ def test_dpo_matches_official_on_rm_bench(tok: Tokenizer, official: Any, rm_benc
                 assert_matches_official(official, pt, fc, fr, encode_dpo_pair(tok, pt, fc, fr))
                 n += 1
     assert n == 3 * 24 * 3
+
+
+def test_gpt2_class_pipeline_rebuilt_like_transformers5(
+    smollm2_dir: Path, tmp_path: Path, hf_tok: Any
+) -> None:
+    """transformers 5 gives a GPT2Tokenizer-class directory a plain byte-level pre-tokenizer
+    (dropping SmolLM's Digits step); a PreTrainedTokenizerFast one keeps tokenizer.json's."""
+    transformers = pytest.importorskip("transformers")
+    d = _variant(smollm2_dir, tmp_path / "gpt2", bos_post=False, cls="GPT2Tokenizer", template=True)
+    gpt2 = Tokenizer(d)
+    hf_gpt2 = transformers.AutoTokenizer.from_pretrained(str(d))
+    text = "consider:\n\n1. **x** 2024\n\n3"
+    assert gpt2.rebuilt_pipeline and not Tokenizer(smollm2_dir).rebuilt_pipeline
+    assert gpt2.encode(text, add_special_tokens=True) == hf_gpt2(text)["input_ids"]
+    plain = Tokenizer(smollm2_dir).encode(text, add_special_tokens=True)
+    assert plain == hf_tok(text)["input_ids"]
+    assert plain != gpt2.encode(text, add_special_tokens=True)
