@@ -116,7 +116,7 @@ def _read_chat_template(model_dir: Path, raw: dict[str, Any]) -> str | None:
                 "chat_template must be a string or a list of {name, template}", field="chat_template"
             )
         templates = {str(t.get("name")): str(t.get("template")) for t in value}
-    if list(templates) == ["default"] or "default" in templates:
+    if "default" in templates:
         return templates["default"]
     raise TemplateError(
         f"{model_dir}: several chat templates ({', '.join(sorted(templates))}) and none named 'default'"
@@ -142,7 +142,9 @@ def read_tokenizer_config(model_dir: Path) -> TokenizerConfig:
         if content is not None:
             special[key] = content
     extra_raw = values.get("extra_special_tokens") or values.get("additional_special_tokens") or []
-    extra = tuple(c for c in (_token_content(v) for v in extra_raw if not isinstance(extra_raw, dict)) if c)
+    # A dict here holds model-specific named tokens, which transformers does not add as a list.
+    extra_list = extra_raw if isinstance(extra_raw, list) else []
+    extra = tuple(c for c in (_token_content(v) for v in extra_list) if c)
     added = {int(k): v for k, v in (raw.get("added_tokens_decoder") or {}).items() if isinstance(v, dict)}
     add_bos = raw.get("add_bos_token")
     return TokenizerConfig(
