@@ -32,7 +32,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-Progress = Callable[[int], None]  # called with the number of sequences just finished
+Progress = Callable[[int], None]  # called with the number of records just completed (all 6 scored)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -281,18 +281,22 @@ class HFScorer:
         flat = [(r, j, s) for r, rec in enumerate(seqs) for j, s in enumerate(rec)]
         order = sorted(range(len(flat)), key=lambda i: -len(flat[i][2].ids))
         out = np.full((len(seqs), N_SLOTS), np.nan, dtype=np.float64)
+        done = [0] * len(seqs)  # sequences scored per record, for progress in whole records
         t0, tokens, padded, n_batches = time.perf_counter(), 0, 0, 0
         run = self._classifier_batch if self.kind == "classifier" else self._dpo_batch
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = [flat[i][2] for i in idx]
+            finished = 0
             for i, v in zip(idx, run(batch)):
                 out[flat[i][0], flat[i][1]] = v
+                done[flat[i][0]] += 1
+                finished += int(done[flat[i][0]] == N_SLOTS)
             tokens += sum(len(s.ids) for s in batch)
             padded += len(batch) * max(len(s.ids) for s in batch)
             n_batches += 1
-            if progress is not None:
-                progress(len(batch))
+            if progress is not None and finished:
+                progress(finished)
         self.stats = {
             "backend": "hf",
             "n_records": len(seqs),
