@@ -49,6 +49,7 @@ class SegmentPlan:
     row_valid: torch.Tensor  # [nb * Bmax] bool: a real token (not padding)
     out_idx: torch.Tensor  # [n_valid] flat index of each real branch row
     branch_mask: torch.Tensor  # [nb, 1, Bmax, P + Bmax] bool
+    key_rows: torch.Tensor  # [nb * (P + Bmax)] flat index of each branch row's keys
 
 
 @dataclass
@@ -168,7 +169,7 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         nb, bmax = len(keep), int(lens.max()) if len(lens) else 0
         if nb == 0:
             empty = torch.zeros(0, dtype=torch.long, device=dev)
-            plans.append(SegmentPlan(a, P, prefix_mask, empty, 0, 0, empty.bool(), empty, empty.bool()))
+            plans.append(SegmentPlan(a, P, prefix_mask, empty, 0, 0, empty.bool(), empty, empty.bool(), empty))
             continue
         off = np.arange(bmax)
         rows = starts[keep][:, None] + off[None, :]  # [nb, Bmax]
@@ -186,7 +187,7 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         pad_rows = ~vt
         mask[:, :, 0] |= pad_rows
         plans.append(
-            SegmentPlan(a, P, prefix_mask, rows_t, nb, bmax, valid_t, rows_t[valid_t], mask[:, None])
+            SegmentPlan(a, P, prefix_mask, rows_t, nb, bmax, valid_t, rows_t[valid_t], mask[:, None], k_idx.reshape(-1))
         )
     return plans
 
@@ -213,8 +214,8 @@ def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: lis
     for p in plans:
         a, P = p.start, p.prefix_len
         # prefix: [1, H, P, D]
-        kp, vp = k[a : a + P].transpose(0, 1), v[a : a + P].transpose(0, 1)
         if P:
+            kp, vp = k[a : a + P].transpose(0, 1), v[a : a + P].transpose(0, 1)
             qp = q[a : a + P].transpose(0, 1)
             if p.prefix_mask is None:
                 o = F.scaled_dot_product_attention(qp[None], kp[None], vp[None], is_causal=True, enable_gqa=True)
@@ -228,10 +229,9 @@ def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: lis
         nb, bm = p.n_branches, p.bmax
         # branches: q [nb, Hq, Bmax, D]; keys [nb, Hk, P + Bmax, D]
         qb = q[p.branch_rows].view(nb, bm, Hq, D).transpose(1, 2)
-        kb = k[p.branch_rows].view(nb, bm, -1, D).transpose(1, 2)
-        vb = v[p.branch_rows].view(nb, bm, -1, D).transpose(1, 2)
-        kk = torch.cat([kp[None].expand(nb, -1, -1, -1), kb], dim=2)
-        vv = torch.cat([vp[None].expand(nb, -1, -1, -1), vb], dim=2)
+        # one gather builds [prefix ; own branch] keys for every branch row
+        kk = k[p.key_rows].view(nb, P + bm, -1, D).transpose(1, 2)
+        vv = v[p.key_rows].view(nb, P + bm, -1, D).transpose(1, 2)
         o = F.scaled_dot_product_attention(qb, kk, vv, attn_mask=p.branch_mask, enable_gqa=True)
         o = o.transpose(1, 2).reshape(nb * bm, Hq, D)
         out[p.out_idx] = o[p.row_valid]

@@ -42,9 +42,22 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(hidden, inter, bias=bias)
         self.down_proj = nn.Linear(inter, hidden, bias=bias)
 
+        self.gate_up_weight: torch.Tensor | None = None
+        self.gate_up_bias: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """Concatenate gate and up into one [2I, H] weight and drop the two modules."""
+        g, u = self.gate_proj, self.up_proj
+        self.gate_up_weight = torch.cat([g.weight, u.weight])
+        self.gate_up_bias = torch.cat([g.bias, u.bias]) if g.bias is not None else None
+        del self.gate_proj, self.up_proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H] -> [T, H]
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_weight is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)  # [T, I] each
+        return self.down_proj(F.silu(gate) * up)
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
@@ -72,14 +85,23 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
 def rope_cos_sin(
     inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin: [T, D] for position ids [T] (angles in fp32, then cast to `dtype`)."""
+    """cos, sin: [T, D/2] for position ids [T] (angles in fp32, then cast to `dtype`).
+
+    HF builds [T, D] tables as cat(freqs, freqs); both halves are equal, so half is kept.
+    """
     freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]  # [T, D/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return freqs.cos().to(dtype), freqs.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin; x: [T, heads, D], cos/sin: [T, D]."""
+    """HF's x * cos + rotate_half(x) * sin, per half: [x1 c - x2 s, x2 c + x1 s].
+
+    x: [T, heads, D], cos/sin: [T, D/2]. Same products and sums as HF, so same rounding.
+    """
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = torch.empty_like(x)
+    torch.addcmul(x1 * c, x2, s, value=-1, out=out[..., :half])
+    torch.addcmul(x2 * c, x1, s, out=out[..., half:])
+    return out

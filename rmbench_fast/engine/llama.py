@@ -8,6 +8,7 @@ Parameter names equal the HF checkpoint names, so weights load by name.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rmbench_fast.engine.attention import AttnImpl, PackedLayout, packed_attention
@@ -25,15 +26,29 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(H, self.n_kv * D, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(H, self.n_kv * D, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * D, H, bias=cfg.o_bias)
+        self.qkv_weight: torch.Tensor | None = None
+        self.qkv_bias: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """Concatenate q/k/v into one [(Hq + 2 Hk) D, H] weight and drop the three modules."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        self.qkv_weight = torch.cat([p.weight for p in projs])
+        self.qkv_bias = torch.cat([p.bias for p in projs]) if projs[0].bias is not None else None
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PackedLayout, impl: AttnImpl
     ) -> torch.Tensor:
         # x: [T, H]
-        T = x.shape[0]
-        q = self.q_proj(x).view(T, self.n_heads, self.head_dim)  # [T, Hq, D]
-        k = self.k_proj(x).view(T, self.n_kv, self.head_dim)  # [T, Hk, D]
-        v = self.v_proj(x).view(T, self.n_kv, self.head_dim)
+        T, D = x.shape[0], self.head_dim
+        if self.qkv_weight is not None:  # one GEMM reads x once
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias)  # [T, (Hq + 2 Hk) D]
+            q, k, v = qkv.split([self.n_heads * D, self.n_kv * D, self.n_kv * D], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(T, self.n_heads, D)  # [T, Hq, D]
+        k = k.reshape(T, self.n_kv, D)  # [T, Hk, D]
+        v = v.reshape(T, self.n_kv, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = packed_attention(q, k, v, layout, self.window, impl)  # [T, Hq, D]
         return self.o_proj(o.reshape(T, self.n_heads * self.head_dim))
@@ -88,6 +103,12 @@ class LlamaForScoring(nn.Module):
         else:
             self.score = nn.Linear(cfg.hidden_size, cfg.num_labels, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg.rope, cfg.head_dim), persistent=False)
+
+    def fuse(self) -> None:
+        """Fuse per-layer projections after loading (fewer, larger GEMMs)."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def head_weight(self) -> torch.Tensor:
         return self.lm_head.weight if self.cfg.head == "causal" else self.score.weight

@@ -93,8 +93,13 @@ def load_model(
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
     cfg: EngineConfig | None = None,
+    fuse: bool = True,
 ) -> LlamaForScoring:
-    """Build the model on meta and stream the checkpoint into it; returns it in eval mode."""
+    """Build the model on meta and stream the checkpoint into it; returns it in eval mode.
+
+    fuse: concatenate q/k/v and gate/up weights per layer (one extra weight copy is made
+    layer by layer, then the separate ones are freed).
+    """
     model_dir = Path(model_dir)
     cfg = cfg or EngineConfig.from_model_dir(model_dir)
     tdtype = resolve_dtype(dtype, cfg)
@@ -123,6 +128,8 @@ def load_model(
     if missing:
         raise ModelError(f"weights missing from the checkpoint: {', '.join(missing[:3])}", file=str(model_dir))
     model.inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim).to(device)
+    if fuse:
+        model.fuse()
     return model.eval().requires_grad_(False)
 
 
