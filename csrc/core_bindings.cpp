@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,6 +64,19 @@ CArrayStrict<T> input_array(const py::handle& obj, const char* name) {
   return CArrayStrict<T>::ensure(a);
 }
 
+// A 1-D numpy array over plain malloc'd memory, freed with it. Why not numpy's allocator:
+// numpy asks for transparent huge pages on big arrays, and on a busy machine the kernel's
+// compaction for those stalled the planner's multi-GB outputs for seconds; 4 KiB pages cost
+// a steady, smaller fault time.
+template <typename T>
+py::array_t<T> owned_array(int64_t n) {
+  void* data = std::malloc(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T));
+  if (data == nullptr) throw std::bad_alloc();
+  py::capsule owner(data, [](void* ptr) { std::free(ptr); });
+  return py::array_t<T>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(T))}, static_cast<T*>(data),
+                        owner);
+}
+
 py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, const py::handle& label_start_obj,
                       const py::handle& pool_index_obj, const py::handle& mask_first_obj, int64_t vocab_size,
                       int64_t batch_tokens, int64_t max_segments, bool share_prefix) {
@@ -115,10 +130,13 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
 
   const int64_t B = layout.n_batches(), S = p.n_records;
   const int64_t T = layout.batch_tok.back(), K = layout.batch_lab.back();
-  py::array_t<int32_t> input_ids(T), position_ids(T), seg_offsets(S + B), prefix_len(S),
-      branch_offsets(S * rmbf::kSlots + B), label_pos(K), label_ids(K), label_seq(K), pool_pos(S * rmbf::kSlots),
-      seq_record(S * rmbf::kSlots);
-  py::array_t<bool> key_valid(T);
+  const int64_t n_seq_out = S * rmbf::kSlots;
+  auto input_ids = owned_array<int32_t>(T), position_ids = owned_array<int32_t>(T);
+  auto key_valid = owned_array<bool>(T);
+  auto seg_offsets = owned_array<int32_t>(S + B), prefix_len = owned_array<int32_t>(S);
+  auto branch_offsets = owned_array<int32_t>(n_seq_out + B);
+  auto label_pos = owned_array<int32_t>(K), label_ids = owned_array<int32_t>(K), label_seq = owned_array<int32_t>(K);
+  auto pool_pos = owned_array<int32_t>(n_seq_out), seq_record = owned_array<int32_t>(n_seq_out);
   rmbf::PlanOutputs o{input_ids.mutable_data(),
                       position_ids.mutable_data(),
                       reinterpret_cast<uint8_t*>(key_valid.mutable_data()),
