@@ -176,10 +176,14 @@ class HFScorer:
 
     # -- setup ---------------------------------------------------------------------------
     def _setup_pad(self, pad_token_id: int | None) -> int:
-        """Pick the pad id. For classifiers it must equal config.pad_token_id, which HF pools by."""
+        """Pick the pad id. Classifiers: HF pools at the rightmost token != config.pad_token_id.
+
+        `pad_token_id`, when given, is the id run_rm.py ends up with (see
+        `resolve_classifier_pad_id`) and replaces the config's; else the config's is used.
+        """
         cfg_pad = getattr(self.model.config, "pad_token_id", None)
         if self.kind == "classifier":
-            pad = cfg_pad if cfg_pad is not None else pad_token_id
+            pad = pad_token_id if pad_token_id is not None else cfg_pad
             if pad is None:
                 raise ModelError(
                     f"model directory {self.info.path}: neither config.json nor the tokenizer defines a pad token id"
