@@ -131,8 +131,9 @@ def test_dpo_ref_free_norm_and_sum(tiny: SmolVariants, records: list[dict]) -> N
 
 
 def test_dpo_with_reference(tiny: SmolVariants, records: list[dict]) -> None:
-    ours = _ours(tiny.policy, "dpo", records, ref=tiny.reference)
-    _assert_close(ours, official_dpo_scores(tiny.policy, records, ref_model_dir=tiny.reference), ref=True)
+    sub = records[::2]  # 2 per domain: two models per side make this the costliest check
+    ours = _ours(tiny.policy, "dpo", sub, ref=tiny.reference)
+    _assert_close(ours, official_dpo_scores(tiny.policy, sub, ref_model_dir=tiny.reference), ref=True)
 
 
 def test_classifier_chat_template(tiny: SmolVariants, records: list[dict]) -> None:
