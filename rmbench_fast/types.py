@@ -73,6 +73,9 @@ class PackedBatch:
     Position ids run 0..P-1 over the prefix and continue P, P+1, ... inside each branch.
     Attention: token q sees key k iff same segment, flat(k) <= flat(q), and k is in the prefix
     or in q's own branch; and key_valid[k] (False only for a masked duplicated BOS, SPEC §4).
+    The masked token's own output is never read (it is neither pooled nor a label predictor:
+    mask_first only occurs on the classifier path), so an implementation may let it attend to
+    itself to avoid an all-masked softmax row.
     With prefix sharing off, P = 0 and every branch is a whole sequence.
 
     Sequence index j = s * 6 + b for segment s, branch (slot) b.
@@ -84,9 +87,11 @@ class PackedBatch:
     key_valid: Any  # [T] bool
     seg_offsets: Any  # [S+1] flat start of each segment (cu_seqlens over segments)
     prefix_len: Any  # [S]
-    branch_offsets: Any  # [S*6+1] flat start of branch j; branch j ends at branch_offsets[j+1]
-    # (segment s's prefix occupies seg_offsets[s] .. seg_offsets[s]+prefix_len[s]; its branches
-    #  follow contiguously, so branch_offsets[s*6] == seg_offsets[s] + prefix_len[s].)
+    branch_offsets: Any  # [S*6+1] flat start of branch j = s*6+b
+    # Segment s's prefix occupies seg_offsets[s] .. seg_offsets[s]+prefix_len[s]; its branches
+    # follow contiguously, so branch_offsets[s*6] == seg_offsets[s] + prefix_len[s]. Branch j
+    # ends at branch_offsets[j+1] for b < 5; the last branch (b == 5) ends at seg_offsets[s+1]
+    # (branch_offsets[(s+1)*6] is after the next segment's prefix). plan.branch_bounds has both.
     label_pos: Any  # [K] flat index whose output predicts label k (the previous token)
     label_ids: Any  # [K] the label token ids
     label_seq: Any  # [K] sequence index j of label k; labels are grouped by j, in token order
