@@ -93,11 +93,12 @@ def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
 
 
 def classifier_pad_id(info: Any, tok: Any) -> int | None:
-    """The pad id the classifier pools with: config.pad_token_id, else the tokenizer's pad,
-    else EOS (the official script sets pad = EOS when the tokenizer has none)."""
-    if info.pad_token_id is not None:
-        return int(info.pad_token_id)
-    return tok.pad_id if tok.pad_id is not None else tok.eos_id
+    """The pad id run_rm.py leaves in `model.config.pad_token_id`, which the classifier pools
+    with: a tokenizer without a pad token gets pad = EOS, which also overrides the config's
+    value; otherwise a missing config pad is filled from the tokenizer's."""
+    from .backends.hf import resolve_classifier_pad_id
+
+    return resolve_classifier_pad_id(info.pad_token_id, tok.pad_id, tok.eos_id)
 
 
 def tokenize_records(
@@ -149,7 +150,7 @@ def _versions() -> dict[str, str]:
 
 def _make_scorer(
     cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | None, info: Any, device: str, dtype: str,
-    log: Callable[[str], None],
+    log: Callable[[str], None], pad_id: int | None,
 ) -> tuple[str, Any]:
     backend = cfg.backend
     if backend in ("auto", "native"):
@@ -190,6 +191,7 @@ def _make_scorer(
         trust_remote_code=cfg.trust_remote_code,
         allow_pickle=cfg.allow_pickle,
         fp32_scores=cfg.fp32_scores,
+        pad_token_id=pad_id,
     )
 
 
@@ -248,7 +250,7 @@ def run_evaluation(
     n_labels = sum(s.n_labels for group in seqs for s in group)
 
     # 4. Score.
-    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype, log)
+    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype, log, pad_id)
     if set_total is not None:
         set_total(len(records))
     t_score = time.perf_counter()
