@@ -47,3 +47,34 @@ def test_native_matches_hf_backend_on_real_records(smollm2_dir: Path, rm_bench_d
     np.testing.assert_allclose(s_native, s_hf, rtol=1e-4, atol=1e-4)
     for d in native["domains"]:
         assert native["domains"][d]["matrix"] == hf["domains"][d]["matrix"]
+
+
+@pytest.fixture(scope="module")
+def tiny_variants(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path):  # noqa: ANN201
+    from _smol_variants import make_smol_variants, make_tiny_smol_source
+
+    base = tmp_path_factory.mktemp("tiny_e2e")
+    src = make_tiny_smol_source(base / "src", smollm2_dir)
+    return make_smol_variants(base / "variants", src)
+
+
+@pytest.mark.parametrize("use", ["classifier", "classifier_nt", "ref"])
+def test_pipeline_native_vs_hf_all_kinds(tiny_variants, rm_bench_data_dir: Path, use: str) -> None:  # noqa: ANN001
+    """Classifier (chat template; tulu + add_eos) and DPO with a reference, through evaluate()."""
+    common: dict = dict(data=str(rm_bench_data_dir), limit=1, device="cpu", dtype="float32")
+    if use == "ref":
+        model, common["ref_model"] = tiny_variants.policy, str(tiny_variants.reference)
+    else:
+        model = getattr(tiny_variants, use)
+        if use == "classifier_nt":
+            common["chat_template"] = "tulu"
+    native = evaluate(str(model), backend="native", **common)
+    hf = evaluate(str(model), backend="hf", **common)
+    s_native = np.array([r["score_chosen"] + r["score_rejected"] for r in native["rows"]])
+    s_hf = np.array([r["score_chosen"] + r["score_rejected"] for r in hf["rows"]])
+    assert s_native.shape == (3, 6) and len(np.unique(s_native)) > 6
+    np.testing.assert_allclose(s_native, s_hf, rtol=1e-4, atol=1e-4 if use != "ref" else 5e-3)
+    meta = native["meta"]
+    assert meta["kind"] == ("dpo" if use == "ref" else "classifier")
+    if use == "classifier_nt":
+        assert meta["chat_template"] == "tulu" and "EOS appended" in meta["classifier_add_eos"]
