@@ -129,7 +129,8 @@ def run_native(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, Any
     res = {"scores": out.tolist(), "wall_s": wall, "cpu_s": cpu, "useful_tokens": st["useful_tokens"],
            "processed_tokens": st["packed_tokens"], "padding_tokens": 0, "prefix_savings": st["prefix_savings"],
            "n_forwards": st["n_batches"], "n_labels": st["n_labels"], "batch_tokens": args.batch_tokens,
-           "attention": st["attention"], "peak_mem_mib": _peak_mem(args.device)}
+           "attention": st["attention"], "peak_mem_mib": _peak_mem(args.device),
+           "plan_s": st["plan_s"], "plan_share_of_wall": st["plan_s"] / wall}
     if args.device.startswith("cuda"):
         res["mfu"] = _mfu(sc, st, wall)
     return res

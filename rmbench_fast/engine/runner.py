@@ -158,12 +158,14 @@ class NativeScorer:
         budget is halved and the unfinished records are re-planned; finished work is kept.
         """
         from rmbench_fast.plan import plan_batches, plan_stats
+        from rmbench_fast.plan import segment_lengths as planned_segment_lengths
 
         for r, group in enumerate(seqs):
             if len(group) != N_SLOTS:
                 raise ValueError(f"record {r}: expected {N_SLOTS} sequences, got {len(group)}")
         out = np.full((len(seqs), N_SLOTS), np.nan, dtype=np.float64)
-        seg_len = segment_lengths(seqs, self.share_prefix)
+        # The planner's own lengths (its mask_first rule can turn prefix sharing off).
+        seg_len = np.asarray(planned_segment_lengths(seqs, share_prefix=self.share_prefix))
         budget = self.batch_tokens
         longest = int(seg_len.max()) if len(seqs) else 0
         if longest > budget:
@@ -173,13 +175,16 @@ class NativeScorer:
         done_batches: list[PackedBatch] = []
         pending = list(range(len(seqs)))
         oom_halvings = 0
+        plan_s = 0.0
         while pending:
+            t_plan = time.perf_counter()
             batches = plan_batches(
                 [seqs[r] for r in pending],
                 batch_tokens=budget,
                 share_prefix=self.share_prefix,
                 vocab_size=self.vocab_size,
             )
+            plan_s += time.perf_counter() - t_plan
             restart = False
             for bi, batch in enumerate(batches):
                 try:
@@ -213,6 +218,8 @@ class NativeScorer:
             "share_prefix": self.share_prefix,
             "attention": self.attn_impl,
             "wall_s": time.perf_counter() - t0,
+            "plan_s": plan_s,
+            "plan_share": plan_s / max(time.perf_counter() - t0, 1e-9),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
         }
