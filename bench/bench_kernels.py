@@ -7,30 +7,12 @@ torch.compile, our Triton kernels A and B, and cut-cross-entropy / Liger if impo
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
+import kernel_setup as _shapes  # noqa: E402  (bench/ is sys.path[0] for scripts and for pytest)
 import pytest
 import torch
 
-
-def _load_shapes() -> Any:
-    """bench/conftest.py by path under a unique name: a bare `import conftest` could pick up another
-    directory's conftest module already in sys.modules (e.g. tests/conftest.py under pytest)."""
-    name = "rmbf_bench_shapes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-_shapes = _load_shapes()
 Case, cases, make_inputs = _shapes.Case, _shapes.cases, _shapes.make_inputs
 torch_label_logprobs, torch_linear_logprobs = _shapes.torch_label_logprobs, _shapes.torch_linear_logprobs
 
@@ -49,41 +31,8 @@ def _sync_call(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
 
 
 def _impls(case: Case) -> dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]]:
-    """Name -> fn(inputs) for everything runnable on this device."""
-    impls: dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]] = {
-        "torch_logits": lambda x: torch_label_logprobs(x["logits"], x["labels"]),
-        "torch_linear": lambda x: torch_linear_logprobs(x["hidden"], x["weight"], x["labels"]),
-    }
-    if DEVICE != "cuda":
-        return impls
-    from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton
-    from rmbench_fast.kernels.linear_logratio import linear_logratio_triton
-
-    compiled = torch.compile(torch_label_logprobs)
-    impls["compile_logits"] = lambda x: compiled(x["logits"], x["labels"])
-    impls["triton_logits"] = lambda x: dpo_logratio_triton(x["logits"], None, x["labels"])[0]
-    impls["triton_linear"] = lambda x: linear_logratio_triton(x["hidden"], x["weight"], x["labels"])
-    try:
-        from rmbench_fast import _cuda  # noqa: F401
-        from rmbench_fast.logprobs import cuda_dpo_logratio
-
-        impls["cuda_logits"] = lambda x: cuda_dpo_logratio(x["logits"], None, x["labels"])[0]
-    except ImportError:
-        pass
-    try:
-        from cut_cross_entropy import linear_cross_entropy
-
-        impls["cce_linear"] = lambda x: -linear_cross_entropy(x["hidden"], x["weight"], x["labels"], reduction="none")
-    except ImportError:
-        pass
-    try:
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-
-        liger = LigerFusedLinearCrossEntropyLoss(reduction="none")
-        impls["liger_linear"] = lambda x: -liger(x["weight"], x["hidden"], x["labels"])
-    except ImportError:
-        pass
-    return impls
+    """Name -> fn(inputs) for everything runnable on this device (the shared factory)."""
+    return _shapes.implementations(DEVICE)
 
 
 PARAMS = [(c, name) for c in CASES for name in _impls(c)]

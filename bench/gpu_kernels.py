@@ -13,7 +13,6 @@ from an 8192³ GEMM; memory bandwidth from a large device copy).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import re
@@ -24,28 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kernel_setup as _shapes  # noqa: E402  (bench/ is sys.path[0] for scripts and for pytest)
 import torch
 
-
-def _load_shapes() -> Any:
-    """bench/conftest.py by path under a unique name: a bare `import conftest` could pick up another
-    directory's conftest module already in sys.modules (e.g. tests/conftest.py under pytest)."""
-    name = "rmbf_bench_shapes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-_shapes = _load_shapes()
 GPU_TOKENS, MODELS, Case = _shapes.GPU_TOKENS, _shapes.MODELS, _shapes.Case
 cases, make_inputs = _shapes.cases, _shapes.make_inputs
 torch_label_logprobs, torch_linear_logprobs = _shapes.torch_label_logprobs, _shapes.torch_linear_logprobs
 
-Impl = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+Impl = _shapes.Impl
 
 
 def bench_ms(fn: Callable[[], Any], device: str) -> float:
@@ -73,44 +58,6 @@ def measure_ceilings(device: str) -> dict[str, float]:
     dst = torch.empty_like(src)
     ms_copy = bench_ms(lambda: dst.copy_(src), device)
     return {"matmul_flops": flops, "mem_bytes_per_s": 2 * nbytes / (ms_copy * 1e-3)}
-
-
-def implementations(device: str) -> dict[str, Impl]:
-    """Everything that runs on `device`: torch baselines always; compiled/Triton/CUDA/CCE/Liger on GPU."""
-    impls: dict[str, Impl] = {
-        "torch_logits": lambda x: torch_label_logprobs(x["logits"], x["labels"]),
-        "torch_linear": lambda x: torch_linear_logprobs(x["hidden"], x["weight"], x["labels"]),
-    }
-    if device != "cuda":
-        return impls
-    from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton
-    from rmbench_fast.kernels.linear_logratio import linear_logratio_triton
-
-    compiled = torch.compile(torch_label_logprobs)
-    impls["compile_logits"] = lambda x: compiled(x["logits"], x["labels"])
-    impls["triton_logits"] = lambda x: dpo_logratio_triton(x["logits"], None, x["labels"])[0]
-    impls["triton_linear"] = lambda x: linear_logratio_triton(x["hidden"], x["weight"], x["labels"])
-    try:
-        from rmbench_fast import _cuda  # noqa: F401
-        from rmbench_fast.logprobs import cuda_dpo_logratio
-
-        impls["cuda_logits"] = lambda x: cuda_dpo_logratio(x["logits"], None, x["labels"])[0]
-    except ImportError:
-        pass
-    try:
-        from cut_cross_entropy import linear_cross_entropy
-
-        impls["cce_linear"] = lambda x: -linear_cross_entropy(x["hidden"], x["weight"], x["labels"], reduction="none")
-    except ImportError:
-        pass
-    try:
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-
-        liger = LigerFusedLinearCrossEntropyLoss(reduction="none")
-        impls["liger_linear"] = lambda x: -liger(x["weight"], x["hidden"], x["labels"])
-    except ImportError:
-        pass
-    return impls
 
 
 def run_one(case: Case, name: str, fn: Impl, ceilings: dict[str, float]) -> dict[str, Any]:
@@ -163,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("no CUDA device: this benchmark needs a GPU (use --dry-run to check it on CPU)")
     dev_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{platform.machine()}"
     ceilings = measure_ceilings(device)
-    impls = implementations(device)
+    impls = _shapes.implementations(device)
     if args.impls:
         impls = {k: v for k, v in impls.items() if k in args.impls}
     rows = []

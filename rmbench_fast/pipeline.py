@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .data import data_files, hash_files, hf_cached_dataset, load_records, select
-from .errors import ModelError, UsageError
+from .errors import DataError, ModelError, UsageError
 from .metrics import compute_metrics
 from .report import print_report, score_rows, write_outputs
 from .types import N_STYLES, Record, TokSeq
@@ -110,18 +110,25 @@ def tokenize_records(
     DPO: each style k's (chosen, rejected) is tokenized as a pair (SPEC §5).
     Classifier: each full text alone (SPEC §4), pooled at the rightmost non-`pad_id` token.
     """
-    from .tokenize import encode_classifier, encode_dpo_pair
-
     out: list[list[TokSeq]] = []
     for rec in records:
-        prompt_text = formatter.prompt_text(rec.prompt)
-        fulls = [formatter.full_text(rec.prompt, rec.response(s)) for s in range(2 * N_STYLES)]
-        if kind == "dpo":
-            pairs = [encode_dpo_pair(tok, prompt_text, fulls[k], fulls[N_STYLES + k]) for k in range(N_STYLES)]
-            out.append([p[0] for p in pairs] + [p[1] for p in pairs])
-        else:
-            out.append([encode_classifier(tok, text, add_eos=add_eos, pad_id=pad_id) for text in fulls])
+        try:
+            out.append(_tokenize_record(rec, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id))
+        except DataError as e:
+            # Name the record: the tokenizer only knows the text.
+            raise DataError(str(e), file=rec.source, record=rec.index, record_id=rec.id) from None
     return out
+
+
+def _tokenize_record(rec: Record, formatter: Any, tok: Any, kind: str, *, add_eos: bool, pad_id: int | None) -> list[TokSeq]:
+    from .tokenize import encode_classifier, encode_dpo_pair
+
+    prompt_text = formatter.prompt_text(rec.prompt)
+    fulls = [formatter.full_text(rec.prompt, rec.response(s)) for s in range(2 * N_STYLES)]
+    if kind == "dpo":
+        pairs = [encode_dpo_pair(tok, prompt_text, fulls[k], fulls[N_STYLES + k]) for k in range(N_STYLES)]
+        return [p[0] for p in pairs] + [p[1] for p in pairs]
+    return [encode_classifier(tok, text, add_eos=add_eos, pad_id=pad_id) for text in fulls]
 
 
 def legacy_pooling_diffs(records: Sequence[Record], seqs: Sequence[Sequence[TokSeq]], pad_id: int | None) -> list[dict[str, Any]]:
@@ -150,48 +157,36 @@ def _versions() -> dict[str, str]:
 
 def _make_scorer(
     cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | None, info: Any, device: str, dtype: str,
-    log: Callable[[str], None], pad_id: int | None,
+    log: Callable[[str], None], pad_id: int | None, ref_info: Any | None,
 ) -> tuple[str, Any]:
-    backend = cfg.backend
-    if backend in ("auto", "native"):
-        try:
-            from .engine.runner import NativeScorer, native_supports
-        except ImportError:
-            if backend == "native":
-                raise UsageError("--backend native is not available in this build; use --backend hf") from None
-        else:
-            reason = native_supports(info.config)
-            if reason is None:
-                extra = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
-                return "native", NativeScorer(
-                    model_dir,
-                    kind=kind,
-                    ref_model_dir=Path(cfg.ref_model) if cfg.ref_model else None,
-                    ref_free_mode=ref_free or "avg",
-                    dtype=dtype,
-                    device=device,
-                    fp32_scores=cfg.fp32_scores,
-                    allow_pickle=cfg.allow_pickle,
-                    log=log,
-                    **extra,
-                )
-            if backend == "native":
-                raise ModelError(f"the native engine does not support this model: {reason}; use --backend hf",
-                                 file=str(model_dir))
-    from .backends.hf import HFScorer
-
-    return "hf", HFScorer(
-        model_dir,
+    """The scorer for --backend: native where it supports the model(s) (auto), else hf."""
+    common: dict[str, Any] = dict(
         kind=kind,
         ref_model_dir=Path(cfg.ref_model) if cfg.ref_model else None,
         ref_free_mode=ref_free or "avg",
         dtype=dtype,
         device=device,
+        fp32_scores=cfg.fp32_scores,
+        allow_pickle=cfg.allow_pickle,
+    )
+    if cfg.backend in ("auto", "native"):
+        from .engine.runner import NativeScorer, native_supports
+
+        reason = native_supports(info.config) or (native_supports(ref_info.config) if ref_info else None)
+        if reason is None:
+            budget = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
+            return "native", NativeScorer(model_dir, log=log, **common, **budget)
+        if cfg.backend == "native":
+            raise ModelError(f"the native engine does not support this model: {reason}", file=str(model_dir))
+        log(f"native engine: {reason}; falling back to the hf backend")
+    from .backends.hf import HFScorer
+
+    return "hf", HFScorer(
+        model_dir,
         batch_size=cfg.batch_size,
         trust_remote_code=cfg.trust_remote_code,
-        allow_pickle=cfg.allow_pickle,
-        fp32_scores=cfg.fp32_scores,
         pad_token_id=pad_id,
+        **common,
     )
 
 
@@ -230,8 +225,11 @@ def run_evaluation(
         model_dir = Path(cfg.model)
     info = inspect_model_dir(model_dir, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     kind, ref_free = _check_kind(cfg, info)
+    ref_info = None
     if cfg.ref_model:
-        inspect_model_dir(Path(cfg.ref_model), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        ref_info = inspect_model_dir(
+            Path(cfg.ref_model), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
+        )
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
 
@@ -250,7 +248,7 @@ def run_evaluation(
     n_labels = sum(s.n_labels for group in seqs for s in group)
 
     # 4. Score.
-    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype, log, pad_id)
+    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype, log, pad_id, ref_info)
     if set_total is not None:
         set_total(len(records))
     t_score = time.perf_counter()

@@ -14,6 +14,11 @@ Paths (all exact; they differ only in which pairs they skip computing):
   * "sdpa" (default off-GPU): per segment, causal SDPA over the prefix once, then the six
     branches as a batch of 6, padded to the longest branch, each attending to
     [prefix K/V ; own branch K/V]. Cost ~ P^2 + 6 B (P + B) instead of (P + 6B)^2.
+    On the CPU, when no window bites and every key is valid, a faster exact split is used
+    instead ("split"): each branch's attention is computed as two parts, all branch rows of a
+    segment against the prefix keys (one dense call) and each branch against itself (causal,
+    so the kernel skips the upper blocks, and no padding), merged with their log-sum-exps:
+        o = (e^{l_A} o_A + e^{l_B} o_B) / (e^{l_A} + e^{l_B}).
   * "flex" (default on CUDA): one FlexAttention call over the whole flat batch with a block
     mask from `mask_mod`, so fully masked 128x128 tiles (other segments, sibling branches)
     are skipped.
@@ -110,6 +115,27 @@ class PackedLayout:
             self._cache[key] = _build_segment_plans(self, window)
         return self._cache[key]
 
+    def split_plan(self) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """Per segment: (prefix start, prefix length, [(start, end) of each non-empty branch])."""
+        key = ("split", None)
+        if key not in self._cache:
+            b = self.batch
+            seg_off = np.asarray(b.seg_offsets, dtype=np.int64)
+            starts, ends = branch_bounds(b)
+            plan = []
+            for si in range(b.n_segments):
+                sl = slice(si * N_SLOTS, (si + 1) * N_SLOTS)
+                br = [(int(x), int(y)) for x, y in zip(starts[sl], ends[sl]) if y > x]
+                plan.append((int(seg_off[si]), int(b.prefix_len[si]), br))
+            self._cache[key] = plan
+        return self._cache[key]
+
+    def all_keys_valid(self) -> bool:
+        key = ("valid", None)
+        if key not in self._cache:
+            self._cache[key] = bool(self.key_valid.all())
+        return self._cache[key]
+
     def block_mask(self, window: int | None) -> Any:
         key = ("flex", window)
         if key not in self._cache:
@@ -198,6 +224,8 @@ def packed_attention(
     """Scaled dot-product attention under the packed rule. q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
     window = layout.effective_window(window)
     if impl == "sdpa":
+        if _FLASH_CPU is not None and q.device.type == "cpu" and window is None and layout.all_keys_valid():
+            return _sdpa_split(q, k, v, layout.split_plan())
         return _sdpa_segments(q, k, v, layout.segment_plans(window))
     if impl == "flex":
         return _flex(q, k, v, layout.block_mask(window))
@@ -206,6 +234,50 @@ def packed_attention(
         q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask, enable_gqa=True
     )  # [1, Hq, T, D]
     return out[0].transpose(0, 1)
+
+
+# The CPU flash-attention op returns the log-sum-exp of each row next to the output, which the
+# split path needs to merge two partial attentions exactly. Missing in a torch build -> no split.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _heads_first(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[L, H, D] -> [1, H * n_rep, L, D], each KV head repeated n_rep times (HF repeat_kv)."""
+    x = x.transpose(0, 1)
+    if n_rep > 1:
+        x = x.repeat_interleave(n_rep, dim=0)
+    return x[None]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, n_rep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [Lq, Hq, D], k/v: [Lk, Hk, D] -> (out [Lq, Hq, D] fp32, lse [Lq, Hq] fp32)."""
+    out, lse = _FLASH_CPU(_heads_first(q, 1), _heads_first(k, n_rep), _heads_first(v, n_rep), 0.0, causal)
+    return out[0].transpose(0, 1).float(), lse[0].transpose(0, 1)
+
+
+def _sdpa_split(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[tuple[int, int, list[tuple[int, int]]]]
+) -> torch.Tensor:
+    """The "split" path (module doc). q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
+    out = torch.empty_like(q)
+    n_rep = q.shape[1] // k.shape[1]
+    for a, P, branches in plan:
+        if P:
+            out[a : a + P] = _attend(q[a : a + P], k[a : a + P], v[a : a + P], True, n_rep)[0].to(q.dtype)
+        if not branches:
+            continue
+        lo, hi = branches[0][0], branches[-1][1]  # a segment's branches are contiguous
+        if P:
+            o_a, l_a = _attend(q[lo:hi], k[a : a + P], v[a : a + P], False, n_rep)  # [Nb, Hq, D], [Nb, Hq]
+        for s0, s1 in branches:
+            o_b, l_b = _attend(q[s0:s1], k[s0:s1], v[s0:s1], True, n_rep)
+            if P:
+                r = slice(s0 - lo, s1 - lo)
+                m = torch.maximum(l_a[r], l_b)
+                w_a, w_b = torch.exp(l_a[r] - m)[..., None], torch.exp(l_b - m)[..., None]
+                o_b = (o_a[r] * w_a + o_b * w_b) / (w_a + w_b)
+            out[s0:s1] = o_b.to(q.dtype)
+    return out
 
 
 def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[SegmentPlan]) -> torch.Tensor:

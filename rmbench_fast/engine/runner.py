@@ -43,20 +43,22 @@ def native_supports(config: dict[str, Any]) -> str | None:
     return None
 
 
-def label_logprobs_torch(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """lp[k] = log_softmax(hidden[k] @ weight.T)[labels[k]] in fp32, chunked over rows.
+def label_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """lp[k] = log_softmax(z[k])[labels[k]], z = hidden[k] @ weight.T, chunked over rows.
 
     hidden: [K, H], weight: [V, H] (model dtype), labels: [K] -> [K] fp32.
-    The logits are rounded to the model dtype first (what an HF model returns), then
-    lp = z[label] - logsumexp(z) in fp32.
+    z is rounded to the model dtype (what an HF causal LM returns today, SPEC §5); the
+    log-softmax and gather run in fp32 through `rmbench_fast.logprobs.label_logprobs`, the
+    project's one entry point (torch on the CPU, the fused Triton kernel A on CUDA).
     """
+    from rmbench_fast.logprobs import label_logprobs as fused_label_logprobs
+
     K, V = hidden.shape[0], weight.shape[0]
     out = torch.empty(K, dtype=torch.float32, device=hidden.device)
     step = max(1, LOGIT_CHUNK_ELEMS // V)
     for a in range(0, K, step):
-        z = F.linear(hidden[a : a + step], weight).float()  # [k, V]
-        lab = labels[a : a + step].long()
-        out[a : a + step] = z.gather(1, lab[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
+        z = F.linear(hidden[a : a + step], weight)  # [k, V] model dtype
+        out[a : a + step] = fused_label_logprobs(z, labels[a : a + step])
     return out
 
 
@@ -272,7 +274,9 @@ class NativeScorer:
 def label_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The one switch point for the log-prob computation: [K, H] x [V, H] -> [K] fp32.
 
-    Uses the local chunked torch path; `rmbench_fast.logprobs.linear_label_logprobs` (fused,
-    fp32 logits) can replace it here once validated on the target device.
+    Logits in the model dtype, then the fused fp32 log-softmax + gather (label_logprobs_chunked).
+    `rmbench_fast.logprobs.linear_label_logprobs` (kernel B: lm_head fused in, logits kept in
+    fp32, never materialised) can replace it once validated on a GPU; it changes the rounding
+    of the logits (fp32 instead of the model dtype), so it must stay opt-in.
     """
-    return label_logprobs_torch(hidden, weight, labels)
+    return label_logprobs_chunked(hidden, weight, labels)

@@ -6,6 +6,7 @@ run, so the benchmarks (and gpu_kernels.py --dry-run) stay quick there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,3 +71,44 @@ def torch_label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 def torch_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Baseline: lm_head matmul in the input dtype, then fp32 log_softmax + gather -> [T]."""
     return torch_label_logprobs(hidden @ weight.T, labels)
+
+
+Impl = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def implementations(device: str) -> dict[str, Impl]:
+    """Everything that runs on `device`: torch baselines always; compiled/Triton/CUDA/CCE/Liger on GPU."""
+    impls: dict[str, Impl] = {
+        "torch_logits": lambda x: torch_label_logprobs(x["logits"], x["labels"]),
+        "torch_linear": lambda x: torch_linear_logprobs(x["hidden"], x["weight"], x["labels"]),
+    }
+    if device != "cuda":
+        return impls
+    from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton
+    from rmbench_fast.kernels.linear_logratio import linear_logratio_triton
+
+    compiled = torch.compile(torch_label_logprobs)
+    impls["compile_logits"] = lambda x: compiled(x["logits"], x["labels"])
+    impls["triton_logits"] = lambda x: dpo_logratio_triton(x["logits"], None, x["labels"])[0]
+    impls["triton_linear"] = lambda x: linear_logratio_triton(x["hidden"], x["weight"], x["labels"])
+    try:
+        from rmbench_fast import _cuda  # noqa: F401
+        from rmbench_fast.logprobs import cuda_dpo_logratio
+
+        impls["cuda_logits"] = lambda x: cuda_dpo_logratio(x["logits"], None, x["labels"])[0]
+    except ImportError:
+        pass
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+
+        impls["cce_linear"] = lambda x: -linear_cross_entropy(x["hidden"], x["weight"], x["labels"], reduction="none")
+    except ImportError:
+        pass
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss(reduction="none")
+        impls["liger_linear"] = lambda x: -liger(x["weight"], x["hidden"], x["labels"])
+    except ImportError:
+        pass
+    return impls

@@ -1,0 +1,65 @@
+"""The attention paths over one packed batch agree with the dense masked reference, including
+the CPU "split" path (prefix and branch parts merged by log-sum-exp) and its fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rmbench_fast.engine import attention
+from rmbench_fast.engine.attention import PackedLayout, packed_attention
+from rmbench_fast.plan import plan_batches
+from rmbench_fast.types import TokSeq
+
+
+def _batch(mask_first: bool = False):  # noqa: ANN202
+    g = torch.Generator().manual_seed(0)
+    groups = []
+    for r, (prompt, lens) in enumerate([(7, [3, 11, 5, 1, 9, 4]), (1, [6, 6, 2, 13, 1, 8]), (12, [0, 4, 4, 7, 2, 5])]):
+        head = torch.randint(3, 90, (prompt,), generator=g).tolist()
+        if mask_first:
+            head = [1, 1, *head]
+        seqs = []
+        for n in lens:
+            ids = head + torch.randint(3, 90, (n,), generator=g).tolist()
+            seqs.append(TokSeq(ids=ids, label_start=len(ids), pool_index=len(ids) - 1, mask_first=mask_first))
+        seqs[4] = TokSeq(ids=list(seqs[1].ids), label_start=len(seqs[1].ids), pool_index=0, mask_first=mask_first)
+        groups.append(seqs)
+    return plan_batches(groups, batch_tokens=4096)[0]
+
+
+@pytest.mark.parametrize("n_rep", [1, 3])
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize("mask_first", [False, True])
+def test_paths_match_dense(n_rep: int, window: int | None, mask_first: bool) -> None:
+    batch = _batch(mask_first)
+    layout = PackedLayout.from_batch(batch, torch.device("cpu"))
+    T, Hk, D = batch.n_tokens, 2, 16
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(T, Hk * n_rep, D, generator=g, dtype=torch.float64).float()
+    k = torch.randn(T, Hk, D, generator=g, dtype=torch.float64).float()
+    v = torch.randn(T, Hk, D, generator=g, dtype=torch.float64).float()
+    ref = packed_attention(q.double(), k.double(), v.double(), layout, window, "dense")
+    valid = layout.key_valid  # a masked BOS row's own output is never read
+    for impl in ("sdpa", "flex"):
+        out = packed_attention(q, k, v, layout, window, impl)
+        torch.testing.assert_close(out[valid].double(), ref[valid], rtol=2e-5, atol=2e-5)
+    # the padded per-segment path, forced, agrees too
+    padded = attention._sdpa_segments(q, k, v, layout.segment_plans(layout.effective_window(window)))
+    torch.testing.assert_close(padded[valid].double(), ref[valid], rtol=2e-5, atol=2e-5)
+
+
+def test_split_path_is_taken_when_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    if attention._FLASH_CPU is None:
+        pytest.skip("this torch build has no CPU flash-attention op (split path unavailable)")
+    calls = []
+    orig = attention._sdpa_split
+    monkeypatch.setattr(attention, "_sdpa_split", lambda *a: calls.append(1) or orig(*a))
+    layout = PackedLayout.from_batch(_batch(), torch.device("cpu"))
+    x = torch.randn(layout.n_tokens, 2, 8)
+    packed_attention(x, x, x, layout, None, "sdpa")
+    assert calls == [1]
+    layout_masked = PackedLayout.from_batch(_batch(mask_first=True), torch.device("cpu"))
+    y = torch.randn(layout_masked.n_tokens, 2, 8)
+    packed_attention(y, y, y, layout_masked, None, "sdpa")
+    assert calls == [1]  # a masked BOS falls back to the padded path
