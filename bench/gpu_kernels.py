@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import kernel_setup as _shapes  # noqa: E402  (bench/ is sys.path[0] for scripts and for pytest)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/kernel_setup.py, however this file is loaded
+import kernel_setup as _shapes  # noqa: E402
 import torch
 
 GPU_TOKENS, MODELS, Case = _shapes.GPU_TOKENS, _shapes.MODELS, _shapes.Case
