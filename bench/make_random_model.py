@@ -1,0 +1,134 @@
+"""Write a random-weight model directory at a real model's shape, for GPU benchmarks.
+
+    python bench/make_random_model.py --shape llama-3.1-8b --out /tmp/llama8b [--dtype bfloat16] \
+        [--tokenizer-from DIR]   # a dir with tokenizer.json + tokenizer_config.json
+
+Random weights time the same as trained ones. The config follows the real model's config.json
+field by field; the weights are drawn tensor by tensor and written in shards of ~2 GB, so
+memory stays at one shard. The tokenizer (and chat template) is the SmolLM2 demo's: its ids
+(< 49152) are valid in any of these vocabularies, and RM-Bench text tokenizes to realistic
+lengths with it. No transformers needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Real configs (the fields the engine reads), from the models' published config.json files.
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "max_position_embeddings": 131072, "vocab_size": 128256, "tie_word_embeddings": False,
+        "attention_bias": False, "mlp_bias": False, "hidden_act": "silu",
+        "bos_token_id": 128000, "eos_token_id": 128009,
+    },
+    "qwen2-7b": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
+        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+        "num_key_value_heads": 4, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768, "vocab_size": 152064, "tie_word_embeddings": False,
+        "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": 28,
+        "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
+    },
+    # A few-MB stand-in with the same code path, to test this script on a CPU.
+    "tiny": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 4096, "vocab_size": 49152, "tie_word_embeddings": False,
+        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+    },
+}
+
+
+def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """HF Llama/Qwen2 parameter names -> shapes."""
+    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg.get("head_dim") or h // nh
+    bias = cfg["model_type"] == "qwen2"
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out |= {
+            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (nh * d, h), p + "self_attn.k_proj.weight": (nkv * d, h),
+            p + "self_attn.v_proj.weight": (nkv * d, h), p + "self_attn.o_proj.weight": (h, nh * d),
+            p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
+            p + "mlp.down_proj.weight": (h, inter),
+        }
+        if bias:
+            out |= {p + "self_attn.q_proj.bias": (nh * d,), p + "self_attn.k_proj.bias": (nkv * d,),
+                    p + "self_attn.v_proj.bias": (nkv * d,)}
+    if not cfg.get("tie_word_embeddings"):
+        out["lm_head.weight"] = (v, h)
+    return out
+
+
+def write_random_model(shape: str, out: Path, *, dtype: str = "bfloat16", seed: int = 0,
+                       shard_bytes: int = 2 << 30, device: str | None = None,
+                       tokenizer_from: Path | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    cfg = dict(SHAPES[shape], torch_dtype=dtype)
+    tdtype = getattr(torch, dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, shp in tensor_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            t = torch.ones(shp, dtype=tdtype)
+        else:
+            fan_in = shp[-1]
+            t = (torch.randn(shp, generator=gen, device=device) / fan_in**0.5).to(tdtype).cpu()
+        nbytes = t.numel() * t.element_size()
+        if size and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / fname), metadata={"format": "pt"})
+        weight_map |= {k: fname for k in shard}
+        shard.clear()
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    if tokenizer_from is None:
+        from rmbench_fast.demo import ensure_smollm2
+
+        tokenizer_from = ensure_smollm2()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_from / f, out / f)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer-from", type=Path, default=None,
+                    help="a directory with tokenizer.json + tokenizer_config.json (default: the SmolLM2 demo's)")
+    args = ap.parse_args()
+    path = write_random_model(args.shape, args.out, dtype=args.dtype, seed=args.seed,
+                              tokenizer_from=args.tokenizer_from)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
