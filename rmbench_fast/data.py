@@ -200,8 +200,10 @@ def hash_files(files: Sequence[Path]) -> str:
 
 
 def hf_cached_dataset() -> Path | None:
-    """The parquet/json files of `THU-KEG/RM-Bench` in the local Hugging Face datasets cache, if
-    any (no network access: only what is already on disk)."""
+    """RM-Bench as downloaded by `datasets` / `huggingface_hub` into the local hub cache, if it is
+    there (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub). Nothing is
+    fetched. Prefers `total_dataset.json`; else a folder of parquet shards; else one JSON file.
+    """
     roots = []
     if os.environ.get("HF_HUB_CACHE"):
         roots.append(Path(os.environ["HF_HUB_CACHE"]))
@@ -211,8 +213,14 @@ def hf_cached_dataset() -> Path | None:
         snap = root / ("datasets--" + HF_DATASET.replace("/", "--")) / "snapshots"
         if not snap.is_dir():
             continue
-        for rev in sorted(snap.iterdir(), reverse=True):
-            files = sorted(p for p in rev.rglob("*") if p.suffix in (".parquet", ".json") and p.is_file())
+        for rev in sorted(snap.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            files = sorted(p for p in rev.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+            total = [p for p in files if p.name == "total_dataset.json"]
+            if total:
+                return total[0]
+            parquet = [p for p in files if p.suffix == ".parquet"]
+            if parquet and not any(p.suffix != ".parquet" for p in parquet[0].parent.iterdir() if p.suffix in DATA_SUFFIXES):
+                return parquet[0].parent
             if files:
-                return files[0].parent
+                return files[0]
     return None
