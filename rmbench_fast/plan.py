@@ -424,16 +424,15 @@ def plan_batches(
 
 
 def branch_bounds(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) flat indices of every branch j: two int64 arrays [S*6] (end exclusive)."""
+    """(start, end) flat indices of every branch j: two int64 arrays [S*6] (end exclusive).
+
+    branch_offsets[j + 1] is the next branch's start, which for a segment's last branch lies
+    past the next segment's prefix: the last branch ends at its segment's end instead.
+    """
     bo = np.asarray(batch.branch_offsets, dtype=np.int64)
-    n_seq = len(bo) - 1
-    start = bo[:-1]
     end = bo[1:].copy()
-    end[N_SLOTS - 1 :: N_SLOTS] = np.asarray(batch.seg_offsets, dtype=np.int64)[
-        1:
-    ]  # last branch: segment end
-    assert len(start) == n_seq
-    return start, end
+    end[N_SLOTS - 1 :: N_SLOTS] = np.asarray(batch.seg_offsets, dtype=np.int64)[1:]
+    return bo[:-1], end
 
 
 def seq_lengths(batch: PackedBatch) -> np.ndarray:

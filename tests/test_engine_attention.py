@@ -15,7 +15,7 @@ from rmbench_fast.types import TokSeq
 def _batch(mask_first: bool = False):  # noqa: ANN202
     g = torch.Generator().manual_seed(0)
     groups = []
-    for r, (prompt, lens) in enumerate([(7, [3, 11, 5, 1, 9, 4]), (1, [6, 6, 2, 13, 1, 8]), (12, [0, 4, 4, 7, 2, 5])]):
+    for prompt, lens in [(7, [3, 11, 5, 1, 9, 4]), (1, [6, 6, 2, 13, 1, 8]), (12, [0, 4, 4, 7, 2, 5])]:
         head = torch.randint(3, 90, (prompt,), generator=g).tolist()
         if mask_first:
             head = [1, 1, *head]

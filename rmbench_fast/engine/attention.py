@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rmbench_fast.plan import branch_bounds
 from rmbench_fast.types import N_SLOTS, PackedBatch
 
 AttnImpl = Literal["sdpa", "flex", "dense"]
@@ -145,18 +146,6 @@ class PackedLayout:
                 self.mask_mod(window), None, None, self.n_tokens, self.n_tokens, device=self.seg.device
             )
         return self._cache[key]
-
-
-def branch_bounds(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) flat indices of every branch j, int64 [S*6]; end is exclusive.
-
-    branch_offsets[j + 1] is the next branch's start, which for a segment's last branch lies
-    past the next segment's prefix: the last branch ends at its segment's end instead.
-    """
-    bo = np.asarray(batch.branch_offsets, dtype=np.int64)
-    end = bo[1:].copy()
-    end[N_SLOTS - 1 :: N_SLOTS] = np.asarray(batch.seg_offsets, dtype=np.int64)[1:]
-    return bo[:-1], end
 
 
 def make_mask_mod(
