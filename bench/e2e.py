@@ -110,27 +110,53 @@ def run_official(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, A
     _sync(args.device)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     useful = sum(len(s.ids) for g in seqs for s in g)
-    return {"scores": out.tolist(), "wall_s": wall, "cpu_s": cpu, "useful_tokens": useful, "processed_tokens": processed,
-            "padding_tokens": processed - useful, "prefix_savings": 0, "n_forwards": 3 * ((len(seqs) + 7) // 8),
-            "peak_mem_mib": _peak_mem(args.device)}
+    return {
+        "scores": out.tolist(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "useful_tokens": useful,
+        "processed_tokens": processed,
+        "padding_tokens": processed - useful,
+        "prefix_savings": 0,
+        "n_forwards": 3 * ((len(seqs) + 7) // 8),
+        "peak_mem_mib": _peak_mem(args.device),
+    }
 
 
 def run_native(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, Any]:
     from rmbench_fast.engine import NativeScorer
 
-    sc = NativeScorer(args.model, kind="dpo", ref_free_mode=args.ref_free, dtype=args.dtype, device=args.device,
-                      batch_tokens=args.batch_tokens, log=None)
+    sc = NativeScorer(
+        args.model,
+        kind="dpo",
+        ref_free_mode=args.ref_free,
+        dtype=args.dtype,
+        device=args.device,
+        batch_tokens=args.batch_tokens,
+        log=None,
+    )
     _sync(args.device)
     t0, c0 = time.perf_counter(), _cpu_s()
     out = sc.score(seqs)
     _sync(args.device)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     st = sc.stats
-    res = {"scores": out.tolist(), "wall_s": wall, "cpu_s": cpu, "useful_tokens": st["useful_tokens"],
-           "processed_tokens": st["packed_tokens"], "padding_tokens": 0, "prefix_savings": st["prefix_savings"],
-           "n_forwards": st["n_batches"], "n_labels": st["n_labels"], "batch_tokens": args.batch_tokens,
-           "attention": st["attention"], "peak_mem_mib": _peak_mem(args.device),
-           "plan_s": st["plan_s"], "plan_share_of_wall": st["plan_s"] / wall}
+    res = {
+        "scores": out.tolist(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "useful_tokens": st["useful_tokens"],
+        "processed_tokens": st["packed_tokens"],
+        "padding_tokens": 0,
+        "prefix_savings": st["prefix_savings"],
+        "n_forwards": st["n_batches"],
+        "n_labels": st["n_labels"],
+        "batch_tokens": args.batch_tokens,
+        "attention": st["attention"],
+        "peak_mem_mib": _peak_mem(args.device),
+        "plan_s": st["plan_s"],
+        "plan_share_of_wall": st["plan_s"] / wall,
+    }
     if args.device.startswith("cuda"):
         res["mfu"] = _mfu(sc, st, wall)
     return res
@@ -141,7 +167,9 @@ def _mfu(sc: Any, st: dict[str, Any], wall: float) -> dict[str, float]:
     import torch
 
     cfg = sc.cfg
-    n_body = sum(p.numel() for n, p in sc.model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    n_body = sum(
+        p.numel() for n, p in sc.model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n
+    )
     flops = 2 * n_body * st["packed_tokens"] + 2 * cfg.hidden_size * cfg.vocab_size * st["n_labels"]
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
@@ -152,7 +180,11 @@ def _mfu(sc: Any, st: dict[str, Any], wall: float) -> dict[str, float]:
         a @ a
     torch.cuda.synchronize()
     peak = 20 * 2 * 8192**3 / (time.perf_counter() - t0)
-    return {"model_tflops": flops / wall / 1e12, "matmul_bf16_tflops": peak / 1e12, "mfu": flops / wall / peak}
+    return {
+        "model_tflops": flops / wall / 1e12,
+        "matmul_bf16_tflops": peak / 1e12,
+        "mfu": flops / wall / peak,
+    }
 
 
 def child(args: argparse.Namespace) -> None:
@@ -190,13 +222,22 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         results[path] = json.loads(Path(tmp).read_text())
         os.unlink(tmp)
-        print(f"{path}: {results[path]['wall_s']:.1f} s, {results[path]['processed_tokens']} tokens processed, "
-              f"peak {results[path]['peak_mem_mib']:.0f} MiB", flush=True)
+        print(
+            f"{path}: {results[path]['wall_s']:.1f} s, {results[path]['processed_tokens']} tokens processed, "
+            f"peak {results[path]['peak_mem_mib']:.0f} MiB",
+            flush=True,
+        )
     report: dict[str, Any] = {
         "command": "python bench/e2e.py " + " ".join(sys.argv[1:]),
-        "model": args.model, "dtype": args.dtype, "device": args.device, "threads": args.threads,
-        "reward": f"ref-free {args.ref_free}", "domains": args.domains, "limit_per_domain": args.limit,
-        "platform": platform.platform(), "processor": platform.processor(),
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
+        "threads": args.threads,
+        "reward": f"ref-free {args.ref_free}",
+        "domains": args.domains,
+        "limit_per_domain": args.limit,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
     }
     scores = {p: np.asarray(r.pop("scores")) for p, r in results.items()}
     report.update({p: r for p, r in results.items()})
@@ -208,7 +249,9 @@ def main() -> None:
         report["speedup_cpu_time"] = results["official"]["cpu_s"] / results["native"]["cpu_s"]
         report["max_abs_diff"] = float(np.abs(a - b).max())
         report["max_rel_diff"] = float((np.abs(a - b) / (1 + np.abs(a))).max())
-        print(f"speedup {report['speedup']:.2f}x (CPU time {report['speedup_cpu_time']:.2f}x), max |Δ| {report['max_abs_diff']:.2e}")
+        print(
+            f"speedup {report['speedup']:.2f}x (CPU time {report['speedup_cpu_time']:.2f}x), max |Δ| {report['max_abs_diff']:.2e}"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
     p.add_argument("--tokens", nargs="+", type=int, default=list(GPU_TOKENS))
     p.add_argument("--impls", nargs="+", default=None, help="subset of implementation names")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/kernels-<device>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default bench/results/kernels-<device>.json)"
+    )
     args = p.parse_args(argv)
 
     device = "cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"
@@ -122,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(json.dumps(row), flush=True)
     result = {
         "device": dev_name,
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["gpu_kernels.py", *argv]),
+        "command": shlex.join([sys.executable, *sys.argv])
+        if argv is None
+        else shlex.join(["gpu_kernels.py", *argv]),
         "torch": torch.__version__,
         "ceilings": ceilings,
         "results": rows,

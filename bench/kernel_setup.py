@@ -36,7 +36,9 @@ class Case:
         return f"{self.name}-T{self.T}"
 
 
-def cases(device: str, tokens: tuple[int, ...] = GPU_TOKENS, models: tuple[str, ...] | None = None) -> list[Case]:
+def cases(
+    device: str, tokens: tuple[int, ...] = GPU_TOKENS, models: tuple[str, ...] | None = None
+) -> list[Case]:
     """The benchmark grid: real shapes in bf16 on CUDA, tiny fp32 stand-ins on CPU."""
     if device != "cuda":
         return [Case(n, T, V, H, torch.float32, device) for n, T, V, H in CPU_CASES]
@@ -44,7 +46,9 @@ def cases(device: str, tokens: tuple[int, ...] = GPU_TOKENS, models: tuple[str, 
     return [Case(n, T, *MODELS[n], torch.bfloat16, device) for n in names for T in tokens]
 
 
-def make_inputs(case: Case, *, logits: bool = True, hidden: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_inputs(
+    case: Case, *, logits: bool = True, hidden: bool = True, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Random inputs for `case`: labels [T] (1/8 ignored), and logits [T, V] and/or hidden [T, H] +
     weight [V, H]. Scales keep the softmax non-degenerate (logit std about 2-4)."""
     gen = torch.Generator(device=case.device).manual_seed(seed)
@@ -101,7 +105,9 @@ def implementations(device: str) -> dict[str, Impl]:
     try:
         from cut_cross_entropy import linear_cross_entropy
 
-        impls["cce_linear"] = lambda x: -linear_cross_entropy(x["hidden"], x["weight"], x["labels"], reduction="none")
+        impls["cce_linear"] = lambda x: (
+            -linear_cross_entropy(x["hidden"], x["weight"], x["labels"], reduction="none")
+        )
     except ImportError:
         pass
     try:

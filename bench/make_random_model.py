@@ -23,30 +23,69 @@ import torch
 # Real configs (the fields the engine reads), from the models' published config.json files.
 SHAPES: dict[str, dict[str, Any]] = {
     "llama-3.1-8b": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        "max_position_embeddings": 131072, "vocab_size": 128256, "tie_word_embeddings": False,
-        "attention_bias": False, "mlp_bias": False, "hidden_act": "silu",
-        "bos_token_id": 128000, "eos_token_id": 128009,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "max_position_embeddings": 131072,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+        "bos_token_id": 128000,
+        "eos_token_id": 128009,
     },
     "qwen2-7b": {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
-        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-        "num_key_value_heads": 4, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "max_position_embeddings": 32768, "vocab_size": 152064, "tie_word_embeddings": False,
-        "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": 28,
-        "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "sliding_window": 131072,
+        "max_window_layers": 28,
+        "hidden_act": "silu",
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
     },
     # A few-MB stand-in with the same code path, to test this script on a CPU.
     "tiny": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": 4096, "vocab_size": 49152, "tie_word_embeddings": False,
-        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 4096,
+        "vocab_size": 49152,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
     },
 }
 
@@ -61,23 +100,37 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         out |= {
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (nh * d, h), p + "self_attn.k_proj.weight": (nkv * d, h),
-            p + "self_attn.v_proj.weight": (nkv * d, h), p + "self_attn.o_proj.weight": (h, nh * d),
-            p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (nh * d, h),
+            p + "self_attn.k_proj.weight": (nkv * d, h),
+            p + "self_attn.v_proj.weight": (nkv * d, h),
+            p + "self_attn.o_proj.weight": (h, nh * d),
+            p + "mlp.gate_proj.weight": (inter, h),
+            p + "mlp.up_proj.weight": (inter, h),
             p + "mlp.down_proj.weight": (h, inter),
         }
         if bias:
-            out |= {p + "self_attn.q_proj.bias": (nh * d,), p + "self_attn.k_proj.bias": (nkv * d,),
-                    p + "self_attn.v_proj.bias": (nkv * d,)}
+            out |= {
+                p + "self_attn.q_proj.bias": (nh * d,),
+                p + "self_attn.k_proj.bias": (nkv * d,),
+                p + "self_attn.v_proj.bias": (nkv * d,),
+            }
     if not cfg.get("tie_word_embeddings"):
         out["lm_head.weight"] = (v, h)
     return out
 
 
-def write_random_model(shape: str, out: Path, *, dtype: str = "bfloat16", seed: int = 0,
-                       shard_bytes: int = 2 << 30, device: str | None = None,
-                       tokenizer_from: Path | None = None) -> Path:
+def write_random_model(
+    shape: str,
+    out: Path,
+    *,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+    shard_bytes: int = 2 << 30,
+    device: str | None = None,
+    tokenizer_from: Path | None = None,
+) -> Path:
     from safetensors.torch import save_file
 
     cfg = dict(SHAPES[shape], torch_dtype=dtype)
@@ -122,11 +175,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tokenizer-from", type=Path, default=None,
-                    help="a directory with tokenizer.json + tokenizer_config.json (default: the SmolLM2 demo's)")
+    ap.add_argument(
+        "--tokenizer-from",
+        type=Path,
+        default=None,
+        help="a directory with tokenizer.json + tokenizer_config.json (default: the SmolLM2 demo's)",
+    )
     args = ap.parse_args()
-    path = write_random_model(args.shape, args.out, dtype=args.dtype, seed=args.seed,
-                              tokenizer_from=args.tokenizer_from)
+    path = write_random_model(
+        args.shape, args.out, dtype=args.dtype, seed=args.seed, tokenizer_from=args.tokenizer_from
+    )
     print(f"wrote {path}")
 
 

@@ -168,4 +168,3 @@ def dpo_logratio_triton(
         num_warps=num_warps,
     )
     return out_pol, out_ref, out_diff
-

@@ -133,9 +133,13 @@ def linear_logratio_triton(
         raise RuntimeError("triton is not installed; use backend='torch'")
     device = hidden.device
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden [T, H] and weight [V, H] mismatch: {tuple(hidden.shape)} vs {tuple(weight.shape)}")
+        raise ValueError(
+            f"hidden [T, H] and weight [V, H] mismatch: {tuple(hidden.shape)} vs {tuple(weight.shape)}"
+        )
     if not is_float_dtype(hidden.dtype) or hidden.dtype != weight.dtype:
-        raise ValueError(f"hidden and weight must share a float16/bfloat16/float32 dtype, got {hidden.dtype}, {weight.dtype}")
+        raise ValueError(
+            f"hidden and weight must share a float16/bfloat16/float32 dtype, got {hidden.dtype}, {weight.dtype}"
+        )
     check_same_device("weight", weight, device)
     check_same_device("labels", labels, device)
     T, H = hidden.shape

@@ -22,10 +22,17 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         choices=["avg", "sum", "norm"],
         help="reference-free DPO reward: mean, sum or -L2 norm of the answer log-probs (default avg)",
     )
-    p.add_argument("--kind", choices=["auto", "classifier", "dpo"], default="auto", help="default: from config.json")
-    p.add_argument("--data", help="RM-Bench data: total_dataset.json, <domain>_filtered.json, a directory, .jsonl or .parquet")
+    p.add_argument(
+        "--kind", choices=["auto", "classifier", "dpo"], default="auto", help="default: from config.json"
+    )
+    p.add_argument(
+        "--data",
+        help="RM-Bench data: total_dataset.json, <domain>_filtered.json, a directory, .jsonl or .parquet",
+    )
     p.add_argument("--limit", type=int, help="score only the first N records of each domain")
-    p.add_argument("--domains", nargs="+", metavar="DOMAIN", help=f"domains to score: {', '.join(DOMAINS)}, safety")
+    p.add_argument(
+        "--domains", nargs="+", metavar="DOMAIN", help=f"domains to score: {', '.join(DOMAINS)}, safety"
+    )
     p.add_argument("--ids", nargs="+", metavar="ID", help="score only these record ids")
     p.add_argument(
         "--chat-template",
@@ -33,23 +40,38 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="named template for tokenizers without a chat template: tulu (official default), zephyr, llama-2, "
         "mistral, chatml, llama-3",
     )
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: float32 on CPU, bfloat16 on GPU")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: float32 on CPU, bfloat16 on GPU",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--backend", default="auto", choices=["auto", "native", "hf"],
-                   help="native engine or Hugging Face transformers reference (auto: native where supported)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "native", "hf"],
+        help="native engine or Hugging Face transformers reference (auto: native where supported)",
+    )
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget per packed batch (native)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per batch (hf backend)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
-    p.add_argument("--fp32-scores", action="store_true",
-                   help="classifier: keep fp32 scores instead of rounding to the model dtype (not official)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow executing code from the model directory")
+    p.add_argument(
+        "--fp32-scores",
+        action="store_true",
+        help="classifier: keep fp32 scores instead of rounding to the model dtype (not official)",
+    )
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="allow executing code from the model directory"
+    )
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rmbench_fast", description="Fast, exact RM-Bench evaluation.")
+    parser = argparse.ArgumentParser(
+        prog="python -m rmbench_fast", description="Fast, exact RM-Bench evaluation."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="score a reward model on RM-Bench")
     _add_run_args(run)

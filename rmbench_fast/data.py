@@ -51,12 +51,16 @@ def _read_rows(path: Path) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON on line {lineno}: {e.msg} (column {e.colno})", file=str(path)) from None
+                raise DataError(
+                    f"invalid JSON on line {lineno}: {e.msg} (column {e.colno})", file=str(path)
+                ) from None
         return rows
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})", file=str(path)) from None
+        raise DataError(
+            f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})", file=str(path)
+        ) from None
     if isinstance(data, dict):
         # A mapping of id -> record, or a single record; both are seen in the wild.
         data = [data] if "prompt" in data else list(data.values())
@@ -83,14 +87,20 @@ def _check_responses(row: dict[str, Any], key: str, err: dict[str, Any]) -> tupl
     if hasattr(value, "tolist"):  # numpy arrays from some parquet readers
         value = value.tolist()
     if not isinstance(value, list | tuple):
-        raise DataError(f"expected a list of {N_STYLES} strings, got {type(value).__name__}", field=key, **err)
+        raise DataError(
+            f"expected a list of {N_STYLES} strings, got {type(value).__name__}", field=key, **err
+        )
     if len(value) != N_STYLES:
         raise DataError(
-            f"expected exactly {N_STYLES} responses (concise, detailed, markdown), got {len(value)}", field=key, **err
+            f"expected exactly {N_STYLES} responses (concise, detailed, markdown), got {len(value)}",
+            field=key,
+            **err,
         )
     for i, text in enumerate(value):
         if not isinstance(text, str):
-            raise DataError(f"response {i} is {type(text).__name__}, expected a string", field=f"{key}[{i}]", **err)
+            raise DataError(
+                f"response {i} is {type(text).__name__}, expected a string", field=f"{key}[{i}]", **err
+            )
         if not text.strip():
             raise DataError(f"response {i} is empty", field=f"{key}[{i}]", **err)
     return (value[0], value[1], value[2])
@@ -135,7 +145,9 @@ def data_files(path: Path) -> list[Path]:
         raise DataError("no such file or directory", file=str(path))
     if path.is_file():
         if path.suffix.lower() not in DATA_SUFFIXES:
-            raise DataError(f"unsupported data file type {path.suffix!r} (use .json, .jsonl or .parquet)", file=str(path))
+            raise DataError(
+                f"unsupported data file type {path.suffix!r} (use .json, .jsonl or .parquet)", file=str(path)
+            )
         return [path]
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
     if not files:
@@ -147,7 +159,9 @@ def load_file(path: Path) -> list[Record]:
     """All records of one data file, validated."""
     file_domain = domain_from_filename(path)
     rows = _read_rows(path)
-    return [validate_record(r, index=i, source=str(path), file_domain=file_domain) for i, r in enumerate(rows)]
+    return [
+        validate_record(r, index=i, source=str(path), file_domain=file_domain) for i, r in enumerate(rows)
+    ]
 
 
 def load_records(path: str | os.PathLike[str]) -> list[Record]:
@@ -172,7 +186,9 @@ def select(
         wanted = set(domains)
         unknown = wanted - set(DOMAINS) - {"safety"}
         if unknown:
-            raise DataError(f"unknown domain(s) {sorted(unknown)} in --domains (known: {', '.join(DOMAINS)}, safety)")
+            raise DataError(
+                f"unknown domain(s) {sorted(unknown)} in --domains (known: {', '.join(DOMAINS)}, safety)"
+            )
         out = [r for r in out if r.domain in wanted or ("safety" in wanted and r.domain.startswith("safety"))]
     if ids is not None:
         wanted_ids = {str(i) for i in ids}
@@ -219,7 +235,9 @@ def hf_cached_dataset() -> Path | None:
             if total:
                 return total[0]
             parquet = [p for p in files if p.suffix == ".parquet"]
-            if parquet and not any(p.suffix != ".parquet" for p in parquet[0].parent.iterdir() if p.suffix in DATA_SUFFIXES):
+            if parquet and not any(
+                p.suffix != ".parquet" for p in parquet[0].parent.iterdir() if p.suffix in DATA_SUFFIXES
+            ):
                 return parquet[0].parent
             if files:
                 return files[0]

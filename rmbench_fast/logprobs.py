@@ -191,7 +191,9 @@ def dpo_logratio(
     """
     T, V = policy_logits.shape
     if labels.shape != (T,) or seg_ids.shape != (T,):
-        raise ValueError(f"labels {tuple(labels.shape)} and seg_ids {tuple(seg_ids.shape)} must be [T] = [{T}]")
+        raise ValueError(
+            f"labels {tuple(labels.shape)} and seg_ids {tuple(seg_ids.shape)} must be [T] = [{T}]"
+        )
     _check_labels(labels, V, ignore_index)
     valid = labels != ignore_index  # [T]
     if bool((valid & ((seg_ids < 0) | (seg_ids >= n_segments))).any()):

@@ -45,7 +45,12 @@ def domain_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
     """Matrix, accuracies and `score` = mean(hard, normal, easy) for one group of records."""
     m = style_matrix(chosen, rejected)
     acc = accuracies(m)
-    return {"matrix": m.tolist(), **acc, "score": (acc["hard"] + acc["normal"] + acc["easy"]) / 3, "n": len(chosen)}
+    return {
+        "matrix": m.tolist(),
+        **acc,
+        "score": (acc["hard"] + acc["normal"] + acc["easy"]) / 3,
+        "n": len(chosen),
+    }
 
 
 def compute_metrics(records: Sequence[Record], scores: np.ndarray) -> dict[str, Any]:

@@ -84,10 +84,14 @@ def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
     kind = info.kind if cfg.kind == "auto" else cfg.kind
     if kind == "classifier":
         if cfg.ref_model:
-            raise UsageError(f"--ref-model was given, but {info.path} is a sequence classifier (kind classifier); "
-                             "a reference model applies to DPO policies only")
+            raise UsageError(
+                f"--ref-model was given, but {info.path} is a sequence classifier (kind classifier); "
+                "a reference model applies to DPO policies only"
+            )
         if cfg.ref_free:
-            raise UsageError("--ref-free applies to DPO policies only, but the model is a sequence classifier")
+            raise UsageError(
+                "--ref-free applies to DPO policies only, but the model is a sequence classifier"
+            )
         return kind, None
     return kind, (None if cfg.ref_model else (cfg.ref_free or "avg"))
 
@@ -102,7 +106,12 @@ def classifier_pad_id(info: Any, tok: Any) -> int | None:
 
 
 def tokenize_records(
-    records: Sequence[Record], formatter: Any, tok: Any, kind: str, *, add_eos: bool = False,
+    records: Sequence[Record],
+    formatter: Any,
+    tok: Any,
+    kind: str,
+    *,
+    add_eos: bool = False,
     pad_id: int | None = None,
 ) -> list[list[TokSeq]]:
     """Six TokSeqs per record in slot order (chosen 0..2, rejected 0..2).
@@ -120,7 +129,9 @@ def tokenize_records(
     return out
 
 
-def _tokenize_record(rec: Record, formatter: Any, tok: Any, kind: str, *, add_eos: bool, pad_id: int | None) -> list[TokSeq]:
+def _tokenize_record(
+    rec: Record, formatter: Any, tok: Any, kind: str, *, add_eos: bool, pad_id: int | None
+) -> list[TokSeq]:
     from .tokenize import encode_classifier, encode_dpo_pair
 
     prompt_text = formatter.prompt_text(rec.prompt)
@@ -131,7 +142,9 @@ def _tokenize_record(rec: Record, formatter: Any, tok: Any, kind: str, *, add_eo
     return [encode_classifier(tok, text, add_eos=add_eos, pad_id=pad_id) for text in fulls]
 
 
-def legacy_pooling_diffs(records: Sequence[Record], seqs: Sequence[Sequence[TokSeq]], pad_id: int | None) -> list[dict[str, Any]]:
+def legacy_pooling_diffs(
+    records: Sequence[Record], seqs: Sequence[Sequence[TokSeq]], pad_id: int | None
+) -> list[dict[str, Any]]:
     """Sequences where transformers 4.43.4's pooling ((first pad) - 1) differs from today's
     (rightmost non-pad): those records would have scored differently under the pinned version."""
     from .tokenize import legacy_pool_index
@@ -141,7 +154,15 @@ def legacy_pooling_diffs(records: Sequence[Record], seqs: Sequence[Sequence[TokS
         for slot, s in enumerate(group):
             legacy = legacy_pool_index(s.ids, pad_id)
             if legacy != s.pool_index:
-                diffs.append({"record": rec.index, "id": rec.id, "slot": slot, "pool": s.pool_index, "pool_4_43_4": legacy})
+                diffs.append(
+                    {
+                        "record": rec.index,
+                        "id": rec.id,
+                        "slot": slot,
+                        "pool": s.pool_index,
+                        "pool_4_43_4": legacy,
+                    }
+                )
     return diffs
 
 
@@ -156,8 +177,16 @@ def _versions() -> dict[str, str]:
 
 
 def _make_scorer(
-    cfg: RunConfig, model_dir: Path, kind: str, ref_free: str | None, info: Any, device: str, dtype: str,
-    log: Callable[[str], None], pad_id: int | None, ref_info: Any | None,
+    cfg: RunConfig,
+    model_dir: Path,
+    kind: str,
+    ref_free: str | None,
+    info: Any,
+    device: str,
+    dtype: str,
+    log: Callable[[str], None],
+    pad_id: int | None,
+    ref_info: Any | None,
 ) -> tuple[str, Any]:
     """The scorer for --backend: native where it supports the model(s) (auto), else hf."""
     common: dict[str, Any] = dict(
@@ -223,7 +252,9 @@ def run_evaluation(
         model_dir = ensure_smollm2()
     else:
         model_dir = Path(cfg.model)
-    info = inspect_model_dir(model_dir, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    info = inspect_model_dir(
+        model_dir, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
+    )
     kind, ref_free = _check_kind(cfg, info)
     ref_info = None
     if cfg.ref_model:
@@ -242,8 +273,10 @@ def run_evaluation(
     seqs = tokenize_records(records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
     legacy = legacy_pooling_diffs(records, seqs, pad_id) if kind == "classifier" else []
     if legacy:
-        log(f"[yellow]warning:[/yellow] transformers 4.43.4 would have pooled {len(legacy)} sequence(s) at a different "
-            "token (pad = EOS inside the text); scores follow today's rule, the list is in metrics.json meta")
+        log(
+            f"[yellow]warning:[/yellow] transformers 4.43.4 would have pooled {len(legacy)} sequence(s) at a different "
+            "token (pad = EOS inside the text); scores follow today's rule, the list is in metrics.json meta"
+        )
     n_tokens = sum(len(s.ids) for group in seqs for s in group)
     n_labels = sum(s.n_labels for group in seqs for s in group)
 
@@ -267,8 +300,13 @@ def run_evaluation(
         "backend": backend,
         "device": device,
         "dtype": dtype,
-        "data": {"path": str(data_path), "origin": data_origin, "files": [str(f) for f in files],
-                 "sha256": hash_files(files), "n_records": len(records)},
+        "data": {
+            "path": str(data_path),
+            "origin": data_origin,
+            "files": [str(f) for f in files],
+            "sha256": hash_files(files),
+            "n_records": len(records),
+        },
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "chat_template": "model" if formatter.uses_chat_template else formatter.template_name,
         "classifier_add_eos": tok.eos_switch("current").describe() if add_eos else None,
@@ -297,8 +335,15 @@ def run_and_report(cfg: RunConfig, console: Any) -> dict[str, Any]:
     )
 
     with Progress(
-        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not cfg.progress, transient=True,
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not cfg.progress,
+        transient=True,
     ) as bar:
         task = bar.add_task("scoring", total=None)
 

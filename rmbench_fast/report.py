@@ -87,7 +87,10 @@ def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
     for name, d in metrics["domains"].items():
         t.add_row(name, *[f"{100 * d[k]:.2f}" for k in ("hard", "normal", "easy", "score")])
     label = "total" if total.get("complete") else f"total ({'+'.join(total['domains'])} only)"
-    t.add_row(f"[bold]{label}[/bold]", *[f"[bold]{100 * total[k]:.2f}[/bold]" for k in ("hard", "normal", "easy", "overall")])
+    t.add_row(
+        f"[bold]{label}[/bold]",
+        *[f"[bold]{100 * total[k]:.2f}[/bold]" for k in ("hard", "normal", "easy", "overall")],
+    )
     console.print(t)
     if not total.get("complete"):
         console.print(
@@ -117,7 +120,9 @@ def plot_matrices(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
         for i in range(N_STYLES):
             for j in range(N_STYLES):
                 ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w" if m[i, j] < 60 else "k")
-        ax.set_title(f"{name}: hard {100 * d['hard']:.1f} / normal {100 * d['normal']:.1f} / easy {100 * d['easy']:.1f}")
+        ax.set_title(
+            f"{name}: hard {100 * d['hard']:.1f} / normal {100 * d['normal']:.1f} / easy {100 * d['easy']:.1f}"
+        )
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         path = out_dir / f"matrix_{name}.png"

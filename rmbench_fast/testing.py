@@ -38,7 +38,11 @@ def tiny_config(
     """A transformers config of family `arch`: hidden 64, 2 layers, 4 heads of 16."""
     import transformers
 
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}
+    cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+    }
     kwargs: dict[str, Any] = dict(
         hidden_size=64,
         intermediate_size=96,
@@ -181,7 +185,9 @@ def synthetic_records(
                 if r % 3 == 1:
                     p = [1] + p
                 ids = p + header + answers[slot]
-                group.append(TokSeq(ids=ids, label_start=len(ids), pool_index=len(ids) - 2, mask_first=r % 3 == 1))
+                group.append(
+                    TokSeq(ids=ids, label_start=len(ids), pool_index=len(ids) - 2, mask_first=r % 3 == 1)
+                )
                 continue
             start = len(p)
             if r % 4 == 1 and slot == 1:
@@ -197,7 +203,11 @@ def synthetic_records(
 
 
 def hf_reference_scores(
-    model: Any, seqs: list[list[Any]], kind: Literal["dpo", "classifier"], mode: str = "avg", ref_model: Any = None
+    model: Any,
+    seqs: list[list[Any]],
+    kind: Literal["dpo", "classifier"],
+    mode: str = "avg",
+    ref_model: Any = None,
 ) -> Any:
     """Scores [n, 6] float64 from an HF model run on each TokSeq alone (no padding, no sharing).
 
@@ -222,7 +232,9 @@ def hf_reference_scores(
                     mask = torch.ones(1, len(s.ids), dtype=torch.long)
                     if s.mask_first:
                         mask[0, 0] = 0
-                    out[r, j] = float(model(input_ids=torch.tensor([s.ids]), attention_mask=mask).logits[0, 0])
+                    out[r, j] = float(
+                        model(input_ids=torch.tensor([s.ids]), attention_mask=mask).logits[0, 0]
+                    )
                     continue
                 lp = lps(model, s)
                 if ref_model is not None:

@@ -84,7 +84,9 @@ def test_model_without_config(tmp_path: Path, good_data: Path, capsys: pytest.Ca
     _assert_one_line_error(rc, err, str(d), "config.json")
 
 
-def test_pickle_only_weights_refused(tmp_path: Path, good_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pickle_only_weights_refused(
+    tmp_path: Path, good_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "m"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
@@ -94,13 +96,19 @@ def test_pickle_only_weights_refused(tmp_path: Path, good_data: Path, capsys: py
 
 
 def test_remote_code_refused(tmp_path: Path, good_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    d = _model_dir(tmp_path, "m", "CustomRMForSequenceClassification",
-        auto_map={"AutoModelForSequenceClassification": "modeling_custom.CustomRMForSequenceClassification"},)
+    d = _model_dir(
+        tmp_path,
+        "m",
+        "CustomRMForSequenceClassification",
+        auto_map={"AutoModelForSequenceClassification": "modeling_custom.CustomRMForSequenceClassification"},
+    )
     rc, err = _run(capsys, "--data", str(good_data), "--model", str(d))
     _assert_one_line_error(rc, err, str(d), "--trust-remote-code")
 
 
-def test_ref_model_with_classifier(tmp_path: Path, good_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ref_model_with_classifier(
+    tmp_path: Path, good_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     clf = _model_dir(tmp_path, "clf", "LlamaForSequenceClassification", num_labels=1)
     ref = _model_dir(tmp_path, "ref", "LlamaForCausalLM")
     rc, err = _run(capsys, "--data", str(good_data), "--model", str(clf), "--ref-model", str(ref))

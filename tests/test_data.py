@@ -61,7 +61,10 @@ def test_select(tmp_path: Path) -> None:
 # The bad-input kinds of the foundation issue that concern data (1-6).
 BAD_CASES = {
     "unparsable_json": ("{not json", "invalid JSON"),
-    "missing_field": ([{"id": 5, "chosen": ["a", "b", "c"], "rejected": ["a", "b", "c"]}], "missing field 'prompt'"),
+    "missing_field": (
+        [{"id": 5, "chosen": ["a", "b", "c"], "rejected": ["a", "b", "c"]}],
+        "missing field 'prompt'",
+    ),
     "two_chosen": ([_row(5, chosen=["a", "b"])], "exactly 3 responses"),
     "empty_response": ([_row(5, rejected=["a", " ", "c"])], "response 1 is empty"),
     "unknown_domain": ([_row(5, domain="poetry")], "unknown domain 'poetry'"),

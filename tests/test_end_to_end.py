@@ -13,10 +13,25 @@ from rmbench_fast import evaluate
 from rmbench_fast.cli import main
 
 
-def test_cli_run_writes_outputs(tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_writes_outputs(
+    tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    rc = main(["run", "--model", str(smollm2_dir), "--limit", "1", "--domains", "chat", "code",
-               "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "run",
+            "--model",
+            str(smollm2_dir),
+            "--limit",
+            "1",
+            "--domains",
+            "chat",
+            "code",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rows = json.loads((out / "scores.json").read_text())
     assert [r["domain"] for r in rows] == ["chat", "code"]
@@ -36,8 +51,14 @@ def test_cli_run_writes_outputs(tmp_path: Path, smollm2_dir: Path, capsys: pytes
 
 
 def test_native_matches_hf_backend_on_real_records(smollm2_dir: Path, rm_bench_data_dir: Path) -> None:
-    common = dict(data=str(rm_bench_data_dir), limit=1, domains=["chat", "code"], ref_free="norm",
-                  device="cpu", dtype="float32")
+    common = dict(
+        data=str(rm_bench_data_dir),
+        limit=1,
+        domains=["chat", "code"],
+        ref_free="norm",
+        device="cpu",
+        dtype="float32",
+    )
     native = evaluate(str(smollm2_dir), backend="native", **common)
     hf = evaluate(str(smollm2_dir), backend="hf", **common)
     assert native["meta"]["backend"] == "native" and hf["meta"]["backend"] == "hf"

@@ -23,7 +23,9 @@ def _batch(mask_first: bool = False):  # noqa: ANN202
         for n in lens:
             ids = head + torch.randint(3, 90, (n,), generator=g).tolist()
             seqs.append(TokSeq(ids=ids, label_start=len(ids), pool_index=len(ids) - 1, mask_first=mask_first))
-        seqs[4] = TokSeq(ids=list(seqs[1].ids), label_start=len(seqs[1].ids), pool_index=0, mask_first=mask_first)
+        seqs[4] = TokSeq(
+            ids=list(seqs[1].ids), label_start=len(seqs[1].ids), pool_index=0, mask_first=mask_first
+        )
         groups.append(seqs)
     return plan_batches(groups, batch_tokens=4096)[0]
 

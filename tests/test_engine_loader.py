@@ -20,7 +20,9 @@ from rmbench_fast.testing import make_tiny_model_dir, synthetic_records  # noqa:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", "llama", num_kv_heads=2, vocab_size=1000)
+    return make_tiny_model_dir(
+        tmp_path_factory.mktemp("tiny") / "m", "llama", num_kv_heads=2, vocab_size=1000
+    )
 
 
 def _edit_config(src: Path, dst: Path, **changes: object) -> Path:
@@ -69,7 +71,9 @@ def test_pickle_weights_refused_unless_allowed(tiny: Path, tmp_path: Path) -> No
         ({"architectures": ["LlamaForSequenceClassification"], "num_labels": 3}, "num_labels"),
     ],
 )
-def test_unsupported_configs_raise_one_line_errors(tiny: Path, tmp_path: Path, changes: dict, match: str) -> None:
+def test_unsupported_configs_raise_one_line_errors(
+    tiny: Path, tmp_path: Path, changes: dict, match: str
+) -> None:
     d = _edit_config(tiny, tmp_path / "bad", **changes)
     with pytest.raises(ModelError, match=match) as exc:
         EngineConfig.from_model_dir(d)
@@ -87,10 +91,23 @@ def test_kind_mismatch_and_missing_weights(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_old_style_rope_scaling_config() -> None:
-    raw = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
-           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
-           "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+    raw = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    }
     cfg = EngineConfig.from_dict(raw)
     assert cfg.rope.type == "llama3" and cfg.rope.factor == 32.0 and cfg.rope.theta == 500000.0
     assert cfg.head_dim == 16 and cfg.layer_windows == (None, None)

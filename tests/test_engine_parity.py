@@ -18,8 +18,13 @@ pytest.importorskip("transformers")
 from rmbench_fast.engine import NativeScorer  # noqa: E402
 from rmbench_fast.testing import hf_reference_scores, make_tiny_model_dir, synthetic_records  # noqa: E402
 
-LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-          "original_max_position_embeddings": 16}
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 LINEAR = {"rope_type": "linear", "factor": 2.0}
 
 # id: (arch, kind, tied, kv_heads, vocab, rope_scaling, sliding_window, reward mode)
@@ -44,18 +49,30 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for name, (arch, kind, tied, kv, vocab, rope, window, _) in CASES.items():
         out[name] = make_tiny_model_dir(
-            root / name, arch, kind=kind, tie_word_embeddings=tied, num_kv_heads=kv, vocab_size=vocab,
-            seed=len(name), rope_scaling=rope, sliding_window=window,
+            root / name,
+            arch,
+            kind=kind,
+            tie_word_embeddings=tied,
+            num_kv_heads=kv,
+            vocab_size=vocab,
+            seed=len(name),
+            rope_scaling=rope,
+            sliding_window=window,
         )
-    out["ref"] = make_tiny_model_dir(root / "ref", "llama", kind="causal", num_kv_heads=2, vocab_size=32000, seed=99,
-                                     rope_scaling=LLAMA3)
+    out["ref"] = make_tiny_model_dir(
+        root / "ref", "llama", kind="causal", num_kv_heads=2, vocab_size=32000, seed=99, rope_scaling=LLAMA3
+    )
     return out
 
 
 def _hf(path: Path, kind: str) -> Any:
     import transformers
 
-    cls = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModelForSequenceClassification
+    cls = (
+        transformers.AutoModelForCausalLM
+        if kind == "causal"
+        else transformers.AutoModelForSequenceClassification
+    )
     return cls.from_pretrained(path).eval()
 
 
@@ -71,8 +88,9 @@ def test_matches_hf_and_sharing_is_exact(case: str, models: dict[str, Path]) -> 
     got = shared.score(seqs)
     assert shared.stats["prefix_savings"] > 0 and shared.stats["n_batches"] > 1
     assert np.all(np.abs(got - want) <= _tol(want, 1e-4)), np.abs(got - want).max()
-    plain = NativeScorer(models[case], kind=engine_kind, ref_free_mode=mode or "avg", batch_tokens=256,
-                         share_prefix=False)
+    plain = NativeScorer(
+        models[case], kind=engine_kind, ref_free_mode=mode or "avg", batch_tokens=256, share_prefix=False
+    )
     got_plain = plain.score(seqs)
     assert plain.stats["prefix_savings"] == 0
     assert np.all(np.abs(got - got_plain) <= _tol(got_plain, 1e-5))
@@ -85,8 +103,13 @@ def test_reference_model_reward(models: dict[str, Path]) -> None:
     seqs = synthetic_records(6, vocab_size=32000, seed=5)
     pol = _hf(models["llama3-gqa-untied-avg"], "causal")
     want = hf_reference_scores(pol, seqs, "dpo", ref_model=_hf(models["ref"], "causal"))
-    sc = NativeScorer(models["llama3-gqa-untied-avg"], kind="dpo", ref_model_dir=models["ref"],
-                      ref_free_mode="norm", batch_tokens=300)
+    sc = NativeScorer(
+        models["llama3-gqa-untied-avg"],
+        kind="dpo",
+        ref_model_dir=models["ref"],
+        ref_free_mode="norm",
+        batch_tokens=300,
+    )
     got = sc.score(seqs)
     assert sc.stats["forwards_per_sequence"] == 2
     assert np.all(np.abs(got - want) <= _tol(want, 1e-4))
@@ -97,8 +120,13 @@ def test_attention_impls_agree(models: dict[str, Path]) -> None:
     """dense (reference), per-segment sdpa and FlexAttention (eager on CPU) give one answer."""
     seqs = synthetic_records(5, vocab_size=32000, seed=7)
     outs = [
-        NativeScorer(models["mistral-mqa-window-norm"], kind="dpo", ref_free_mode="norm", attn_impl=impl,
-                     batch_tokens=400).score(seqs)
+        NativeScorer(
+            models["mistral-mqa-window-norm"],
+            kind="dpo",
+            ref_free_mode="norm",
+            attn_impl=impl,
+            batch_tokens=400,
+        ).score(seqs)
         for impl in ("dense", "sdpa", "flex")
     ]
     for o in outs[1:]:

@@ -25,12 +25,16 @@ def test_smollm2_real_records_match_hf(smollm2_dir: Path, rm_bench_data_dir: Pat
     from rmbench_fast.testing import hf_reference_scores
     from rmbench_fast.tokenize import Tokenizer
 
-    recs = [load_records(rm_bench_data_dir / f)[0] for f in ("chat_filtered.json", "safety-refuse_filtered.json")]
+    recs = [
+        load_records(rm_bench_data_dir / f)[0] for f in ("chat_filtered.json", "safety-refuse_filtered.json")
+    ]
     seqs = tokenize_records(recs, Formatter.from_model_dir(smollm2_dir, None), Tokenizer(smollm2_dir), "dpo")
     hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
     for mode in ("avg", "sum"):
         want = hf_reference_scores(hf, seqs, "dpo", mode)
-        sc = NativeScorer(smollm2_dir, kind="dpo", ref_free_mode=mode, dtype="float32", batch_tokens=1024, log=None)
+        sc = NativeScorer(
+            smollm2_dir, kind="dpo", ref_free_mode=mode, dtype="float32", batch_tokens=1024, log=None
+        )
         got = sc.score(seqs)
         assert sc.stats["prefix_savings"] > 0
         assert np.all(np.abs(got - want) <= 1e-4 * (1 + np.abs(want))), np.abs(got - want).max()

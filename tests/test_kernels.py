@@ -35,8 +35,9 @@ INTERP = triton_interpreting()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 RUNNABLE = HAS_CUDA or INTERP
 needs_kernels = pytest.mark.skipif(
-    not RUNNABLE, reason="triton was imported without TRITON_INTERPRET=1 earlier in this process; "
-    "test_rerun_in_interpreter_subprocess runs these checks in a fresh process"
+    not RUNNABLE,
+    reason="triton was imported without TRITON_INTERPRET=1 earlier in this process; "
+    "test_rerun_in_interpreter_subprocess runs these checks in a fresh process",
 )
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Extra absolute slack on top of the same-dtype torch error bound (fp32 rounding of the LSE).
@@ -46,7 +47,9 @@ ATOL = {torch.float32: 2e-5, torch.bfloat16: 2e-5, torch.float16: 2e-5}
 def _f64_label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """float64 oracle: log_softmax(logits.double())[t, labels[t]], 0 where ignored -> [T] f64."""
     valid = labels != -100
-    lp = torch.log_softmax(logits.double(), -1).gather(-1, torch.where(valid, labels, 0)[:, None].long())[:, 0]
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, torch.where(valid, labels, 0)[:, None].long())[
+        :, 0
+    ]
     return torch.where(valid, lp, 0.0)
 
 
@@ -204,7 +207,9 @@ def test_segment_rewards_match_official_batch_logps() -> None:
         want = _official_batch_logps(logits, labels, mode)
         got = logprobs.segment_rewards(out, mode)  # type: ignore[arg-type]
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    empty = logprobs.dpo_logratio(flat_logits, None, torch.full_like(flat_labels, -100), seg, B, backend="torch")
+    empty = logprobs.dpo_logratio(
+        flat_logits, None, torch.full_like(flat_labels, -100), seg, B, backend="torch"
+    )
     official_empty = _official_batch_logps(logits, torch.full_like(labels, -100), "avg")
     assert torch.isnan(official_empty).all() and torch.isnan(logprobs.segment_rewards(empty, "avg")).all()
 
@@ -223,7 +228,9 @@ def test_dispatch_rejects_bad_input() -> None:
         out = logprobs.dpo_logratio(x, None, torch.tensor([1, 2, 3, 4]), torch.tensor([0, 0, 1, 1]), 2)
         logprobs.segment_rewards(out, "ref")
     with pytest.raises(ValueError, match="no CUDA C"):
-        logprobs.linear_label_logprobs(torch.randn(4, 3), torch.randn(10, 3), torch.tensor([1, 2, 3, 4]), backend="cuda")
+        logprobs.linear_label_logprobs(
+            torch.randn(4, 3), torch.randn(10, 3), torch.tensor([1, 2, 3, 4]), backend="cuda"
+        )
 
 
 @needs_kernels

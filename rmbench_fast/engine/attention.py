@@ -184,7 +184,9 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         nb, bmax = len(keep), int(lens.max()) if len(lens) else 0
         if nb == 0:
             empty = torch.zeros(0, dtype=torch.long, device=dev)
-            plans.append(SegmentPlan(a, P, prefix_mask, empty, 0, 0, empty.bool(), empty, empty.bool(), empty))
+            plans.append(
+                SegmentPlan(a, P, prefix_mask, empty, 0, 0, empty.bool(), empty, empty.bool(), empty)
+            )
             continue
         off = np.arange(bmax)
         rows = starts[keep][:, None] + off[None, :]  # [nb, Bmax]
@@ -202,13 +204,29 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         pad_rows = ~vt
         mask[:, :, 0] |= pad_rows
         plans.append(
-            SegmentPlan(a, P, prefix_mask, rows_t, nb, bmax, valid_t, rows_t[valid_t], mask[:, None], k_idx.reshape(-1))
+            SegmentPlan(
+                a,
+                P,
+                prefix_mask,
+                rows_t,
+                nb,
+                bmax,
+                valid_t,
+                rows_t[valid_t],
+                mask[:, None],
+                k_idx.reshape(-1),
+            )
         )
     return plans
 
 
 def packed_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout, window: int | None, impl: AttnImpl
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: PackedLayout,
+    window: int | None,
+    impl: AttnImpl,
 ) -> torch.Tensor:
     """Scaled dot-product attention under the packed rule. q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
     window = layout.effective_window(window)
@@ -220,7 +238,11 @@ def packed_attention(
         return _flex(q, k, v, layout.block_mask(window))
     mask = layout.dense_mask(window)
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask, enable_gqa=True
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        enable_gqa=True,
     )  # [1, Hq, T, D]
     return out[0].transpose(0, 1)
 
@@ -238,7 +260,9 @@ def _heads_first(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[None]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, n_rep: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, n_rep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [Lq, Hq, D], k/v: [Lk, Hk, D] -> (out [Lq, Hq, D] fp32, lse [Lq, Hq] fp32)."""
     out, lse = _FLASH_CPU(_heads_first(q, 1), _heads_first(k, n_rep), _heads_first(v, n_rep), 0.0, causal)
     return out[0].transpose(0, 1).float(), lse[0].transpose(0, 1)
@@ -269,7 +293,9 @@ def _sdpa_split(
     return out
 
 
-def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[SegmentPlan]) -> torch.Tensor:
+def _sdpa_segments(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[SegmentPlan]
+) -> torch.Tensor:
     out = torch.empty_like(q)
     Hq, D = q.shape[1], q.shape[2]
     for p in plans:
@@ -279,7 +305,9 @@ def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: lis
             kp, vp = k[a : a + P].transpose(0, 1), v[a : a + P].transpose(0, 1)
             qp = q[a : a + P].transpose(0, 1)
             if p.prefix_mask is None:
-                o = F.scaled_dot_product_attention(qp[None], kp[None], vp[None], is_causal=True, enable_gqa=True)
+                o = F.scaled_dot_product_attention(
+                    qp[None], kp[None], vp[None], is_causal=True, enable_gqa=True
+                )
             else:
                 o = F.scaled_dot_product_attention(
                     qp[None], kp[None], vp[None], attn_mask=p.prefix_mask, enable_gqa=True
@@ -313,6 +341,10 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) ->
             _compiled_flex = torch.compile(flex_attention, dynamic=True)
         fn = _compiled_flex
     out = fn(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=block_mask, enable_gqa=True
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        block_mask=block_mask,
+        enable_gqa=True,
     )
     return out[0].transpose(0, 1)

@@ -93,7 +93,13 @@ class EngineConfig:
         if arch is None:
             raise fail(f"architecture {archs!r} is not supported by the native engine", "architectures")
         family, head = ARCHITECTURES[arch]
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        for key in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "vocab_size",
+        ):
             if not isinstance(raw.get(key), int):
                 raise ModelError(f"missing or non-integer {key}", file=source, field=key)
         act = raw.get("hidden_act", "silu")
@@ -155,7 +161,9 @@ def _rope(raw: dict[str, Any], fail: Any) -> RopeConfig:
     theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
     rtype = params.get("rope_type", params.get("type", "default")) or "default"
     if rtype not in SUPPORTED_ROPE:
-        raise fail(f"rope scaling type {rtype!r} is not supported (only {', '.join(SUPPORTED_ROPE)})", "rope_scaling")
+        raise fail(
+            f"rope scaling type {rtype!r} is not supported (only {', '.join(SUPPORTED_ROPE)})", "rope_scaling"
+        )
     if params.get("partial_rotary_factor", 1.0) != 1.0:
         raise fail("partial_rotary_factor != 1 is not supported", "rope_scaling")
     if rtype == "default":

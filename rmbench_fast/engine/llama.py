@@ -19,7 +19,11 @@ from rmbench_fast.engine.layers import GatedMLP, RMSNorm, apply_rope, rope_cos_s
 class Attention(nn.Module):
     def __init__(self, cfg: EngineConfig, window: int | None) -> None:
         super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.n_heads, self.n_kv, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
         self.window = window
         H, D = cfg.hidden_size, cfg.head_dim
         self.q_proj = nn.Linear(H, self.n_heads * D, bias=cfg.qkv_bias)
@@ -79,7 +83,12 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
-        self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PackedLayout, impl: AttnImpl
+        self,
+        input_ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        layout: PackedLayout,
+        impl: AttnImpl,
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, H]
         for layer in self.layers:

@@ -113,7 +113,10 @@ def load_model(
         if name is None:
             continue
         if name not in params:
-            raise ModelError(f"unexpected weight {raw_name!r} for {cfg.architecture}; use --backend hf", file=str(model_dir))
+            raise ModelError(
+                f"unexpected weight {raw_name!r} for {cfg.architecture}; use --backend hf",
+                file=str(model_dir),
+            )
         if tuple(tensor.shape) != tuple(params[name].shape):
             raise ModelError(
                 f"weight {raw_name!r} has shape {tuple(tensor.shape)}, config says {tuple(params[name].shape)}",
@@ -126,7 +129,9 @@ def load_model(
         loaded.add("lm_head.weight")
     missing = sorted(set(params) - loaded)
     if missing:
-        raise ModelError(f"weights missing from the checkpoint: {', '.join(missing[:3])}", file=str(model_dir))
+        raise ModelError(
+            f"weights missing from the checkpoint: {', '.join(missing[:3])}", file=str(model_dir)
+        )
     model.inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim).to(device)
     if fuse:
         model.fuse()

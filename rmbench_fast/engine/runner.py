@@ -135,7 +135,9 @@ class NativeScorer:
                 file=str(model_dir),
                 field="architectures",
             )
-        self.model = load_model(model_dir, dtype=self.dtype, device=self.device, allow_pickle=allow_pickle, cfg=self.cfg)
+        self.model = load_model(
+            model_dir, dtype=self.dtype, device=self.device, allow_pickle=allow_pickle, cfg=self.cfg
+        )
         self.ref_model: LlamaForScoring | None = None
         if ref_model_dir is not None:
             ref_cfg = EngineConfig.from_model_dir(ref_model_dir)
@@ -149,7 +151,9 @@ class NativeScorer:
 
     @property
     def vocab_size(self) -> int:
-        sizes = [self.cfg.vocab_size] + ([self.ref_model.cfg.vocab_size] if self.ref_model is not None else [])
+        sizes = [self.cfg.vocab_size] + (
+            [self.ref_model.cfg.vocab_size] if self.ref_model is not None else []
+        )
         return min(sizes)
 
     # ---------------------------------------------------------------------------------------
