@@ -1,6 +1,7 @@
 """Parity with the official RM-Bench / reward-bench code (fp32, CPU).
 
-Our pipeline (Formatter -> tokenize -> HFScorer) vs the oracle driver `tests/_official.py`,
+Our whole pipeline (`rmbench_fast.evaluate`, i.e. what `python -m rmbench_fast run` computes, with
+the hf backend and with the native engine) vs the oracle driver `tests/_official.py`,
 which runs the official DPOInference / RewardBenchPipeline the way RM-Bench's run_dpo.py and
 run_rm.py do. Every score must agree within |Δ| <= 1e-4·(1 + |s|).
 
@@ -22,15 +23,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from _official import official_dpo_scores, official_rm_scores
 from _smol_variants import SmolVariants, make_smol_variants, make_tiny_smol_source
-
-from rmbench_fast.backends.hf import HFScorer
-from rmbench_fast.types import N_STYLES
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rm-bench"
 DOMAINS = ("chat", "code", "safety-refuse")
@@ -48,7 +47,10 @@ pytest.importorskip("transformers")
 def _records(n: int) -> list[dict]:
     out = []
     for d in DOMAINS:
-        out += json.loads((DATA / f"{d}_filtered.json").read_text(encoding="utf-8"))[:n]
+        out += [
+            dict(r, domain=d)
+            for r in json.loads((DATA / f"{d}_filtered.json").read_text(encoding="utf-8"))[:n]
+        ]
     return out
 
 
@@ -60,32 +62,73 @@ def _ours(
     ref: Path | None = None,
     mode: str = "avg",
     template: str = "tulu",
+    backend: str = "hf",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Formatter -> tokenize -> HFScorer, fp32 CPU -> (scores [n, 6], scored tokens per sequence [n, 6])."""
+    """The whole pipeline, as `python -m rmbench_fast run` runs it (fp32, CPU) ->
+    (scores [n, 6], scored tokens per sequence [n, 6])."""
+    from rmbench_fast import evaluate
+    from rmbench_fast.data import load_records
     from rmbench_fast.format import Formatter
-    from rmbench_fast.tokenize import Tokenizer, encode_classifier, encode_dpo_pair
+    from rmbench_fast.pipeline import tokenize_records
+    from rmbench_fast.tokenize import Tokenizer
 
-    fmt = Formatter.from_model_dir(model_dir, template)
-    tok = Tokenizer(model_dir)
-    cfg_pad = json.loads((model_dir / "config.json").read_text()).get("pad_token_id")
-    pad = (
-        cfg_pad
-        if tok.pad_id is not None and cfg_pad is not None
-        else (tok.pad_id if cfg_pad is None else tok.eos_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "records.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        result = evaluate(
+            str(model_dir),
+            data=str(data),
+            kind=kind,
+            ref_model=str(ref) if ref else None,
+            ref_free=mode if kind == "dpo" and ref is None else None,
+            chat_template=template,
+            backend=backend,
+            device="cpu",
+            dtype="float32",
+        )
+        recs = load_records(data)
+    assert result["meta"]["backend"] == backend
+    scores = np.array([r["score_chosen"] + r["score_rejected"] for r in result["rows"]], dtype=np.float64)
+    seqs = (
+        tokenize_records(recs, Formatter.from_model_dir(model_dir, template), Tokenizer(model_dir), "dpo")
+        if kind == "dpo"
+        else None
     )
-    seqs = []
-    for r in records:
-        fulls = [fmt.full_text(r["prompt"], y) for y in list(r["chosen"]) + list(r["rejected"])]
-        if kind == "dpo":
-            p = fmt.prompt_text(r["prompt"])
-            pairs = [encode_dpo_pair(tok, p, fulls[k], fulls[N_STYLES + k]) for k in range(N_STYLES)]
-            seqs.append([c for c, _ in pairs] + [j for _, j in pairs])
-        else:
-            add_eos = not fmt.uses_chat_template
-            seqs.append([encode_classifier(tok, t, add_eos=add_eos, pad_id=pad) for t in fulls])
-    scorer = HFScorer(model_dir, kind=kind, ref_model_dir=ref, ref_free_mode=mode, batch_size=8)
-    n_labels = np.array([[s.n_labels for s in rec] for rec in seqs], dtype=np.float64)
-    return scorer.score(seqs), n_labels
+    n_labels = (
+        np.array([[s.n_labels for s in g] for g in seqs], dtype=np.float64) if seqs else np.zeros_like(scores)
+    )
+    return scores, n_labels
+
+
+_OFFICIAL: dict[tuple, np.ndarray] = {}
+
+
+def _official_dpo(model: Path, records: list[dict], **kw: object) -> np.ndarray:
+    """official_dpo_scores, computed once per (model, records, options) for both backends."""
+    key = (
+        "dpo",
+        str(model),
+        tuple(r["id"] for r in records),
+        tuple(sorted((k, str(v)) for k, v in kw.items())),
+    )
+    if key not in _OFFICIAL:
+        _OFFICIAL[key] = official_dpo_scores(model, records, **kw)
+    return _OFFICIAL[key]
+
+
+def _official_rm(model: Path, records: list[dict], **kw: object) -> tuple[np.ndarray, dict]:
+    key = (
+        "rm",
+        str(model),
+        tuple(r["id"] for r in records),
+        tuple(sorted((k, str(v)) for k, v in kw.items())),
+    )
+    if key not in _OFFICIAL:
+        _OFFICIAL[key] = official_rm_scores(model, records, **kw)
+    return _OFFICIAL[key]
+
+
+BACKENDS = pytest.mark.parametrize("backend", ["hf", "native"])
 
 
 def _assert_close(ours_n: tuple[np.ndarray, np.ndarray], official: np.ndarray, *, ref: bool = False) -> None:
@@ -117,36 +160,43 @@ def records() -> list[dict]:
     return _records(N_FAST)
 
 
-def test_dpo_ref_free_avg(tiny: SmolVariants, records: list[dict]) -> None:
-    _assert_close(_ours(tiny.policy, "dpo", records), official_dpo_scores(tiny.policy, records))
+@BACKENDS
+def test_dpo_ref_free_avg(tiny: SmolVariants, records: list[dict], backend: str) -> None:
+    _assert_close(_ours(tiny.policy, "dpo", records, backend=backend), _official_dpo(tiny.policy, records))
 
 
-def test_dpo_ref_free_norm_and_sum(tiny: SmolVariants, records: list[dict]) -> None:
+@BACKENDS
+def test_dpo_ref_free_norm_and_sum(tiny: SmolVariants, records: list[dict], backend: str) -> None:
     sub = records[::4]  # the other reductions over the same tokenization: a subset suffices
     for mode in ("norm", "sum"):
         _assert_close(
-            _ours(tiny.policy, "dpo", sub, mode=mode),
-            official_dpo_scores(tiny.policy, sub, ref_free_type=mode),
+            _ours(tiny.policy, "dpo", sub, mode=mode, backend=backend),
+            _official_dpo(tiny.policy, sub, ref_free_type=mode),
         )
 
 
-def test_dpo_with_reference(tiny: SmolVariants, records: list[dict]) -> None:
+@BACKENDS
+def test_dpo_with_reference(tiny: SmolVariants, records: list[dict], backend: str) -> None:
     sub = records[::2]  # 2 per domain: two models per side make this the costliest check
-    ours = _ours(tiny.policy, "dpo", sub, ref=tiny.reference)
-    _assert_close(ours, official_dpo_scores(tiny.policy, sub, ref_model_dir=tiny.reference), ref=True)
+    ours = _ours(tiny.policy, "dpo", sub, ref=tiny.reference, backend=backend)
+    _assert_close(ours, _official_dpo(tiny.policy, sub, ref_model_dir=tiny.reference), ref=True)
 
 
-def test_classifier_chat_template(tiny: SmolVariants, records: list[dict]) -> None:
-    official, facts = official_rm_scores(tiny.classifier, records)
+@BACKENDS
+def test_classifier_chat_template(tiny: SmolVariants, records: list[dict], backend: str) -> None:
+    official, facts = _official_rm(tiny.classifier, records)
     assert facts["add_eos_token"] is False
-    _assert_close(_ours(tiny.classifier, "classifier", records), official)
+    _assert_close(_ours(tiny.classifier, "classifier", records, backend=backend), official)
 
 
-def test_classifier_no_template_tulu(tiny: SmolVariants, records: list[dict]) -> None:
+@BACKENDS
+def test_classifier_no_template_tulu(tiny: SmolVariants, records: list[dict], backend: str) -> None:
     pytest.importorskip("fastchat.conversation", reason="pip install --no-deps fschat==0.2.36")
-    official, facts = official_rm_scores(tiny.classifier_nt, records, conv_name="tulu")
+    official, facts = _official_rm(tiny.classifier_nt, records, conv_name="tulu")
     assert facts["add_eos_token"] is True
-    _assert_close(_ours(tiny.classifier_nt, "classifier", records, template="tulu"), official)
+    _assert_close(
+        _ours(tiny.classifier_nt, "classifier", records, template="tulu", backend=backend), official
+    )
 
 
 @pytest.mark.slow
