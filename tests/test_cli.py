@@ -158,3 +158,26 @@ def test_report_missing_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     rc = main(["report", str(tmp_path)])
     err = capsys.readouterr().err
     _assert_one_line_error(rc, err, "metrics.json")
+
+
+def test_python_m_from_the_repository_root() -> None:
+    """`python -m rmbench_fast` in a checkout imports the source tree first (cwd on sys.path);
+    the built `_core` and the `kernels/` mapping must still be found."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import rmbench_fast.kernels, rmbench_fast.logprobs, rmbench_fast.engine.runner;"
+        "from rmbench_fast.plan import have_cpp; assert have_cpp(), 'C++ core not importable'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmbench_fast", "run", "--help"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "--ref-model" in proc.stdout, proc.stderr[-2000:]
