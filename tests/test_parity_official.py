@@ -24,7 +24,9 @@ import importlib.util
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -100,32 +102,28 @@ def _ours(
     return scores, n_labels
 
 
-_OFFICIAL: dict[tuple, np.ndarray] = {}
+_OFFICIAL: dict[tuple, Any] = {}
+
+
+def _cached(fn: Callable[..., Any], model: Path, records: list[dict], **kw: object) -> Any:
+    """fn(model, records, **kw) from the official code, computed once for both backends."""
+    key = (
+        fn.__name__,
+        str(model),
+        tuple(r["id"] for r in records),
+        tuple(sorted((k, str(v)) for k, v in kw.items())),
+    )
+    if key not in _OFFICIAL:
+        _OFFICIAL[key] = fn(model, records, **kw)
+    return _OFFICIAL[key]
 
 
 def _official_dpo(model: Path, records: list[dict], **kw: object) -> np.ndarray:
-    """official_dpo_scores, computed once per (model, records, options) for both backends."""
-    key = (
-        "dpo",
-        str(model),
-        tuple(r["id"] for r in records),
-        tuple(sorted((k, str(v)) for k, v in kw.items())),
-    )
-    if key not in _OFFICIAL:
-        _OFFICIAL[key] = official_dpo_scores(model, records, **kw)
-    return _OFFICIAL[key]
+    return _cached(official_dpo_scores, model, records, **kw)
 
 
 def _official_rm(model: Path, records: list[dict], **kw: object) -> tuple[np.ndarray, dict]:
-    key = (
-        "rm",
-        str(model),
-        tuple(r["id"] for r in records),
-        tuple(sorted((k, str(v)) for k, v in kw.items())),
-    )
-    if key not in _OFFICIAL:
-        _OFFICIAL[key] = official_rm_scores(model, records, **kw)
-    return _OFFICIAL[key]
+    return _cached(official_rm_scores, model, records, **kw)
 
 
 BACKENDS = pytest.mark.parametrize("backend", ["hf", "native"])

@@ -14,7 +14,7 @@ returns them); the log-softmax, the gather and the sums run in fp32 / float64.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,28 +71,6 @@ def sequence_logprob_stats(
     q = torch.zeros(n_seq, dtype=torch.float64, device=lp.device).index_add_(0, label_seq, lp64 * lp64)
     c = torch.bincount(label_seq, minlength=n_seq).double()
     return s, c, q
-
-
-def segment_lengths(seqs: Sequence[Sequence[TokSeq]], share_prefix: bool) -> np.ndarray:
-    """Packed length of each record: P + Σ_b (len_b - P), P = the six ids' common prefix."""
-    out = np.zeros(len(seqs), dtype=np.int64)
-    for r, group in enumerate(seqs):
-        total = sum(len(s.ids) for s in group)
-        p = _common_prefix(group) if share_prefix else 0
-        out[r] = total - (len(group) - 1) * p
-    return out
-
-
-def _common_prefix(group: Sequence[TokSeq]) -> int:
-    n = min(len(s.ids) for s in group)
-    if n == 0:
-        return 0
-    first = np.asarray(group[0].ids[:n])
-    diff = np.zeros(n, dtype=bool)
-    for s in group[1:]:
-        diff |= np.asarray(s.ids[:n]) != first
-    hits = np.flatnonzero(diff)
-    return int(hits[0]) if len(hits) else n
 
 
 class NativeScorer:
@@ -163,15 +141,14 @@ class NativeScorer:
         `progress(k)` is called as k more records finish. On CUDA out-of-memory the token
         budget is halved and the unfinished records are re-planned; finished work is kept.
         """
-        from rmbench_fast.plan import plan_batches, plan_stats
-        from rmbench_fast.plan import segment_lengths as planned_segment_lengths
+        from rmbench_fast.plan import plan_batches, plan_stats, segment_lengths
 
         for r, group in enumerate(seqs):
             if len(group) != N_SLOTS:
                 raise ValueError(f"record {r}: expected {N_SLOTS} sequences, got {len(group)}")
         out = np.full((len(seqs), N_SLOTS), np.nan, dtype=np.float64)
         # The planner's own lengths (its mask_first rule can turn prefix sharing off).
-        seg_len = np.asarray(planned_segment_lengths(seqs, share_prefix=self.share_prefix))
+        seg_len = np.asarray(segment_lengths(seqs, share_prefix=self.share_prefix))
         budget = self.batch_tokens
         longest = int(seg_len.max()) if len(seqs) else 0
         if longest > budget:
