@@ -77,9 +77,53 @@ py::array_t<T> owned_array(int64_t n) {
                         owner);
 }
 
+// Output buffers: fresh per call, or reused from a caller's workspace dict (name -> 1-D array).
+// Why reuse: the outputs are several GB for 100k records, and first-touch page faults on fresh
+// memory cost more than the planning itself. A workspace buffer is used when it is a writable,
+// C-contiguous 1-D array of the right dtype and at least n entries; otherwise a new one with 25%
+// headroom replaces it there. The returned array is a view of its first n entries.
+class OutputAlloc {
+ public:
+  explicit OutputAlloc(const py::object& workspace) {
+    if (workspace.is_none()) return;
+    if (!py::isinstance<py::dict>(workspace)) throw py::type_error("workspace must be a dict or None");
+    ws_ = workspace.cast<py::dict>();
+    have_ws_ = true;
+  }
+
+  template <typename T>
+  py::array_t<T> get(const char* name, int64_t n) {
+    if (!have_ws_) return owned_array<T>(n);
+    if (ws_.contains(name)) {
+      py::object cur = ws_[name];
+      if (py::isinstance<py::array>(cur)) {
+        auto a = cur.cast<py::array>();
+        const py::dtype want = py::dtype::of<T>();
+        const bool fits = a.ndim() == 1 && a.dtype().kind() == want.kind() && a.itemsize() == want.itemsize() &&
+                          (a.flags() & py::array::c_style) && a.writeable() && a.shape(0) >= std::max<int64_t>(n, 1);
+        if (fits) return view<T>(a, n);
+      }
+    }
+    auto fresh = owned_array<T>(std::max<int64_t>(n + n / 4, 1));
+    ws_[name] = fresh;
+    return view<T>(fresh, n);
+  }
+
+ private:
+  template <typename T>
+  static py::array_t<T> view(const py::array& base, int64_t n) {
+    return py::array_t<T>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(T))},
+                          static_cast<T*>(const_cast<void*>(base.data())), base);
+  }
+
+  py::dict ws_;
+  bool have_ws_ = false;
+};
+
 py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, const py::handle& label_start_obj,
                       const py::handle& pool_index_obj, const py::handle& mask_first_obj, int64_t vocab_size,
-                      int64_t batch_tokens, int64_t max_segments, bool share_prefix) {
+                      int64_t batch_tokens, int64_t max_segments, bool share_prefix,
+                      const py::object& workspace) {
   auto ids = input_array<int32_t>(ids_obj, "ids");
   auto offsets = input_array<int64_t>(offsets_obj, "offsets");
   auto label_start = input_array<int32_t>(label_start_obj, "label_start");
@@ -131,12 +175,14 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
   const int64_t B = layout.n_batches(), S = p.n_records;
   const int64_t T = layout.batch_tok.back(), K = layout.batch_lab.back();
   const int64_t n_seq_out = S * rmbf::kSlots;
-  auto input_ids = owned_array<int32_t>(T), position_ids = owned_array<int32_t>(T);
-  auto key_valid = owned_array<bool>(T);
-  auto seg_offsets = owned_array<int32_t>(S + B), prefix_len = owned_array<int32_t>(S);
-  auto branch_offsets = owned_array<int32_t>(n_seq_out + B);
-  auto label_pos = owned_array<int32_t>(K), label_ids = owned_array<int32_t>(K), label_seq = owned_array<int32_t>(K);
-  auto pool_pos = owned_array<int32_t>(n_seq_out), seq_record = owned_array<int32_t>(n_seq_out);
+  OutputAlloc alloc(workspace);
+  auto input_ids = alloc.get<int32_t>("input_ids", T), position_ids = alloc.get<int32_t>("position_ids", T);
+  auto key_valid = alloc.get<bool>("key_valid", T);
+  auto seg_offsets = alloc.get<int32_t>("seg_offsets", S + B), prefix_len = alloc.get<int32_t>("prefix_len", S);
+  auto branch_offsets = alloc.get<int32_t>("branch_offsets", n_seq_out + B);
+  auto label_pos = alloc.get<int32_t>("label_pos", K), label_ids = alloc.get<int32_t>("label_ids", K);
+  auto label_seq = alloc.get<int32_t>("label_seq", K);
+  auto pool_pos = alloc.get<int32_t>("pool_pos", n_seq_out), seq_record = alloc.get<int32_t>("seq_record", n_seq_out);
   rmbf::PlanOutputs o{input_ids.mutable_data(),
                       position_ids.mutable_data(),
                       reinterpret_cast<uint8_t*>(key_valid.mutable_data()),
@@ -186,8 +232,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("plan_batches", &plan_batches, py::arg("ids"), py::arg("offsets"), py::arg("label_start"),
         py::arg("pool_index"), py::arg("mask_first"), py::kw_only(), py::arg("vocab_size") = -1,
         py::arg("batch_tokens"), py::arg("max_segments") = 0, py::arg("share_prefix") = true,
+        py::arg("workspace") = py::none(),
         "Plan prefix-shared, token-budgeted batches (see rmbench_fast.plan). Inputs: ids int32 [N], "
         "offsets int64 [n*6+1], label_start / pool_index int32 [n*6], mask_first uint8/bool [n*6]. "
         "Returns a dict of concatenated batch-local arrays plus batch_tok / batch_seg / batch_lab "
-        "int64 [B+1] ranges. vocab_size <= 0 skips the upper id check; max_segments 0 = no cap.");
+        "int64 [B+1] ranges. vocab_size <= 0 skips the upper id check; max_segments 0 = no cap. "
+        "workspace: a dict of reusable output buffers (filled and grown in place); the returned "
+        "arrays are then views into it, overwritten by the next call with the same workspace.");
 }

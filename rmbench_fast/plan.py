@@ -341,6 +341,29 @@ def _batches_from_core(out: dict[str, Any]) -> list[PackedBatch]:
     return batches
 
 
+class PlanWorkspace:
+    """Reusable output buffers for repeated C++ planning calls (streaming large sweeps).
+
+    A plan of 100k records is several GB of flat arrays; allocating them fresh on every call
+    costs more in first-touch page faults than the planning itself. With a workspace the C++
+    planner writes into buffers kept from earlier calls (grown, with 25% headroom, when a call
+    needs more), so a sweep planned chunk by chunk touches its memory once.
+
+    The batches a call returns are *views* into the workspace: the next call with the same
+    workspace overwrites them. Consume (or copy) a plan before planning the next chunk.
+    Buffers may be replaced by any 1-D C-contiguous writable numpy arrays of the right dtype,
+    e.g. numpy views of pinned host tensors for the copy to a GPU.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes reserved by the buffers (capacity, not what the last plan used)."""
+        return sum(a.nbytes for a in self.buffers.values())
+
+
 def plan_batches_flat(
     ids: np.ndarray,
     offsets: np.ndarray,
@@ -353,9 +376,16 @@ def plan_batches_flat(
     share_prefix: bool = True,
     vocab_size: int | None = None,
     impl: Impl = "auto",
+    workspace: PlanWorkspace | None = None,
 ) -> list[PackedBatch]:
-    """`plan_batches` on flat numpy inputs (see `flatten_seqs`): the fast path, no TokSeq lists."""
+    """`plan_batches` on flat numpy inputs (see `flatten_seqs`): the fast path, no TokSeq lists.
+
+    `workspace` (C++ only) reuses output buffers across calls; the returned batches then alias
+    it and are overwritten by the next call with the same workspace (see `PlanWorkspace`).
+    """
     use_cpp = _pick_impl(impl)
+    if workspace is not None and not use_cpp:
+        raise ValueError("workspace needs the C++ planner (impl='cpp' or 'auto' with the core built)")
     if not use_cpp:
         _check_flat(np.asarray(ids), np.asarray(offsets), [label_start, pool_index, mask_first])
         seqs = _unflatten(
@@ -376,6 +406,7 @@ def plan_batches_flat(
         batch_tokens=int(batch_tokens),
         max_segments=0 if max_segments is None else int(max_segments),
         share_prefix=bool(share_prefix),
+        workspace=None if workspace is None else workspace.buffers,
     )
     return _batches_from_core(out)
 

@@ -244,6 +244,53 @@ def test_cpp_matches_python_larger(seqs: list[list[TokSeq]], budget_extra: int) 
     check_plan(seqs, cpp, budget, None, True, check_mask=False)
 
 
+@needs_cpp
+@settings(max_examples=25, deadline=None)
+@given(chunks=st.lists(st.lists(record(), min_size=1, max_size=30), min_size=1, max_size=4))
+def test_workspace_reuse_matches_fresh_plans(chunks: list[list[list[TokSeq]]]) -> None:
+    """Planning chunk after chunk into one workspace (buffers grown or reused, of any earlier
+    size) gives the same batches as fresh planning, chunk by chunk."""
+    ws = plan.PlanWorkspace()
+    for seqs in chunks:
+        budget = max(max(seg_len_of(g, expected_prefix(g, True)) for g in seqs), 1) + 7
+        flat = flatten_seqs(seqs)
+        fresh = plan_batches_flat(**flat, batch_tokens=budget, impl="cpp")
+        reused = plan_batches_flat(**flat, batch_tokens=budget, impl="cpp", workspace=ws)
+        assert_same_batches(fresh, reused)
+        assert_same_batches(plan_batches(seqs, batch_tokens=budget, impl="python"), reused)
+    assert ws.nbytes > 0
+
+
+@needs_cpp
+def test_workspace_semantics() -> None:
+    rng = np.random.default_rng(0)
+    big = [[TokSeq(rng.integers(0, 50, 40).tolist(), 10) for _ in range(N_SLOTS)] for _ in range(8)]
+    small = big[5:7]  # other records than the first plan starts with
+    ws = plan.PlanWorkspace()
+    first = plan_batches_flat(**flatten_seqs(big), batch_tokens=10_000, impl="cpp", workspace=ws)
+    buf = ws.buffers["input_ids"]
+    assert len(buf) >= first[0].n_tokens and np.shares_memory(first[0].input_ids, buf)
+    snapshot = first[0].input_ids.copy()
+    # a smaller plan reuses the same buffer (no reallocation) and overwrites the earlier views
+    second = plan_batches_flat(**flatten_seqs(small), batch_tokens=10_000, impl="cpp", workspace=ws)
+    assert ws.buffers["input_ids"] is buf and np.shares_memory(second[0].input_ids, buf)
+    assert not np.array_equal(first[0].input_ids[: second[0].n_tokens], snapshot[: second[0].n_tokens])
+    # unusable entries (wrong dtype, read-only, too small) are replaced, never written through
+    ro = np.zeros(10**6, dtype=np.int32)
+    ro.flags.writeable = False
+    ws.buffers.update(
+        position_ids=np.zeros(10**6, dtype=np.int64), label_ids=ro, label_pos=np.zeros(1, np.int32)
+    )
+    again = plan_batches_flat(**flatten_seqs(big), batch_tokens=10_000, impl="cpp", workspace=ws)
+    assert_same_batches(plan_batches(big, batch_tokens=10_000, impl="python"), again)
+    assert ws.buffers["position_ids"].dtype == np.int32 and ws.buffers["label_ids"] is not ro
+    assert not ro.any()
+    with pytest.raises(ValueError, match="workspace needs the C\\+\\+ planner"):
+        plan_batches_flat(**flatten_seqs(big), batch_tokens=10_000, impl="python", workspace=ws)
+    with pytest.raises(TypeError, match="workspace must be a dict"):
+        plan._core.plan_batches(*flatten_seqs(big).values(), batch_tokens=10_000, workspace=[1])
+
+
 def test_prefix_sharing_is_used_and_saves_tokens() -> None:
     prompt = [3, 1, 4, 1, 5]
     seqs = [[TokSeq(prompt + [b, 9, b], 5) for b in range(6)] for _ in range(3)]
