@@ -111,6 +111,17 @@ def _check_labels(labels: torch.Tensor, T: int, device: torch.device) -> None:
     check_same_device("labels", labels, device)
 
 
+def launch_config(V: int, *, interpret: bool, block_v: int | None = None) -> tuple[int, int]:
+    """(BLOCK_V, num_warps) for a vocabulary of V.
+
+    GPU: 4096-wide chunks (8 KB of bf16 per load, enough bytes in flight per SM); interpreter:
+    one numpy op per chunk, so fewer, larger chunks are faster.
+    """
+    if block_v is None:
+        block_v = min(next_pow2(V), 16384 if interpret else 4096)
+    return block_v, 8 if block_v >= 2048 else 4
+
+
 def dpo_logratio_triton(
     policy_logits: torch.Tensor,
     ref_logits: torch.Tensor | None,
@@ -144,12 +155,8 @@ def dpo_logratio_triton(
 
     interpret = device.type != "cuda"
     kernel = build_kernel(_dpo_logratio_kernel, device=device, heuristics=_HEURISTICS)
-    # GPU: 4096-wide chunks (8 KB of bf16 per load, enough bytes in flight per SM);
-    # interpreter: one numpy op per chunk, so fewer, larger chunks are faster.
-    if block_v is None:
-        block_v = min(next_pow2(V), 16384 if interpret else 4096)
+    block_v, num_warps = launch_config(V, interpret=interpret, block_v=block_v)
     ref = ref_logits if ref_logits is not None else policy_logits
-    num_warps = 8 if block_v >= 2048 else 4
     kernel[(T,)](
         policy_logits,
         ref,

@@ -152,12 +152,16 @@ def linear_logratio_triton(
 
     interpret = device.type != "cuda"
     kernel = build_kernel(_linear_logprob_kernel, device=device, heuristics=_HEURISTICS)
-    # tl.dot needs every block dim >= 16. GPU: 64x128 tiles, 64-wide K steps (bf16 tensor cores);
-    # interpreter: wide tiles so numpy does the work in few steps.
-    bt = block_t or (16 if interpret else 64)
-    bv = block_v or min(max(16, next_pow2(V)), 1024 if interpret else 128)
-    bh = block_h or min(max(16, next_pow2(H)), 256 if interpret else 64)
-    kernel[(triton_cdiv(T, bt),)](
+    cfg = launch_config(
+        V,
+        H,
+        interpret=interpret,
+        fp32=hidden.dtype == torch.float32,
+        block_t=block_t,
+        block_v=block_v,
+        block_h=block_h,
+    )
+    kernel[(triton_cdiv(T, cfg["BLOCK_T"]),)](
         hidden,
         weight,
         labels,
@@ -172,17 +176,42 @@ def linear_logratio_triton(
         labels.stride(0),
         softcap,
         IGNORE=ignore_index,
-        BLOCK_T=bt,
-        BLOCK_V=bv,
-        BLOCK_H=bh,
         IEEE_DOT=hidden.dtype == torch.float32 or interpret,
         # Triton's interpreter (numpy) has no bf16 matmul: upcast there. bf16 x bf16 products are
         # exact in fp32, so this matches the GPU's bf16 tensor-core dot with fp32 accumulation.
         UPCAST=interpret and hidden.dtype == torch.bfloat16,
-        num_warps=8 if bt * bv >= 8192 else 4,
-        num_stages=3 if not interpret else 1,
+        **cfg,
     )
     return out
+
+
+def launch_config(
+    V: int,
+    H: int,
+    *,
+    interpret: bool,
+    fp32: bool = False,
+    block_t: int | None = None,
+    block_v: int | None = None,
+    block_h: int | None = None,
+) -> dict[str, int]:
+    """Tile sizes and launch options: BLOCK_T, BLOCK_V, BLOCK_H, num_warps, num_stages.
+
+    tl.dot needs every block dim >= 16. GPU: 64x128 tiles, 64-wide K steps (bf16 tensor cores);
+    fp32 (IEEE FMA dots) 64x64 tiles and 32-wide K steps: the bf16 tiles need 255 registers and
+    spill there on sm_80 (see `python -m rmbench_fast.kernels.codegen`).
+    Interpreter: wide tiles so numpy does the work in few steps.
+    """
+    bt = block_t or (16 if interpret else 64)
+    bv = block_v or min(max(16, next_pow2(V)), 1024 if interpret else (64 if fp32 else 128))
+    bh = block_h or min(max(16, next_pow2(H)), 256 if interpret else (32 if fp32 else 64))
+    return {
+        "BLOCK_T": bt,
+        "BLOCK_V": bv,
+        "BLOCK_H": bh,
+        "num_warps": 8 if bt * bv >= 8192 or (fp32 and bt * bv >= 4096) else 4,
+        "num_stages": 3 if not interpret else 1,
+    }
 
 
 def triton_cdiv(a: int, b: int) -> int:
