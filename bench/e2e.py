@@ -9,7 +9,8 @@
 (b) native: rmbench_fast.engine.NativeScorer over prefix-shared packed batches.
 Each path runs in its own child process so its peak RSS is its own. Reported per path: useful
 tokens, processed tokens (incl. padding / after prefix sharing), wall seconds, peak memory;
-plus the speed ratio and the max |Δ| between the two paths' scores. On CUDA also MFU against a
+plus the speed ratio, the max |Δ| between the two paths' scores, and whether their RM-Bench
+metrics (style matrices, hard / normal / easy per domain) are identical. On CUDA also MFU against a
 bf16 matmul rate measured in the same run.
 """
 
@@ -187,6 +188,23 @@ def _mfu(sc: Any, st: dict[str, Any], wall: float) -> dict[str, float]:
     }
 
 
+def compare_metrics(args: argparse.Namespace, official: np.ndarray, native: np.ndarray) -> dict[str, Any]:
+    """Both paths' RM-Bench metrics (per domain and total) and whether they are identical."""
+    from rmbench_fast.data import load_records, select
+    from rmbench_fast.metrics import compute_metrics
+
+    records = select(load_records(Path(args.data)), domains=args.domains, limit=args.limit)
+    m_off, m_nat = compute_metrics(records, official), compute_metrics(records, native)
+    keys = ("matrix", "hard", "normal", "easy")
+    same = all(m_off["domains"][d][k] == m_nat["domains"][d][k] for d in m_off["domains"] for k in keys)
+    within = bool(np.all(np.abs(official - native) <= 1e-4 * (1 + np.abs(official))))
+    return {
+        "metrics_identical": same and set(m_off["domains"]) == set(m_nat["domains"]),
+        "scores_within_1e-4_rel": within,
+        "metrics": {"official": m_off, "native": m_nat},
+    }
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -249,6 +267,7 @@ def main() -> None:
         report["speedup_cpu_time"] = results["official"]["cpu_s"] / results["native"]["cpu_s"]
         report["max_abs_diff"] = float(np.abs(a - b).max())
         report["max_rel_diff"] = float((np.abs(a - b) / (1 + np.abs(a))).max())
+        report.update(compare_metrics(args, a, b))
         print(
             f"speedup {report['speedup']:.2f}x (CPU time {report['speedup_cpu_time']:.2f}x), max |Δ| {report['max_abs_diff']:.2e}"
         )
