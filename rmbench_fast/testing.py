@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-Arch = Literal["llama", "mistral", "qwen2"]
+Arch = Literal["llama", "mistral", "qwen2", "gemma2"]
 Kind = Literal["causal", "classifier"]
 
 _CLASSES = {
@@ -21,6 +21,8 @@ _CLASSES = {
     ("llama", "classifier"): "LlamaForSequenceClassification",
     ("mistral", "classifier"): "MistralForSequenceClassification",
     ("qwen2", "classifier"): "Qwen2ForSequenceClassification",
+    ("gemma2", "causal"): "Gemma2ForCausalLM",
+    ("gemma2", "classifier"): "Gemma2ForSequenceClassification",
 }
 SMOLLM2_VOCAB = 49152
 
@@ -42,6 +44,7 @@ def tiny_config(
         "llama": transformers.LlamaConfig,
         "mistral": transformers.MistralConfig,
         "qwen2": transformers.Qwen2Config,
+        "gemma2": transformers.Gemma2Config,
     }
     kwargs: dict[str, Any] = dict(
         hidden_size=64,
@@ -62,6 +65,15 @@ def tiny_config(
         kwargs["head_dim"] = 16
     if arch == "mistral":
         kwargs["sliding_window"] = sliding_window
+    if arch == "gemma2":
+        # small caps and a query scalar != head_dim, so each Gemma-2 feature moves the scores
+        kwargs.update(
+            sliding_window=sliding_window or 4096,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=8.0,
+            hidden_activation="gelu_pytorch_tanh",
+        )
     if arch == "qwen2" and sliding_window is not None:
         kwargs.update(use_sliding_window=True, sliding_window=sliding_window, max_window_layers=1)
     kwargs["rope_theta"] = 10000.0 if rope_scaling is None else 500000.0
@@ -112,6 +124,11 @@ def make_tiny_model_dir(
         # HF initialises the score head small; make scores spread like a trained head's
         with torch.no_grad():
             model.score.weight.normal_(0.0, 0.5)
+    if arch == "gemma2":  # HF initialises Gemma's norm offsets to 0; make the (1 + w) matter
+        with torch.no_grad():
+            for name, prm in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    prm.normal_(0.0, 0.3)
     model.save_pretrained(path, safe_serialization=True)
     _write_tokenizer(path, vocab_size)
     return path

@@ -113,6 +113,53 @@ def test_old_style_rope_scaling_config() -> None:
     assert cfg.head_dim == 16 and cfg.layer_windows == (None, None)
 
 
+def _gemma2_raw(**changes: object) -> dict:
+    raw = {
+        "architectures": ["Gemma2ForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+    }
+    return {**raw, **changes}
+
+
+def test_gemma2_config_defaults_follow_hf() -> None:
+    """Fields absent from config.json take HF Gemma2Config's defaults."""
+    cfg = EngineConfig.from_dict(_gemma2_raw())
+    assert cfg.family == "gemma2" and cfg.head_dim == 256 and cfg.tie_word_embeddings
+    assert cfg.attn_scale == 256**-0.5 and cfg.attn_softcap == 50.0 and cfg.final_softcap == 30.0
+    assert cfg.hidden_act == "gelu_pytorch_tanh"
+    assert cfg.layer_windows == (4096, None, 4096, None)  # even layers slide
+    cfg = EngineConfig.from_dict(
+        _gemma2_raw(
+            head_dim=16,
+            query_pre_attn_scalar=144,
+            attn_logit_softcapping=None,
+            final_logit_softcapping=None,
+            sliding_window=8,
+            layer_types=["full_attention", "sliding_attention"] * 2,
+        )
+    )
+    assert cfg.attn_scale == 144**-0.5 and cfg.attn_softcap is None and cfg.final_softcap is None
+    assert cfg.layer_windows == (None, 8, None, 8) and cfg.head_dim == 16
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"hidden_activation": "gelu"}, "hidden_activation"),
+        ({"use_bidirectional_attention": True}, "bidirectional"),
+        ({"layer_types": ["full_attention"]}, "layer_types"),
+    ],
+)
+def test_gemma2_unsupported_configs(changes: dict, match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        EngineConfig.from_dict(_gemma2_raw(**changes))
+
+
 def _reference_mask(batch: object) -> np.ndarray:
     """Brute force from the PackedBatch docstring: q sees k iff same sequence, k <= q, key_valid."""
     T = batch.n_tokens  # type: ignore[attr-defined]

@@ -36,6 +36,9 @@ CASES: dict[str, tuple[Any, ...]] = {
     "llama-linear-classifier": ("llama", "classifier", False, 2, 32000, LINEAR, None, None),
     "mistral-classifier": ("mistral", "classifier", False, 1, 32000, None, None, None),
     "qwen2-classifier": ("qwen2", "classifier", True, 2, 151936, None, None, None),
+    "gemma2-tied-window-avg": ("gemma2", "causal", True, 2, 32000, None, 8, "avg"),
+    "gemma2-untied-mqa-norm": ("gemma2", "causal", False, 1, 32000, None, 8, "norm"),
+    "gemma2-classifier": ("gemma2", "classifier", True, 2, 32000, None, 8, None),
 }
 
 
@@ -116,12 +119,14 @@ def test_reference_model_reward(models: dict[str, Path]) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_attention_impls_agree(models: dict[str, Path]) -> None:
-    """dense (reference), per-segment sdpa and FlexAttention (eager on CPU) give one answer."""
+@pytest.mark.parametrize("case", ["mistral-mqa-window-norm", "gemma2-untied-mqa-norm"])
+def test_attention_impls_agree(models: dict[str, Path], case: str) -> None:
+    """dense (reference), per-segment sdpa and FlexAttention (eager on CPU) give one answer
+    (Gemma-2: the soft-capped math path and flex's score_mod)."""
     seqs = synthetic_records(5, vocab_size=32000, seed=7)
     outs = [
         NativeScorer(
-            models["mistral-mqa-window-norm"],
+            models[case],
             kind="dpo",
             ref_free_mode="norm",
             attn_impl=impl,

@@ -23,6 +23,12 @@ Paths (all exact; they differ only in which pairs they skip computing):
     mask from `mask_mod`, so fully masked 128x128 tiles (other segments, sibling branches)
     are skipped.
   * "dense": the [T, T] mask materialised; the test reference.
+
+Scores are q·k * scale (default head_dim^-0.5). With a soft-cap (Gemma-2) they become
+cap * tanh(q·k * scale / cap) before masking; SDPA and the CPU flash op cannot do that, so the
+"sdpa" path then runs the same per-segment plan through `_math_attention`, which follows HF's
+eager attention op for op (matmul, scale, cap, mask, fp32 softmax cast back, matmul), and flex
+applies the cap as a score_mod.
 """
 
 from __future__ import annotations
@@ -227,24 +233,82 @@ def packed_attention(
     layout: PackedLayout,
     window: int | None,
     impl: AttnImpl,
+    *,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Scaled dot-product attention under the packed rule. q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
+    """Attention under the packed rule: softmax(cap(q·kᵀ * scale) + mask) v.
+
+    q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]. scale None: D^-0.5; softcap None: no cap.
+    """
     window = layout.effective_window(window)
     if impl == "sdpa":
-        if _FLASH_CPU is not None and q.device.type == "cpu" and window is None and layout.all_keys_valid():
-            return _sdpa_split(q, k, v, layout.split_plan())
-        return _sdpa_segments(q, k, v, layout.segment_plans(window))
+        if (
+            _FLASH_CPU is not None
+            and softcap is None
+            and q.device.type == "cpu"
+            and window is None
+            and layout.all_keys_valid()
+        ):
+            return _sdpa_split(q, k, v, layout.split_plan(), scale)
+        return _sdpa_segments(q, k, v, layout.segment_plans(window), scale, softcap)
     if impl == "flex":
-        return _flex(q, k, v, layout.block_mask(window))
+        return _flex(q, k, v, layout.block_mask(window), scale, softcap)
     mask = layout.dense_mask(window)
-    out = F.scaled_dot_product_attention(
+    out = _sdpa(
         q.transpose(0, 1)[None],
         k.transpose(0, 1)[None],
         v.transpose(0, 1)[None],
-        attn_mask=mask,
-        enable_gqa=True,
+        mask=mask,
+        scale=scale,
+        softcap=softcap,
     )  # [1, Hq, T, D]
     return out[0].transpose(0, 1)
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """q: [B, Hq, Lq, D], k/v: [B, Hk, Lk, D], mask: bool broadcastable to [B, Hq, Lq, Lk]."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
+        )
+    return _math_attention(q, k, v, mask=mask, causal=causal, scale=scale, softcap=softcap)
+
+
+def _math_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """HF eager attention, op for op: w = (q kᵀ) * scale; w = tanh(w / cap) * cap; masked keys
+    -> -inf; softmax in fp32, cast to q's dtype; w v. Shapes as `_sdpa`; every row must see a key."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+    w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if softcap is not None:
+        w = torch.tanh(w / softcap) * softcap
+    if causal:
+        Lq, Lk = w.shape[-2], w.shape[-1]
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=w.device).tril(Lk - Lq)
+    if mask is not None:
+        w = w.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(w, v)
 
 
 # The CPU flash-attention op returns the log-sum-exp of each row next to the output, which the
@@ -261,29 +325,37 @@ def _heads_first(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, n_rep: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, n_rep: int, scale: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [Lq, Hq, D], k/v: [Lk, Hk, D] -> (out [Lq, Hq, D] fp32, lse [Lq, Hq] fp32)."""
-    out, lse = _FLASH_CPU(_heads_first(q, 1), _heads_first(k, n_rep), _heads_first(v, n_rep), 0.0, causal)
+    out, lse = _FLASH_CPU(
+        _heads_first(q, 1), _heads_first(k, n_rep), _heads_first(v, n_rep), 0.0, causal, scale=scale
+    )
     return out[0].transpose(0, 1).float(), lse[0].transpose(0, 1)
 
 
 def _sdpa_split(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[tuple[int, int, list[tuple[int, int]]]]
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: list[tuple[int, int, list[tuple[int, int]]]],
+    scale: float | None = None,
 ) -> torch.Tensor:
     """The "split" path (module doc). q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
     out = torch.empty_like(q)
     n_rep = q.shape[1] // k.shape[1]
     for a, P, branches in plan:
         if P:
-            out[a : a + P] = _attend(q[a : a + P], k[a : a + P], v[a : a + P], True, n_rep)[0].to(q.dtype)
+            pre = _attend(q[a : a + P], k[a : a + P], v[a : a + P], True, n_rep, scale)[0]
+            out[a : a + P] = pre.to(q.dtype)
         if not branches:
             continue
         lo, hi = branches[0][0], branches[-1][1]  # a segment's branches are contiguous
         if P:
-            o_a, l_a = _attend(q[lo:hi], k[a : a + P], v[a : a + P], False, n_rep)  # [Nb, Hq, D], [Nb, Hq]
+            # [Nb, Hq, D], [Nb, Hq]
+            o_a, l_a = _attend(q[lo:hi], k[a : a + P], v[a : a + P], False, n_rep, scale)
         for s0, s1 in branches:
-            o_b, l_b = _attend(q[s0:s1], k[s0:s1], v[s0:s1], True, n_rep)
+            o_b, l_b = _attend(q[s0:s1], k[s0:s1], v[s0:s1], True, n_rep, scale)
             if P:
                 r = slice(s0 - lo, s1 - lo)
                 m = torch.maximum(l_a[r], l_b)
@@ -294,7 +366,12 @@ def _sdpa_split(
 
 
 def _sdpa_segments(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[SegmentPlan]
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plans: list[SegmentPlan],
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     out = torch.empty_like(q)
     Hq, D = q.shape[1], q.shape[2]
@@ -305,13 +382,9 @@ def _sdpa_segments(
             kp, vp = k[a : a + P].transpose(0, 1), v[a : a + P].transpose(0, 1)
             qp = q[a : a + P].transpose(0, 1)
             if p.prefix_mask is None:
-                o = F.scaled_dot_product_attention(
-                    qp[None], kp[None], vp[None], is_causal=True, enable_gqa=True
-                )
+                o = _sdpa(qp[None], kp[None], vp[None], causal=True, scale=scale, softcap=softcap)
             else:
-                o = F.scaled_dot_product_attention(
-                    qp[None], kp[None], vp[None], attn_mask=p.prefix_mask, enable_gqa=True
-                )
+                o = _sdpa(qp[None], kp[None], vp[None], mask=p.prefix_mask, scale=scale, softcap=softcap)
             out[a : a + P] = o[0].transpose(0, 1)
         if not p.n_branches:
             continue
@@ -321,7 +394,7 @@ def _sdpa_segments(
         # one gather builds [prefix ; own branch] keys for every branch row
         kk = k[p.key_rows].view(nb, P + bm, -1, D).transpose(1, 2)
         vv = v[p.key_rows].view(nb, P + bm, -1, D).transpose(1, 2)
-        o = F.scaled_dot_product_attention(qb, kk, vv, attn_mask=p.branch_mask, enable_gqa=True)
+        o = _sdpa(qb, kk, vv, mask=p.branch_mask, scale=scale, softcap=softcap)
         o = o.transpose(1, 2).reshape(nb * bm, Hq, D)
         out[p.out_idx] = o[p.row_valid]
     return out
@@ -330,7 +403,14 @@ def _sdpa_segments(
 _compiled_flex: Any = None
 
 
-def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> torch.Tensor:
+def _flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: Any,
+    scale: float | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
     """FlexAttention over the whole flat batch; compiled on CUDA, eager (reference speed) elsewhere."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
@@ -345,6 +425,17 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) ->
         k.transpose(0, 1)[None],
         v.transpose(0, 1)[None],
         block_mask=block_mask,
+        score_mod=None if softcap is None else _softcap_mod(softcap),
+        scale=scale,
         enable_gqa=True,
     )
     return out[0].transpose(0, 1)
+
+
+def _softcap_mod(cap: float) -> Callable[..., torch.Tensor]:
+    """FlexAttention score_mod: the (already scaled) score -> cap * tanh(score / cap)."""
+
+    def score_mod(score: torch.Tensor, b: Any, h: Any, q: Any, k: Any) -> torch.Tensor:
+        return torch.tanh(score / cap) * cap
+
+    return score_mod

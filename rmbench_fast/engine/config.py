@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from rmbench_fast.errors import ModelError
 
-Family = Literal["llama", "mistral", "qwen2"]
+Family = Literal["llama", "mistral", "qwen2", "gemma2"]
 Head = Literal["causal", "classifier"]
 
 # architectures string -> (family, head)
@@ -25,7 +25,11 @@ ARCHITECTURES: dict[str, tuple[Family, Head]] = {
     "LlamaForSequenceClassification": ("llama", "classifier"),
     "MistralForSequenceClassification": ("mistral", "classifier"),
     "Qwen2ForSequenceClassification": ("qwen2", "classifier"),
+    "Gemma2ForCausalLM": ("gemma2", "causal"),
+    "Gemma2ForSequenceClassification": ("gemma2", "classifier"),
 }
+# The activation each family's MLP accepts (HF: hidden_act, Gemma-2: hidden_activation).
+ACTIVATIONS = {"llama": ("silu",), "mistral": ("silu",), "qwen2": ("silu",), "gemma2": ("gelu_pytorch_tanh",)}
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 HINT = "use --backend hf"
 
@@ -66,6 +70,13 @@ class EngineConfig:
     # Per layer: None = full causal attention, else key k is visible to query q only when
     # pos(q) - pos(k) < window (HF's sliding_window_overlay).
     layer_windows: tuple[int | None, ...] = ()
+    hidden_act: str = "silu"  # "silu" | "gelu_pytorch_tanh" (Gemma-2)
+    # Gemma-2: q·k scaled by query_pre_attn_scalar^-0.5 instead of head_dim^-0.5; tanh
+    # soft-capping of attention scores and of the final logits (cap * tanh(x / cap)); RMSNorm
+    # weights stored as offsets (x * (1 + w)); four norms per layer; embeddings * sqrt(H).
+    attn_scale: float | None = None  # None: head_dim^-0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
     num_labels: int = 1
     pad_token_id: int | None = None
     torch_dtype: str | None = None
@@ -102,16 +113,19 @@ class EngineConfig:
         ):
             if not isinstance(raw.get(key), int):
                 raise ModelError(f"missing or non-integer {key}", file=source, field=key)
-        act = raw.get("hidden_act", "silu")
-        if act != "silu":
-            raise fail(f"hidden_act {act!r} is not supported (only silu)", "hidden_act")
+        act_key = "hidden_activation" if family == "gemma2" and "hidden_activation" in raw else "hidden_act"
+        act = raw.get(act_key) or ACTIVATIONS[family][0]
+        if act not in ACTIVATIONS[family]:
+            raise fail(f"{act_key} {act!r} is not supported for {family}", act_key)
+        if raw.get("use_bidirectional_attention"):
+            raise fail("bidirectional attention is not supported", "use_bidirectional_attention")
         if raw.get("pretraining_tp", 1) not in (1, None):
             raise fail("pretraining_tp != 1 is not supported", "pretraining_tp")
         n_heads = raw["num_attention_heads"]
         n_kv = raw.get("num_key_value_heads") or n_heads
         if n_heads % n_kv:
             raise ModelError("num_attention_heads is not a multiple of num_key_value_heads", file=source)
-        head_dim = raw.get("head_dim") or raw["hidden_size"] // n_heads
+        head_dim = raw.get("head_dim") or (256 if family == "gemma2" else raw["hidden_size"] // n_heads)
         n_labels = int(raw.get("num_labels", len(raw.get("id2label") or {}) or 1))
         if head == "classifier" and n_labels != 1:
             raise ModelError(
@@ -120,6 +134,7 @@ class EngineConfig:
                 field="num_labels",
             )
         qkv_bias = family == "qwen2" or bool(raw.get("attention_bias", False))
+        gemma = family == "gemma2"
         return cls(
             family=family,
             head=head,
@@ -134,15 +149,25 @@ class EngineConfig:
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope=_rope(raw, fail),
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", gemma)),
             qkv_bias=qkv_bias,
-            o_bias=family == "llama" and bool(raw.get("attention_bias", False)),
+            o_bias=family in ("llama", "gemma2") and bool(raw.get("attention_bias", False)),
             mlp_bias=family == "llama" and bool(raw.get("mlp_bias", False)),
             layer_windows=_windows(raw, family, fail),
+            hidden_act=act,
+            attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma else None,
+            attn_softcap=_opt_float(raw, "attn_logit_softcapping", 50.0) if gemma else None,
+            final_softcap=_opt_float(raw, "final_logit_softcapping", 30.0) if gemma else None,
             num_labels=n_labels,
             pad_token_id=_first_int(raw.get("pad_token_id")),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
         )
+
+
+def _opt_float(raw: dict[str, Any], key: str, default: float) -> float | None:
+    """raw[key] as a float (HF's default when absent); None or 0 -> None (the feature is off)."""
+    value = raw.get(key, default)
+    return float(value) if value else None
 
 
 def _first_int(value: Any) -> int | None:
@@ -185,11 +210,19 @@ def _rope(raw: dict[str, Any], fail: Any) -> RopeConfig:
 def _windows(raw: dict[str, Any], family: Family, fail: Any) -> tuple[int | None, ...]:
     """Per-layer sliding window, following each HF family's rule for when it is active."""
     n = raw["num_hidden_layers"]
-    window = raw.get("sliding_window")
+    window = raw.get("sliding_window", 4096 if family == "gemma2" else None)
     if family == "llama" or window is None:
         return (None,) * n
     if family == "mistral":
         return (int(window),) * n
+    if family == "gemma2":
+        # always active; HF's default alternates: even layers slide, odd layers see everything
+        types = raw.get("layer_types") or [
+            "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)
+        ]
+        if len(types) != n or any(t not in ("full_attention", "sliding_attention") for t in types):
+            raise fail("unsupported layer_types", "layer_types")
+        return tuple(int(window) if t == "sliding_attention" else None for t in types)
     # qwen2: only with use_sliding_window, and only from layer max_window_layers on
     types = raw.get("layer_types")
     if types is None:

@@ -1,4 +1,4 @@
-"""Small shared layers (nano-vllm style): RMSNorm, rotary embedding, gated MLP.
+"""Small shared layers (nano-vllm style): RMSNorms, rotary embedding, gated MLP.
 
 All operate on flat token-major tensors: x: [T, H]; q/k: [T, heads, D].
 Numerics follow HF Llama so fp16/bf16 runs round the same way: RMSNorm normalises in fp32
@@ -36,11 +36,38 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
-class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x))."""
+class OffsetRMSNorm(nn.Module):
+    """Gemma's RMSNorm: y = (x / sqrt(mean(x^2) + eps)) * (1 + w), all in fp32, then cast.
 
-    def __init__(self, hidden: int, inter: int, bias: bool) -> None:
+    The weight is stored as an offset from 1, and (unlike Llama) the product is taken in fp32
+    before the cast back, as HF Gemma2RMSNorm does.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, H]
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).to(x.dtype)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACT_FNS = {"silu": F.silu, "gelu_pytorch_tanh": _gelu_tanh}
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)), act = silu (Llama family) or tanh-approximated GELU (Gemma-2)."""
+
+    def __init__(self, hidden: int, inter: int, bias: bool, act: str = "silu") -> None:
+        super().__init__()
+        self.act = ACT_FNS[act]
         self.gate_proj = nn.Linear(hidden, inter, bias=bias)
         self.up_proj = nn.Linear(hidden, inter, bias=bias)
         self.down_proj = nn.Linear(inter, hidden, bias=bias)
@@ -58,9 +85,9 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H] -> [T, H]
         if self.gate_up_weight is None:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate).mul_(up))  # silu() allocates; multiply in place
+        return self.down_proj(self.act(gate).mul_(up))  # act() allocates; multiply in place
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:

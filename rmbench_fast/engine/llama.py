@@ -25,6 +25,7 @@ class Attention(nn.Module):
             cfg.head_dim,
         )
         self.window = window
+        self.scale, self.softcap = cfg.attn_scale, cfg.attn_softcap
         H, D = cfg.hidden_size, cfg.head_dim
         self.q_proj = nn.Linear(H, self.n_heads * D, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(H, self.n_kv * D, bias=cfg.qkv_bias)
@@ -54,7 +55,9 @@ class Attention(nn.Module):
         k = k.reshape(T, self.n_kv, D)  # [T, Hk, D]
         v = v.reshape(T, self.n_kv, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = packed_attention(q, k, v, layout, self.window, impl)  # [T, Hq, D]
+        o = packed_attention(
+            q, k, v, layout, self.window, impl, scale=self.scale, softcap=self.softcap
+        )  # [T, Hq, D]
         return self.o_proj(o.reshape(T, self.n_heads * self.head_dim))
 
 
@@ -64,7 +67,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg, window)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, cfg.hidden_act)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PackedLayout, impl: AttnImpl
@@ -106,12 +109,17 @@ class LlamaForScoring(nn.Module):
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = LlamaModel(cfg)
+        self.model = self.build_body(cfg)
         if cfg.head == "causal":
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         else:
             self.score = nn.Linear(cfg.hidden_size, cfg.num_labels, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg.rope, cfg.head_dim), persistent=False)
+
+    @staticmethod
+    def build_body(cfg: EngineConfig) -> nn.Module:
+        """The decoder without its head (one class per family)."""
+        return LlamaModel(cfg)
 
     def fuse(self) -> None:
         """Fuse per-layer projections after loading (fewer, larger GEMMs)."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rmbench_fast.engine.config import EngineConfig
+from rmbench_fast.engine.gemma2 import Gemma2ForScoring
 from rmbench_fast.engine.layers import rope_inv_freq
 from rmbench_fast.engine.llama import LlamaForScoring
 from rmbench_fast.errors import ModelError
@@ -105,7 +106,7 @@ def load_model(
     tdtype = resolve_dtype(dtype, cfg)
     device = torch.device(device)
     with torch.device("meta"):
-        model = LlamaForScoring(cfg)
+        model = model_class(cfg)(cfg)
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     for raw_name, tensor in _checkpoint_tensors(model_dir, allow_pickle):
@@ -136,6 +137,11 @@ def load_model(
     if fuse:
         model.fuse()
     return model.eval().requires_grad_(False)
+
+
+def model_class(cfg: EngineConfig) -> type[LlamaForScoring]:
+    """The engine's model class for a config's family (one module per family)."""
+    return Gemma2ForScoring if cfg.family == "gemma2" else LlamaForScoring
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""NativeScorer: RM-Bench scores from our own Llama-family engine over packed batches.
+"""NativeScorer: RM-Bench scores from our own engine (Llama family, Gemma-2) over packed batches.
 
 Per batch (one PackedBatch from the planner, whole records with their shared prefix once):
   hidden = model(batch)                                   # [T, H], no [T, V] logits
@@ -43,10 +43,13 @@ def native_supports(config: dict[str, Any]) -> str | None:
     return None
 
 
-def label_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def label_logprobs_chunked(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, softcap: float | None = None
+) -> torch.Tensor:
     """lp[k] = log_softmax(z[k])[labels[k]], z = hidden[k] @ weight.T, chunked over rows.
 
-    hidden: [K, H], weight: [V, H] (model dtype), labels: [K] -> [K] fp32.
+    hidden: [K, H], weight: [V, H] (model dtype), labels: [K] -> [K] fp32. With a final-logit
+    soft-cap (Gemma-2) z = tanh(z / cap) * cap first, in the model dtype as HF computes it.
     z is rounded to the model dtype (what an HF causal LM returns today, SPEC §5); the
     log-softmax and gather run in fp32 through `rmbench_fast.logprobs.label_logprobs`, the
     project's one entry point (torch on the CPU, the fused Triton kernel A on CUDA).
@@ -58,6 +61,8 @@ def label_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     step = max(1, LOGIT_CHUNK_ELEMS // V)
     for a in range(0, K, step):
         z = F.linear(hidden[a : a + step], weight)  # [k, V] model dtype
+        if softcap is not None:
+            z = torch.tanh(z / softcap) * softcap
         out[a : a + step] = fused_label_logprobs(z, labels[a : a + step])
     return out
 
@@ -237,7 +242,9 @@ class NativeScorer:
             pos = torch.from_numpy(np.asarray(batch.label_pos, dtype=np.int64)).to(dev)
             labels = torch.from_numpy(np.asarray(batch.label_ids, dtype=np.int64)).to(dev)
             seq = torch.from_numpy(np.asarray(batch.label_seq, dtype=np.int64)).to(dev)
-            lp = label_logprobs(hidden.index_select(0, pos), model.head_weight(), labels)  # [K] fp32
+            lp = label_logprobs(
+                hidden.index_select(0, pos), model.head_weight(), labels, model.cfg.final_softcap
+            )  # [K] fp32
             return sequence_logprob_stats(lp, seq, n_seq)
 
     def _classifier(self, batch: PackedBatch, layout: PackedLayout, ids: torch.Tensor) -> np.ndarray:
@@ -252,7 +259,9 @@ class NativeScorer:
             return score[:, 0].float().double().cpu().numpy()
 
 
-def label_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def label_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, softcap: float | None = None
+) -> torch.Tensor:
     """The one switch point for the log-prob computation: [K, H] x [V, H] -> [K] fp32.
 
     Logits in the model dtype, then the fused fp32 log-softmax + gather (label_logprobs_chunked).
@@ -260,4 +269,4 @@ def label_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     fp32, never materialised) can replace it once validated on a GPU; it changes the rounding
     of the logits (fp32 instead of the model dtype), so it must stay opt-in.
     """
-    return label_logprobs_chunked(hidden, weight, labels)
+    return label_logprobs_chunked(hidden, weight, labels, softcap)

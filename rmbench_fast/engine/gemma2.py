@@ -1,0 +1,77 @@
+"""Gemma-2 decoder over a packed flat token stream, built from the shared layers.
+
+What differs from the Llama family (all from config.json, see EngineConfig):
+  * embeddings are multiplied by sqrt(H), rounded to the model dtype first (HF's embed_scale);
+  * four RMSNorms per layer, "sandwich" style, each Gemma's x * (1 + w) in fp32:
+        x = x + post_attention_norm(attn(input_norm(x)))
+        x = x + post_feedforward_norm(mlp(pre_feedforward_norm(x)))
+  * attention scores scaled by query_pre_attn_scalar^-0.5 and soft-capped (cap * tanh(s / cap));
+  * tanh-approximated GELU in the gated MLP;
+  * alternating sliding-window layers (even layers slide by default);
+  * a final logit soft-cap on the LM head, applied by the runner where the head is applied.
+Parameter names equal the HF checkpoint names, so weights load by name.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rmbench_fast.engine.attention import AttnImpl, PackedLayout
+from rmbench_fast.engine.config import EngineConfig
+from rmbench_fast.engine.layers import GatedMLP, OffsetRMSNorm
+from rmbench_fast.engine.llama import Attention, LlamaForScoring
+
+
+class Gemma2DecoderLayer(nn.Module):
+    def __init__(self, cfg: EngineConfig, window: int | None) -> None:
+        super().__init__()
+        H, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.input_layernorm = OffsetRMSNorm(H, eps)
+        self.self_attn = Attention(cfg, window)
+        self.post_attention_layernorm = OffsetRMSNorm(H, eps)
+        self.pre_feedforward_layernorm = OffsetRMSNorm(H, eps)
+        self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, cfg.hidden_act)
+        self.post_feedforward_layernorm = OffsetRMSNorm(H, eps)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PackedLayout, impl: AttnImpl
+    ) -> torch.Tensor:
+        # x: [T, H]
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, layout, impl))
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
+class Gemma2Model(nn.Module):
+    """embed * sqrt(H) -> layers -> final norm; returns the last hidden states [T, H]."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Gemma2DecoderLayer(cfg, w) for w in cfg.layer_windows)
+        self.norm = OffsetRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.embed_scale = cfg.hidden_size**0.5
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        layout: PackedLayout,
+        impl: AttnImpl,
+    ) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # [T, H]
+        # HF keeps sqrt(H) as an fp32 tensor and casts it to the weight dtype (60.0 in bf16 for
+        # H = 3584): the same double rounding here.
+        x = x * torch.tensor(self.embed_scale, dtype=torch.float32).to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, layout, impl)
+        return self.norm(x)
+
+
+class Gemma2ForScoring(LlamaForScoring):
+    """Gemma-2 body plus `lm_head` (tied by default) or a `score` head; see LlamaForScoring."""
+
+    @staticmethod
+    def build_body(cfg: EngineConfig) -> nn.Module:
+        return Gemma2Model(cfg)
