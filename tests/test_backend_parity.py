@@ -1,8 +1,8 @@
 """`--backend native` against `--backend hf` through the whole pipeline, on real RM-Bench records.
 
 fp32 on the CPU, `rmbench_fast.evaluate(...)` for both backends, the first N records of each
-shared domain file (chat, code, safety-refuse). Tiny random-init Llama, Mistral and Qwen2
-models (2 layers) with SmolLM2's tokenizer and chat template, as causal LMs (reference-free
+shared domain file (chat, code, safety-refuse). Tiny random-init Llama, Mistral, Qwen2 and
+Gemma-2 models (2 layers) with SmolLM2's tokenizer and chat template, as causal LMs (reference-free
 and with a reference model) and as classifiers, with tied / untied heads, MHA / GQA / MQA.
 
 Checked per model: every per-sample score within |Δ| <= 1e-4 (1 + |s|), and identical style
@@ -37,6 +37,8 @@ MODELS: dict[str, tuple[str, str, bool, int]] = {
     "llama-classifier-mha": ("llama", "classifier", False, 4),
     "mistral-classifier-gqa-untied": ("mistral", "classifier", False, 2),
     "qwen2-classifier-gqa-tied": ("qwen2", "classifier", True, 2),
+    "gemma2-causal-gqa-tied": ("gemma2", "causal", True, 2),
+    "gemma2-classifier-mqa-tied": ("gemma2", "classifier", True, 1),
 }
 # (policy, reference) pairs scored as DPO with a reference model
 WITH_REF = {"llama-causal+ref-qwen2": ("llama-causal-gqa-untied", "qwen2-causal-gqa-untied")}
