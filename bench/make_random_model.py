@@ -1,6 +1,6 @@
 """Write a random-weight model directory at a real model's shape, for GPU benchmarks.
 
-    python bench/make_random_model.py --shape llama-3.1-8b --out /tmp/llama8b [--dtype bfloat16] \
+    python bench/make_random_model.py --shape {llama-3.1-8b,qwen2-7b,gemma-2-9b,tiny} --out DIR [--dtype bfloat16] \
         [--tokenizer-from DIR]   # a dir with tokenizer.json + tokenizer_config.json
 
 Random weights time the same as trained ones. The config follows the real model's config.json
@@ -69,6 +69,29 @@ SHAPES: dict[str, dict[str, Any]] = {
         "bos_token_id": 151643,
         "eos_token_id": 151645,
     },
+    "gemma-2-9b": {
+        "architectures": ["Gemma2ForCausalLM"],
+        "model_type": "gemma2",
+        "hidden_size": 3584,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 42,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 256,
+        "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 8192,
+        "vocab_size": 256000,
+        "tie_word_embeddings": True,
+        "sliding_window": 4096,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_act": "gelu_pytorch_tanh",
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+    },
     # A few-MB stand-in with the same code path, to test this script on a CPU.
     "tiny": {
         "architectures": ["LlamaForCausalLM"],
@@ -91,33 +114,17 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """HF Llama/Qwen2 parameter names -> shapes."""
-    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    d = cfg.get("head_dim") or h // nh
-    bias = cfg["model_type"] == "qwen2"
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out |= {
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (nh * d, h),
-            p + "self_attn.k_proj.weight": (nkv * d, h),
-            p + "self_attn.v_proj.weight": (nkv * d, h),
-            p + "self_attn.o_proj.weight": (h, nh * d),
-            p + "mlp.gate_proj.weight": (inter, h),
-            p + "mlp.up_proj.weight": (inter, h),
-            p + "mlp.down_proj.weight": (h, inter),
-        }
-        if bias:
-            out |= {
-                p + "self_attn.q_proj.bias": (nh * d,),
-                p + "self_attn.k_proj.bias": (nkv * d,),
-                p + "self_attn.v_proj.bias": (nkv * d,),
-            }
-    if not cfg.get("tie_word_embeddings"):
-        out["lm_head.weight"] = (v, h)
+    """Checkpoint tensor names -> shapes, from the engine's own model built on the meta device
+    (so every family the engine supports is covered, with HF's parameter names)."""
+    from rmbench_fast.engine.config import EngineConfig
+    from rmbench_fast.engine.loader import model_class
+
+    ecfg = EngineConfig.from_dict(cfg)
+    with torch.device("meta"):
+        model = model_class(ecfg)(ecfg)
+    out = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    if ecfg.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
     return out
 
 
@@ -142,7 +149,8 @@ def write_random_model(
     size = 0
     for name, shp in tensor_shapes(cfg).items():
         if name.endswith("norm.weight"):
-            t = torch.ones(shp, dtype=tdtype)
+            # a unit norm scale: Gemma stores it as an offset from 1
+            t = (torch.zeros if cfg["model_type"] == "gemma2" else torch.ones)(shp, dtype=tdtype)
         else:
             fan_in = shp[-1]
             t = (torch.randn(shp, generator=gen, device=device) / fan_in**0.5).to(tdtype).cpu()

@@ -1,0 +1,34 @@
+"""bench/make_random_model.py: real shapes (parameter counts of the published models) and a
+loadable directory (the tiny shape, through the engine's own loader)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import make_random_model as mrm  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("shape", "billions"), [("llama-3.1-8b", 8.03), ("qwen2-7b", 7.62), ("gemma-2-9b", 9.24)]
+)
+def test_shapes_match_the_published_parameter_counts(shape: str, billions: float) -> None:
+    shapes = mrm.tensor_shapes(mrm.SHAPES[shape])
+    n = sum(math.prod(s) for s in shapes.values())
+    assert round(n / 1e9, 2) == billions
+
+
+def test_tiny_model_writes_and_loads(tmp_path: Path, smollm2_dir: Path) -> None:
+    from rmbench_fast.engine import load_model
+
+    out = mrm.write_random_model(
+        "tiny", tmp_path / "tiny", dtype="float32", device="cpu", shard_bytes=1 << 20
+    )
+    assert len(list(out.glob("*.safetensors"))) > 1  # sharded, with an index
+    model = load_model(out)
+    assert model.model.embed_tokens.weight.shape == (49152, 64)
+    assert (out / "tokenizer.json").is_file()
