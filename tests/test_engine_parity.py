@@ -161,3 +161,58 @@ def test_bf16_close_to_fp32(models: dict[str, Path]) -> None:
     import torch
 
     assert np.array_equal(torch.tensor(b16).bfloat16().double().numpy(), b16)
+
+
+def test_flex_compile_failure_falls_back_to_sdpa(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FlexAttention build failure (CUDA) warns once, then the run goes on, exactly, on the
+    per-segment SDPA plan; the stats say so."""
+    from rmbench_fast.engine import attention
+
+    calls: list[int] = []
+
+    def broken_flex(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise attention.FlexCompileError("LoweringException: unbacked_bindings")
+
+    monkeypatch.setattr(attention, "_flex", broken_flex)
+    monkeypatch.setattr(attention, "flex_fallback_reason", None)
+    seqs = synthetic_records(5, vocab_size=32000, seed=7)
+    case = "gemma2-untied-mqa-norm"
+    want = NativeScorer(models[case], kind="dpo", ref_free_mode="norm", attn_impl="dense").score(seqs)
+    sc = NativeScorer(models[case], kind="dpo", ref_free_mode="norm", attn_impl="flex", batch_tokens=400)
+    with pytest.warns(RuntimeWarning, match="FlexAttention failed to compile"):
+        got = sc.score(seqs)
+    assert len(calls) == 1  # never retried after the first failure
+    assert sc.stats["attention"].startswith("sdpa (flex failed to compile: FlexCompileError")
+    assert np.all(np.abs(got - want) <= _tol(want, 1e-5))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case", ["llama3-gqa-untied-avg", "mistral-mqa-window-norm", "gemma2-untied-mqa-norm"]
+)
+def test_compiled_flex_on_cpu_is_exact_or_falls_back(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """torch.compile(flex_attention, dynamic=True), as on CUDA, run on the CPU: the packed
+    mask_mod (and Gemma-2's soft-cap score_mod) go through dynamo and inductor for real. Where
+    inductor cannot build it (torch 2.13's CPU backend fails on the windowed masks), the run
+    must fall back and stay exact."""
+    import warnings
+
+    from rmbench_fast.engine import attention
+
+    monkeypatch.setattr(attention, "compile_flex_on_cpu", True)
+    monkeypatch.setattr(attention, "flex_fallback_reason", None)
+    monkeypatch.setattr(attention, "_compiled_flex", None)
+    mode = CASES[case][7]
+    seqs = synthetic_records(5, vocab_size=CASES[case][4], seed=7)
+    want = NativeScorer(models[case], kind="dpo", ref_free_mode=mode, attn_impl="dense").score(seqs)
+    sc = NativeScorer(models[case], kind="dpo", ref_free_mode=mode, attn_impl="flex", batch_tokens=400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = sc.score(seqs)
+    print(case, sc.stats["attention"])
+    assert np.all(np.abs(got - want) <= _tol(want, 1e-5))

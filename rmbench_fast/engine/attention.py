@@ -21,7 +21,8 @@ Paths (all exact; they differ only in which pairs they skip computing):
         o = (e^{l_A} o_A + e^{l_B} o_B) / (e^{l_A} + e^{l_B}).
   * "flex" (default on CUDA): one FlexAttention call over the whole flat batch with a block
     mask from `mask_mod`, so fully masked 128x128 tiles (other segments, sibling branches)
-    are skipped.
+    are skipped. Compiled on CUDA; if compiling fails (a torch / mask combination inductor
+    cannot build), a warning is given once and the run continues on the "sdpa" plan.
   * "dense": the [T, T] mask materialised; the test reference.
 
 Scores are q·k * scale (default head_dim^-0.5). With a soft-cap (Gemma-2) they become
@@ -33,6 +34,7 @@ applies the cap as a score_mod.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -253,7 +255,12 @@ def packed_attention(
             return _sdpa_split(q, k, v, layout.split_plan(), scale)
         return _sdpa_segments(q, k, v, layout.segment_plans(window), scale, softcap)
     if impl == "flex":
-        return _flex(q, k, v, layout.block_mask(window), scale, softcap)
+        if flex_fallback_reason is None:
+            try:
+                return _flex(q, k, v, layout.block_mask(window), scale, softcap)
+            except FlexCompileError as exc:
+                _disable_flex(exc)
+        return _sdpa_segments(q, k, v, layout.segment_plans(window), scale, softcap)
     mask = layout.dense_mask(window)
     out = _sdpa(
         q.transpose(0, 1)[None],
@@ -401,6 +408,42 @@ def _sdpa_segments(
 
 
 _compiled_flex: Any = None
+# Set when compiling FlexAttention failed in this process: "flex" then runs the per-segment
+# "sdpa" plan (exact, slower) for the rest of the process. Read by the runner for its stats.
+flex_fallback_reason: str | None = None
+# Compile FlexAttention on the CPU too (tests: traces the same mask_mod / score_mod through
+# dynamo and inductor as on CUDA; the CPU default is eager flex, a reference-speed path).
+compile_flex_on_cpu = False
+
+
+class FlexCompileError(RuntimeError):
+    """torch.compile could not build the FlexAttention kernel for this mask / score_mod."""
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """The exception types torch.compile raises for a failed build (they moved across versions)."""
+    import torch._dynamo.exc as dynamo_exc
+
+    found: list[type[BaseException]] = [dynamo_exc.BackendCompilerFailed, dynamo_exc.Unsupported]
+    try:
+        from torch._inductor.exc import InductorError
+
+        found.append(InductorError)
+    except ImportError:  # pragma: no cover - older torch
+        pass
+    return tuple(found)
+
+
+def _disable_flex(exc: BaseException) -> None:
+    global flex_fallback_reason
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    flex_fallback_reason = f"{type(exc).__name__}: {first}"[:300]
+    warnings.warn(
+        f"FlexAttention failed to compile ({flex_fallback_reason}); using the per-segment SDPA path "
+        "for the rest of this run (same scores, slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _flex(
@@ -416,19 +459,25 @@ def _flex(
     from torch.nn.attention.flex_attention import flex_attention
 
     fn = flex_attention
-    if q.device.type == "cuda":
+    compiled = q.device.type == "cuda" or compile_flex_on_cpu
+    if compiled:
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=True)
         fn = _compiled_flex
-    out = fn(
-        q.transpose(0, 1)[None],
-        k.transpose(0, 1)[None],
-        v.transpose(0, 1)[None],
-        block_mask=block_mask,
-        score_mod=None if softcap is None else _softcap_mod(softcap),
-        scale=scale,
-        enable_gqa=True,
-    )
+    try:
+        out = fn(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            block_mask=block_mask,
+            score_mod=None if softcap is None else _softcap_mod(softcap),
+            scale=scale,
+            enable_gqa=True,
+        )
+    except _compile_errors() as exc:
+        if not compiled:
+            raise
+        raise FlexCompileError(str(exc)) from exc
     return out[0].transpose(0, 1)
 
 

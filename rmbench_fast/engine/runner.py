@@ -204,7 +204,7 @@ class NativeScorer:
             "oom_halvings": oom_halvings,
             "forwards_per_sequence": 2 if self.ref_model is not None else 1,
             "share_prefix": self.share_prefix,
-            "attention": self.attn_impl,
+            "attention": self._attention_used(),
             "wall_s": time.perf_counter() - t0,
             "plan_s": plan_s,
             "plan_share": plan_s / max(time.perf_counter() - t0, 1e-9),
@@ -212,6 +212,13 @@ class NativeScorer:
             "device": str(self.device),
         }
         return out
+
+    def _attention_used(self) -> str:
+        from rmbench_fast.engine import attention
+
+        if self.attn_impl == "flex" and attention.flex_fallback_reason is not None:
+            return f"sdpa (flex failed to compile: {attention.flex_fallback_reason})"
+        return self.attn_impl
 
     # ---------------------------------------------------------------------------------------
     def score_batch(self, batch: PackedBatch) -> np.ndarray:
