@@ -20,7 +20,7 @@ from torch import nn
 from rmbench_fast.engine.attention import AttnImpl, PackedLayout
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.layers import GatedMLP, OffsetRMSNorm
-from rmbench_fast.engine.llama import Attention, LlamaForScoring
+from rmbench_fast.engine.llama import Attention, LlamaForScoring, LlamaModel
 
 
 class Gemma2DecoderLayer(nn.Module):
@@ -42,31 +42,15 @@ class Gemma2DecoderLayer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
-class Gemma2Model(nn.Module):
-    """embed * sqrt(H) -> layers -> final norm; returns the last hidden states [T, H]."""
+class Gemma2Model(LlamaModel):
+    """embed * sqrt(H) -> Gemma-2 layers -> final (1 + w) norm; returns hidden states [T, H]."""
 
     def __init__(self, cfg: EngineConfig) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Gemma2DecoderLayer(cfg, w) for w in cfg.layer_windows)
         self.norm = OffsetRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.embed_scale = cfg.hidden_size**0.5
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        layout: PackedLayout,
-        impl: AttnImpl,
-    ) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)  # [T, H]
-        # HF keeps sqrt(H) as an fp32 tensor and casts it to the weight dtype (60.0 in bf16 for
-        # H = 3584): the same double rounding here.
-        x = x * torch.tensor(self.embed_scale, dtype=torch.float32).to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, layout, impl)
-        return self.norm(x)
 
 
 class Gemma2ForScoring(LlamaForScoring):

@@ -77,13 +77,14 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """embed -> layers -> final norm; returns the last hidden states [T, H]."""
+    """embed (* embed_scale) -> layers -> final norm; returns the last hidden states [T, H]."""
 
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, w) for w in cfg.layer_windows)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.embed_scale: float | None = None  # Gemma: sqrt(H)
 
     def forward(
         self,
@@ -94,6 +95,10 @@ class LlamaModel(nn.Module):
         impl: AttnImpl,
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, H]
+        if self.embed_scale is not None:
+            # HF keeps the scale as an fp32 tensor cast to the weight dtype (sqrt(3584) -> 60.0
+            # in bf16): the same double rounding here.
+            x = x * torch.tensor(self.embed_scale, dtype=torch.float32).to(x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, layout, impl)
         return self.norm(x)
