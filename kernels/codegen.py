@@ -7,6 +7,8 @@ Triton's compiler and its bundled ptxas / cuobjdump run on any machine, so the l
 configurations the launchers use on a GPU can be compiled to cubin here (sm_80, sm_90) and
 inspected: that catches GPU-only compile errors, register spills and codegen regressions
 (unvectorized row loads in kernel A; kernel B falling off the tensor cores) where no GPU is lent.
+The CUDA C++ kernel A, when the project build compiled it (nvcc found), is reported too: the
+resource usage of each template instance in each architecture of its fatbin.
 
 The signatures mirror what `triton.jit` derives at launch for a typical large shape (V = 128256,
 H = 4096, T = 4096, contiguous rows, 16-byte aligned tensors): integer arguments equal to 1 become
@@ -198,13 +200,57 @@ def compile_variant(
     }
 
 
+def cuda_module_usage() -> list[dict[str, Any]]:
+    """Resource usage of every kernel in the built CUDA module (`rmbench_fast._cuda`), per
+    architecture in its fatbin: [{"variant", "cc", "regs", "stack_bytes", ...}]; [] when the
+    module was not built (no nvcc) or cuobjdump is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rmbench_fast._cuda")
+    tool = _nvidia_tool("cuobjdump")
+    if spec is None or spec.origin is None or tool is None:
+        return []
+    res = subprocess.run([tool, "--dump-resource-usage", spec.origin], capture_output=True, text=True)
+    rows: list[dict[str, Any]] = []
+    cc = 0
+    name = ""
+    for line in res.stdout.splitlines():
+        if m := re.match(r"\s*arch = sm_(\d+)", line):
+            cc = int(m.group(1))
+        elif m := re.match(r"\s*Function (\S+):", line):
+            name = m.group(1)
+        elif m := re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line):
+            regs, stack, shared, local = map(int, m.groups())
+            rows.append(
+                {
+                    "variant": f"cuda:{_short_cuda_name(name)}",
+                    "cc": cc,
+                    "regs": regs,
+                    "stack_bytes": stack,
+                    "static_shared_bytes": shared,
+                    "local_bytes": local,
+                }
+            )
+    return rows
+
+
+def _short_cuda_name(mangled: str) -> str:
+    """dpo_logratio_kernel<bf16, int64>-style name from an Itanium-mangled template kernel."""
+    types = {"13__nv_bfloat16": "bf16", "6__half": "fp16", "f": "fp32"}
+    labels = {"i": "int32", "l": "int64"}
+    m = re.search(r"([a-z_]+_kernel)I(13__nv_bfloat16|6__half|f)([il])E", mangled)
+    if m is None:
+        return mangled
+    return f"{m.group(1)}<{types[m.group(2)]},{labels[m.group(3)]}>"
+
+
 def report(ccs: tuple[int, ...] = (80, 90)) -> list[dict[str, Any]]:
     """Every kernel variant compiled for every cc in `ccs`."""
     rows = []
     for cc in ccs:
         for name, fn, args, opts in (*kernel_a_variants(), *kernel_b_variants()):
             rows.append({"variant": name, **compile_variant(fn, args, opts, cc)})
-    return rows
+    return rows + cuda_module_usage()
 
 
 def main(argv: list[str] | None = None) -> int:
