@@ -1,4 +1,4 @@
-"""`python -m rmbench_fast {run,report,bench}`."""
+"""`python -m rmbench_fast {run,sweep,report}`."""
 
 from __future__ import annotations
 
@@ -6,15 +6,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import RMBenchError
 from .types import DOMAINS
 
+if TYPE_CHECKING:
+    from .pipeline import RunConfig
+
 DEFAULT_OUT = "rmbench_out"
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model directory (default: the embedded SmolLM2-135M-Instruct demo)")
+def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    if sweep:
+        p.add_argument("models", nargs="+", metavar="MODEL", help="model directories (e.g. checkpoints)")
+    else:
+        p.add_argument("--model", help="model directory (default: the embedded SmolLM2-135M-Instruct demo)")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--ref-model", help="reference model directory (DPO with a reference)")
     ref.add_argument(
@@ -55,7 +62,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget per packed batch (native)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per batch (hf backend)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
+    out = "rmbench_sweep" if sweep else DEFAULT_OUT
+    p.add_argument("--out", default=out, help=f"output directory (default ./{out})")
     p.add_argument(
         "--fp32-scores",
         action="store_true",
@@ -75,20 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="score a reward model on RM-Bench")
     _add_run_args(run)
+    sw = sub.add_parser(
+        "sweep",
+        help="score many models (checkpoints) on the same data, sharing data, tokenization and "
+        "the reference model's log-probs",
+    )
+    _add_run_args(sw, sweep=True)
     rep = sub.add_parser("report", help="re-print the tables of a finished run")
     rep.add_argument("out", help="the --out directory of a run")
     rep.add_argument("--plot", action="store_true", help="also write a PNG heatmap per domain")
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _config(args: argparse.Namespace) -> RunConfig:
+    from .pipeline import RunConfig
 
-    from .pipeline import RunConfig, run_and_report
-
-    console = Console(stderr=False)
-    cfg = RunConfig(
-        model=args.model,
+    return RunConfig(
+        model=getattr(args, "model", None),
         ref_model=args.ref_model,
         ref_free=args.ref_free,
         kind=args.kind,
@@ -108,7 +119,23 @@ def _run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
     )
-    run_and_report(cfg, console)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .pipeline import run_and_report
+
+    run_and_report(_config(args), Console(stderr=False))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .sweep import run_sweep
+
+    run_sweep(list(args.models), _config(args), Console(stderr=False))
     return 0
 
 
@@ -129,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _report(args)
     except RMBenchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,10 +6,12 @@ before the first forward pass, so a bad input costs seconds, not a scoring run.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,37 @@ class RunConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     progress: bool = True
+
+
+class EvalCache:
+    """What consecutive evaluations over the same data can share (`python -m rmbench_fast sweep`).
+
+    Memoizes by key: the validated records, the tokenized sequences (per tokenizer and template
+    fingerprint), and, for DPO with a reference model on the native engine, the reference
+    model's per-sequence Σ log π_ref. The reference is the same for every checkpoint of a sweep,
+    so its forward passes run once instead of once per checkpoint. `hits` counts reuses by kind.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[Any, ...], Any] = {}
+        self.hits: Counter[str] = Counter()
+
+    def get(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        if key in self._store:
+            self.hits[str(key[0])] += 1
+            return self._store[key]
+        value = compute()
+        self._store[key] = value
+        return value
+
+
+def tokenizer_fingerprint(model_dir: Path) -> str:
+    """sha256 over the files that decide tokenization and the chat template."""
+    h = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        path = model_dir / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    return h.hexdigest()
 
 
 def sample_data_path() -> Path:
@@ -219,18 +252,56 @@ def _make_scorer(
     )
 
 
+def _ref_sums_cacheable(cfg: RunConfig, info: Any, ref_info: Any | None) -> bool:
+    """DPO with a reference model that the native engine runs for both models."""
+    if not cfg.ref_model or ref_info is None or cfg.backend == "hf":
+        return False
+    from .engine.runner import native_supports
+
+    return native_supports(info.config) is None and native_supports(ref_info.config) is None
+
+
+def _native_sums(
+    cfg: RunConfig,
+    model_dir: Path,
+    seqs: list[list[TokSeq]],
+    device: str,
+    dtype: str,
+    log: Callable[[str], None],
+) -> np.ndarray:
+    """Per-sequence Σ log π over the answer tokens with the native engine: [n_records, 6] float64."""
+    from .engine.runner import NativeScorer
+
+    log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
+    budget = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
+    scorer = NativeScorer(
+        model_dir,
+        kind="dpo",
+        ref_free_mode="sum",
+        dtype=dtype,
+        device=device,
+        allow_pickle=cfg.allow_pickle,
+        log=log,
+        **budget,
+    )
+    return np.asarray(scorer.score(seqs), dtype=np.float64)
+
+
 def run_evaluation(
     cfg: RunConfig,
     *,
     progress: Callable[[int], None] | None = None,
     set_total: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
+    cache: EvalCache | None = None,
 ) -> dict[str, Any]:
     """Run RM-Bench on one reward model. Returns {"domains", "total", "meta", "rows"}:
     metrics.json's structure plus the scored records (scores.json's rows).
 
     `set_total(n_records)` is called once before scoring, `progress(k)` as k more records finish.
+    `cache` shares data, tokenization and reference log-probs across runs (see EvalCache).
     """
+    cache = cache or EvalCache()
     from .format import Formatter
     from .modelio import inspect_model_dir
     from .tokenize import Tokenizer
@@ -238,8 +309,15 @@ def run_evaluation(
     t0 = time.perf_counter()
     # 1. Data: validated in full before anything else runs.
     data_path, data_origin = resolve_data(cfg.data)
-    files = data_files(data_path)
-    records = select(load_records(data_path), domains=cfg.domains, limit=cfg.limit, ids=cfg.ids)
+    data_key = ("records", str(data_path), tuple(cfg.domains or ()), cfg.limit, tuple(cfg.ids or ()))
+    files, data_sha, records = cache.get(
+        data_key,
+        lambda: (
+            (fs := data_files(data_path)),
+            hash_files(fs),
+            select(load_records(data_path), domains=cfg.domains, limit=cfg.limit, ids=cfg.ids),
+        ),
+    )
     if not records:
         raise UsageError(f"no records left to score in {data_path} after --domains/--limit/--ids")
 
@@ -270,7 +348,10 @@ def run_evaluation(
     # The official classifier script sets add_eos_token = True when there is no chat template.
     add_eos = kind == "classifier" and not formatter.uses_chat_template
     pad_id = classifier_pad_id(info, tok) if kind == "classifier" else None
-    seqs = tokenize_records(records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
+    seq_key = ("tokens", data_key, tokenizer_fingerprint(model_dir), cfg.chat_template, kind, add_eos, pad_id)
+    seqs = cache.get(
+        seq_key, lambda: tokenize_records(records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
+    )
     legacy = legacy_pooling_diffs(records, seqs, pad_id) if kind == "classifier" else []
     if legacy:
         log(
@@ -281,11 +362,31 @@ def run_evaluation(
     n_labels = sum(s.n_labels for group in seqs for s in group)
 
     # 4. Score.
-    backend, scorer = _make_scorer(cfg, model_dir, kind, ref_free, info, device, dtype, log, pad_id, ref_info)
+    t_score = time.perf_counter()
+    ref_sums, ref_note = None, None
+    if _ref_sums_cacheable(cfg, info, ref_info):
+        # Σ log π − Σ log π_ref with the reference's sums computed once per sweep: the policy
+        # runs alone (reward "sum"); same planner batches, so the difference is bit-identical
+        # to scoring both models together.
+        ref_key = ("ref_sums", str(Path(cfg.ref_model).resolve()), seq_key, device, dtype, cfg.batch_tokens)
+        computed: list[bool] = []
+        ref_sums = cache.get(
+            ref_key,
+            lambda: computed.append(True) or _native_sums(cfg, Path(cfg.ref_model), seqs, device, dtype, log),
+        )
+        ref_note = "computed in this run" if computed else "reused from an earlier run of this sweep"
+        backend, scorer = _make_scorer(
+            replace(cfg, ref_model=None), model_dir, kind, "sum", info, device, dtype, log, pad_id, None
+        )
+    else:
+        backend, scorer = _make_scorer(
+            cfg, model_dir, kind, ref_free, info, device, dtype, log, pad_id, ref_info
+        )
     if set_total is not None:
         set_total(len(records))
-    t_score = time.perf_counter()
     scores = np.asarray(scorer.score(seqs, progress=progress), dtype=np.float64)
+    if ref_sums is not None:
+        scores = scores - ref_sums
     score_s = time.perf_counter() - t_score
 
     # 5. Metrics and metadata.
@@ -304,7 +405,7 @@ def run_evaluation(
             "path": str(data_path),
             "origin": data_origin,
             "files": [str(f) for f in files],
-            "sha256": hash_files(files),
+            "sha256": data_sha,
             "n_records": len(records),
         },
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
@@ -318,13 +419,18 @@ def run_evaluation(
         "versions": _versions(),
         "seconds": {"total": time.perf_counter() - t0, "scoring": score_s},
     }
+    if ref_note is not None:
+        result["meta"]["reference_sums"] = ref_note
     result["meta"].update(getattr(scorer, "meta", None) or {})
     result["rows"] = score_rows(records, scores)
     return result
 
 
-def run_and_report(cfg: RunConfig, console: Any) -> dict[str, Any]:
-    """`python -m rmbench_fast run`: evaluate with a progress bar, write the outputs, print tables."""
+def run_and_report(
+    cfg: RunConfig, console: Any, *, cache: EvalCache | None = None, tables: bool = True
+) -> dict[str, Any]:
+    """`python -m rmbench_fast run`: evaluate with a progress bar, write the outputs, print tables
+    (`tables=False`: only the closing line; `cache`: see EvalCache)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -352,11 +458,13 @@ def run_and_report(cfg: RunConfig, console: Any) -> dict[str, Any]:
             progress=lambda n: bar.advance(task, n),
             set_total=lambda n: bar.update(task, total=n),
             log=console.print,
+            cache=cache,
         )
     rows = result.pop("rows")
     out_dir = Path(cfg.out or "rmbench_out")
     write_outputs(out_dir, rows, result)
-    print_report(result, console)
+    if tables:
+        print_report(result, console)
     meta = result["meta"]
     console.print(
         f"{meta['data']['n_records']} records scored in {meta['seconds']['scoring']:.1f} s "

@@ -1,0 +1,164 @@
+"""`python -m rmbench_fast sweep`: several checkpoints in one process, sharing data, tokenization
+and (DPO with a reference) the reference model's Σ log π_ref, with results identical to
+separate runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from rmbench_fast import evaluate  # noqa: E402
+from rmbench_fast.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Path]:
+    """Two policy "checkpoints" (a tiny SmolLM2-tokenizer Llama and a perturbed copy) and a reference."""
+    from _smol_variants import _copy_tokenizer, _perturbed, make_smol_variants, make_tiny_smol_source
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path_factory.mktemp("sweep_models")
+    first = make_tiny_smol_source(base / "step-100", smollm2_dir)
+    second = base / "step-200"
+    _copy_tokenizer(first, second)
+    shutil.copy(first / "config.json", second / "config.json")
+    weights = _perturbed(load_file(str(first / "model.safetensors")), seed=1, rel=0.05)
+    save_file(weights, str(second / "model.safetensors"), metadata={"format": "pt"})
+    ref = make_smol_variants(base / "variants", first).reference
+    return {"step-100": first, "step-200": second, "ref": ref}
+
+
+def _scores(rows: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([r["score_chosen"] + r["score_rejected"] for r in rows], dtype=np.float64)
+
+
+def _options(data: Path, out: Path) -> list[str]:
+    data_file = data / "chat_filtered.json"
+    return [
+        "--data",
+        str(data_file),
+        "--limit",
+        "3",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--out",
+        str(out),
+    ]
+
+
+def test_sweep_with_reference_matches_separate_runs(
+    checkpoints: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rmbench_fast import pipeline
+
+    ref_passes: list[Path] = []
+    real = pipeline._native_sums
+    monkeypatch.setattr(
+        pipeline,
+        "_native_sums",
+        lambda cfg, model_dir, *a: ref_passes.append(model_dir) or real(cfg, model_dir, *a),
+    )
+    models = [str(checkpoints["step-100"]), str(checkpoints["step-200"])]
+    out = tmp_path / "sweep"
+    argv = ["sweep", *models, "--ref-model", str(checkpoints["ref"]), *_options(rm_bench_data_dir, out)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert len(ref_passes) == 1  # the reference ran once for both checkpoints
+
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [r["reference_sums"] for r in summary["models"]] == [
+        "computed in this run",
+        "reused from an earlier run of this sweep",
+    ]
+    assert summary["cache_reuses"] == {"records": 1, "tokens": 1, "ref_sums": 1}
+    for i, (model, row) in enumerate(zip(models, summary["models"])):
+        run_dir = out / f"{i:02d}-{Path(model).name}"
+        assert row["out"] == str(run_dir)
+        got = _scores(json.loads((run_dir / "scores.json").read_text()))
+        alone = evaluate(
+            model,
+            ref_model=str(checkpoints["ref"]),
+            data=str(rm_bench_data_dir / "chat_filtered.json"),
+            limit=3,
+            device="cpu",
+            dtype="float32",
+            backend="native",
+        )
+        assert np.array_equal(got, _scores(alone["rows"]))  # bit-identical to a separate run
+        assert row["total"]["overall"] == alone["total"]["overall"]
+    # the two checkpoints really differ
+    a, b = (
+        _scores(json.loads((out / f"{i:02d}-{Path(m).name}" / "scores.json").read_text()))
+        for i, m in enumerate(models)
+    )
+    assert not np.allclose(a, b)
+
+
+def test_sweep_reference_free_and_summary_table(
+    checkpoints: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = [str(checkpoints["step-100"]), str(checkpoints["step-200"])]
+    out = tmp_path / "sweep"
+    assert (
+        main(["sweep", *models, "--ref-free", "norm", *_options(rm_bench_data_dir, out), "--no-progress"])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "RM-Bench sweep" in text and "step-100" in text and "step-200" in text
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [r["reference_sums"] for r in summary["models"]] == [None, None]
+    for i, model in enumerate(models):
+        alone = evaluate(
+            model,
+            ref_free="norm",
+            data=str(rm_bench_data_dir / "chat_filtered.json"),
+            limit=3,
+            device="cpu",
+            dtype="float32",
+        )
+        got = json.loads((out / f"{i:02d}-{Path(model).name}" / "scores.json").read_text())
+        assert np.array_equal(_scores(got), _scores(alone["rows"]))
+
+
+def test_sweep_checks_every_model_before_scoring(
+    checkpoints: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    missing = tmp_path / "no-such-checkpoint"
+    argv = ["sweep", str(checkpoints["step-100"]), str(missing), *_options(rm_bench_data_dir, out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err and "Traceback" not in err
+    assert not (out / "sweep.json").exists() and not (out / "00-step-100").exists()
+
+
+def test_sweep_api_console_output(
+    checkpoints: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from rmbench_fast.pipeline import RunConfig
+    from rmbench_fast.sweep import run_sweep
+
+    buf = io.StringIO()
+    cfg = RunConfig(
+        ref_free="avg",
+        data=str(rm_bench_data_dir / "chat_filtered.json"),
+        limit=1,
+        device="cpu",
+        dtype="float32",
+        out=str(tmp_path / "s"),
+        progress=False,
+    )
+    rows = run_sweep([str(checkpoints["step-100"])], cfg, Console(file=buf, width=200))
+    assert len(rows) == 1 and rows[0]["backend"] == "native"
+    assert "sweep 1/1" in buf.getvalue()
