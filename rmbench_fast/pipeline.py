@@ -62,6 +62,9 @@ class EvalCache:
         self._store: dict[tuple[Any, ...], Any] = {}
         self.hits: Counter[str] = Counter()
 
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        return key in self._store
+
     def get(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         if key in self._store:
             self.hits[str(key[0])] += 1
@@ -268,8 +271,10 @@ def _native_sums(
     device: str,
     dtype: str,
     log: Callable[[str], None],
-) -> np.ndarray:
-    """Per-sequence Σ log π over the answer tokens with the native engine: [n_records, 6] float64."""
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-sequence Σ log π over the answer tokens with the native engine: ([n_records, 6]
+    float64, the scorer's stats). The model is freed on return."""
     from .engine.runner import NativeScorer
 
     log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
@@ -284,7 +289,8 @@ def _native_sums(
         log=log,
         **budget,
     )
-    return np.asarray(scorer.score(seqs), dtype=np.float64)
+    sums = np.asarray(scorer.score(seqs, progress=progress), dtype=np.float64)
+    return sums, scorer.stats
 
 
 def run_evaluation(
@@ -363,18 +369,19 @@ def run_evaluation(
 
     # 4. Score.
     t_score = time.perf_counter()
-    ref_sums, ref_note = None, None
+    ref_sums, ref_note, ref_stats = None, None, None
     if _ref_sums_cacheable(cfg, info, ref_info):
-        # Σ log π − Σ log π_ref with the reference's sums computed once per sweep: the policy
-        # runs alone (reward "sum"); same planner batches, so the difference is bit-identical
-        # to scoring both models together.
+        # Σ log π − Σ log π_ref, the reference's sums computed first (and once per sweep), then
+        # the policy alone (reward "sum"): one model in memory at a time, and the same planner
+        # batches, so the difference is bit-identical to scoring both models together.
         ref_key = ("ref_sums", str(Path(cfg.ref_model).resolve()), seq_key, device, dtype, cfg.batch_tokens)
-        computed: list[bool] = []
-        ref_sums = cache.get(
-            ref_key,
-            lambda: computed.append(True) or _native_sums(cfg, Path(cfg.ref_model), seqs, device, dtype, log),
+        fresh = ref_key not in cache
+        if set_total is not None:
+            set_total(len(records) * (2 if fresh else 1))  # the bar covers both passes
+        ref_sums, ref_stats = cache.get(
+            ref_key, lambda: _native_sums(cfg, Path(cfg.ref_model), seqs, device, dtype, log, progress)
         )
-        ref_note = "computed in this run" if computed else "reused from an earlier run of this sweep"
+        ref_note = "computed in this run" if fresh else "reused from an earlier run of this sweep"
         backend, scorer = _make_scorer(
             replace(cfg, ref_model=None), model_dir, kind, "sum", info, device, dtype, log, pad_id, None
         )
@@ -382,8 +389,8 @@ def run_evaluation(
         backend, scorer = _make_scorer(
             cfg, model_dir, kind, ref_free, info, device, dtype, log, pad_id, ref_info
         )
-    if set_total is not None:
-        set_total(len(records))
+        if set_total is not None:
+            set_total(len(records))
     scores = np.asarray(scorer.score(seqs, progress=progress), dtype=np.float64)
     if ref_sums is not None:
         scores = scores - ref_sums
@@ -421,6 +428,7 @@ def run_evaluation(
     }
     if ref_note is not None:
         result["meta"]["reference_sums"] = ref_note
+        result["meta"]["reference_scorer_stats"] = ref_stats
     result["meta"].update(getattr(scorer, "meta", None) or {})
     result["rows"] = score_rows(records, scores)
     return result

@@ -162,3 +162,28 @@ def test_sweep_api_console_output(
     rows = run_sweep([str(checkpoints["step-100"])], cfg, Console(file=buf, width=200))
     assert len(rows) == 1 and rows[0]["backend"] == "native"
     assert "sweep 1/1" in buf.getvalue()
+
+
+def test_run_with_reference_reports_progress_over_both_passes(
+    checkpoints: dict[str, Path], rm_bench_data_dir: Path
+) -> None:
+    """A single run with a reference model computes the reference pass first (one model in
+    memory at a time); the progress total covers both passes and is reached exactly."""
+    from rmbench_fast.pipeline import RunConfig, run_evaluation
+
+    totals: list[int] = []
+    done: list[int] = []
+    cfg = RunConfig(
+        model=str(checkpoints["step-100"]),
+        ref_model=str(checkpoints["ref"]),
+        data=str(rm_bench_data_dir / "chat_filtered.json"),
+        limit=2,
+        device="cpu",
+        dtype="float32",
+        progress=False,
+    )
+    result = run_evaluation(cfg, progress=done.append, set_total=totals.append, log=lambda _m: None)
+    assert totals == [4] and sum(done) == 4
+    meta = result["meta"]
+    assert meta["reference_sums"] == "computed in this run"
+    assert meta["reference_scorer_stats"]["n_records"] == 2 and meta["scorer_stats"]["n_records"] == 2
