@@ -7,6 +7,8 @@
     (chosen, rejected) pairs = 16 right-padded sequences per forward, full [B, L, V] logits and
     log_softmax, as reward-bench's DPOInference does (SPEC §6), on the same token sequences.
 (b) native: rmbench_fast.engine.NativeScorer over prefix-shared packed batches.
+(c) optional, --paths ... official8bit: (a) with the official scripts' default load, bitsandbytes
+    8-bit weights and fp16 activations (skipped, and said so, without bitsandbytes or CUDA).
 Each path runs in its own child process so its peak RSS is its own. Reported per path: useful
 tokens, processed tokens (incl. padding / after prefix sharing), wall seconds, peak memory;
 plus the speed ratio, the max |Δ| between the two paths' scores, and whether their RM-Bench
@@ -17,6 +19,7 @@ bf16 matmul rate measured in the same run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -72,8 +75,19 @@ def run_official(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, A
     import torch
     import transformers
 
-    dtype = getattr(torch, args.dtype)
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    if args.path == "official8bit":
+        # reward-bench's default load (SPEC §6): bitsandbytes 8-bit weights, fp16 activations
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            args.model,
+            quantization_config=transformers.BitsAndBytesConfig(load_in_8bit=True),
+            device_map={"": args.device},
+            dtype=torch.float16,
+        ).eval()
+    else:
+        dtype = getattr(torch, args.dtype)
+        model = (
+            transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+        )
     pad = int(json.loads((Path(args.model) / "config.json").read_text()).get("eos_token_id") or 0)
     out = np.zeros((len(seqs), 6))
     processed = 0
@@ -210,7 +224,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     seqs = tokenize_records(Path(args.model), Path(args.data), args.domains, args.limit)
-    res = (run_official if args.path == "official" else run_native)(args, seqs)
+    res = (run_native if args.path == "native" else run_official)(args, seqs)
     Path(args.child_out).write_text(json.dumps(res))
 
 
@@ -225,7 +239,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--paths", nargs="+", default=["official", "native"], choices=["official", "native"])
+    ap.add_argument(
+        "--paths",
+        nargs="+",
+        default=["official", "native"],
+        choices=["official", "official8bit", "native"],
+        help="official8bit: the official scripts' default 8-bit load (needs bitsandbytes and CUDA)",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -233,7 +253,14 @@ def main() -> None:
     if args.path:
         return child(args)
     results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
     for path in args.paths:
+        if path == "official8bit" and (
+            importlib.util.find_spec("bitsandbytes") is None or args.device == "cpu"
+        ):
+            skipped[path] = "needs bitsandbytes and a CUDA device (not available here)"
+            print(f"{path}: skipped ({skipped[path]})", flush=True)
+            continue
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             tmp = f.name
         cmd = [sys.executable, __file__, *sys.argv[1:], "--path", path, "--child-out", tmp]
@@ -259,7 +286,12 @@ def main() -> None:
     }
     scores = {p: np.asarray(r.pop("scores")) for p, r in results.items()}
     report.update({p: r for p, r in results.items()})
-    if len(scores) == 2:
+    if skipped:
+        report["skipped"] = skipped
+    if "official8bit" in results and "native" in results:
+        report["speedup_vs_official_8bit"] = results["official8bit"]["wall_s"] / results["native"]["wall_s"]
+        print(f"speedup vs the official 8-bit default: {report['speedup_vs_official_8bit']:.2f}x")
+    if "official" in scores and "native" in scores:
         a, b = scores["official"], scores["native"]
         report["n_records"] = len(a)
         report["load_average_end"] = os.getloadavg()

@@ -18,8 +18,10 @@ python bench/gpu_kernels.py
 echo "== end to end, random weights at Llama-3.1-8B shape, bf16 =="
 tok=${1:-}
 python bench/make_random_model.py --shape llama-3.1-8b --out /tmp/rmbf-llama8b ${tok:+--tokenizer-from "$tok"}
+# official8bit (reward-bench's default 8-bit load) runs where bitsandbytes is installed, else
+# the JSON says it was skipped
 python bench/e2e.py --model /tmp/rmbf-llama8b --data "${RMBF_DATA:-../shared/data/rm-bench}" \
-  --dtype bfloat16 --device cuda --limit 24 \
+  --dtype bfloat16 --device cuda --limit 24 --paths official official8bit native \
   --out "bench/results/e2e-${dev}-llama3.1-8b-bf16.json"
 if [[ "${RMBF_GEMMA:-0}" == 1 ]]; then
   echo "== end to end, random weights at Gemma-2-9B shape (soft-capped attention), bf16 =="
