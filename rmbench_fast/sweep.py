@@ -27,6 +27,21 @@ def run_dirs(models: list[str], out: Path) -> list[Path]:
     return [out / f"{i:02d}-{Path(m).resolve().name or 'model'}" for i, m in enumerate(models)]
 
 
+def check_model(model: str, base: RunConfig) -> None:
+    """The per-model checks a run makes before scoring: the directory (config, weights, remote
+    code), the kind against the reward options, and the chat template."""
+    from .format import Formatter
+    from .modelio import inspect_model_dir
+    from .pipeline import _check_kind
+
+    cfg = replace(base, model=model)
+    info = inspect_model_dir(
+        Path(model), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
+    )
+    _check_kind(cfg, info)
+    Formatter.from_model_dir(Path(model), cfg.chat_template)
+
+
 def _summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     meta = result["meta"]
     return {
@@ -44,12 +59,10 @@ def _summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str,
 
 def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str, Any]]:
     """Evaluate each model with `base`'s options; returns sweep.json's rows."""
-    from .modelio import inspect_model_dir
-
     if not models:
         raise UsageError("sweep needs at least one model directory")
-    for m in models:  # fail on a bad directory now, not after hours of scoring
-        inspect_model_dir(Path(m), trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle)
+    for m in models:  # fail on a bad model or option now, not after hours of scoring
+        check_model(m, base)
     out = Path(base.out or DEFAULT_SWEEP_OUT)
     cache = EvalCache()
     rows: list[dict[str, Any]] = []

@@ -187,3 +187,22 @@ def test_run_with_reference_reports_progress_over_both_passes(
     meta = result["meta"]
     assert meta["reference_sums"] == "computed in this run"
     assert meta["reference_scorer_stats"]["n_records"] == 2 and meta["scorer_stats"]["n_records"] == 2
+
+
+def test_sweep_checks_templates_before_scoring(
+    checkpoints: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A later model without a chat template (and no --chat-template) stops the sweep before
+    the first model is scored."""
+    from _smol_variants import _copy_tokenizer
+
+    no_template = tmp_path / "no-template"
+    _copy_tokenizer(checkpoints["step-100"], no_template, drop_template=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(checkpoints["step-100"] / f, no_template / f)
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(checkpoints["step-100"]), str(no_template), *_options(rm_bench_data_dir, out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "chat template" in err and str(no_template) in err
+    assert not (out / "00-step-100").exists()
