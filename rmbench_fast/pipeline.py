@@ -75,9 +75,14 @@ class EvalCache:
 
 
 def tokenizer_fingerprint(model_dir: Path) -> str:
-    """sha256 over the files that decide tokenization and the chat template."""
+    """sha256 over the files that decide tokenization and the chat template (those `Tokenizer`
+    and `Formatter` read)."""
     h = hashlib.sha256()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+    names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+    extra = model_dir / "additional_chat_templates"
+    if extra.is_dir():
+        names += [f"additional_chat_templates/{f.name}" for f in sorted(extra.glob("*.jinja"))]
+    for name in names:
         path = model_dir / name
         h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
     return h.hexdigest()

@@ -206,3 +206,28 @@ def test_sweep_checks_templates_before_scoring(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "chat template" in err and str(no_template) in err
     assert not (out / "00-step-100").exists()
+
+
+def test_tokenizer_fingerprint_tracks_every_tokenization_file(tmp_path: Path) -> None:
+    from rmbench_fast.pipeline import tokenizer_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "tokenizer.json").write_text("{}")
+        (d / "config.json").write_text('{"x": 1}')
+    assert tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
+    (b / "config.json").write_text('{"x": 2}')  # weights / model config do not matter
+    assert tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
+    seen = {tokenizer_fingerprint(a)}
+    for name, text in [
+        ("tokenizer_config.json", "{}"),
+        ("special_tokens_map.json", "{}"),
+        ("chat_template.jinja", "{{ messages }}"),
+        ("additional_chat_templates/tool_use.jinja", "{{ tools }}"),
+    ]:
+        (a / name).parent.mkdir(exist_ok=True)
+        (a / name).write_text(text)
+        fp = tokenizer_fingerprint(a)
+        assert fp not in seen, name
+        seen.add(fp)
