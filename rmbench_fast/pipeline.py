@@ -321,14 +321,13 @@ def run_evaluation(
     # 1. Data: validated in full before anything else runs.
     data_path, data_origin = resolve_data(cfg.data)
     data_key = ("records", str(data_path), tuple(cfg.domains or ()), cfg.limit, tuple(cfg.ids or ()))
-    files, data_sha, records = cache.get(
-        data_key,
-        lambda: (
-            (fs := data_files(data_path)),
-            hash_files(fs),
-            select(load_records(data_path), domains=cfg.domains, limit=cfg.limit, ids=cfg.ids),
-        ),
-    )
+
+    def load_data() -> tuple[list[Path], str, list[Record]]:
+        files = data_files(data_path)
+        selected = select(load_records(data_path), domains=cfg.domains, limit=cfg.limit, ids=cfg.ids)
+        return files, hash_files(files), selected
+
+    files, data_sha, records = cache.get(data_key, load_data)
     if not records:
         raise UsageError(f"no records left to score in {data_path} after --domains/--limit/--ids")
 

@@ -475,34 +475,17 @@ def test_flat_rejects_malformed_buffers(impl: str) -> None:
 
 
 @needs_cpp
-def test_core_rejects_malformed_buffers() -> None:
+def test_core_rejects_lossy_dtypes() -> None:
+    """The C++ binding's own dtype rule (the shape / offset checks run for both impls above)."""
     f = flatten_seqs([GOOD, GOOD])
-    ok = dict(batch_tokens=100)
 
     def call(**over: object) -> None:
-        plan_batches_flat(**{**f, **over}, impl="cpp", **ok)  # type: ignore[arg-type]
+        plan_batches_flat(**{**f, **over}, impl="cpp", batch_tokens=100)  # type: ignore[arg-type]
 
-    call()  # the unmodified buffers plan fine
-    bad_off = f["offsets"].copy()
-    bad_off[3] = bad_off[5]
-    with pytest.raises(ValueError, match="non-decreasing"):
-        call(offsets=bad_off)
-    with pytest.raises(ValueError, match=r"offsets\[-1\] = 36 but ids has 35 tokens"):
-        call(ids=f["ids"][:-1])
-    with pytest.raises(ValueError, match=r"offsets\[0\] must be 0"):
-        call(offsets=f["offsets"] + 1)
-    with pytest.raises(ValueError, match="n_records \\* 6 \\+ 1"):
-        call(offsets=f["offsets"][:-1])
-    with pytest.raises(ValueError, match="label_start must hold"):
-        call(label_start=f["label_start"][:-1])
-    with pytest.raises(ValueError, match="mask_first must hold"):
-        call(mask_first=f["mask_first"][1:])
     with pytest.raises(TypeError, match="ids must have dtype int32, got int64"):
         call(ids=f["ids"].astype(np.int64))
     with pytest.raises(TypeError, match="pool_index must have dtype int32, got float64"):
         call(pool_index=f["pool_index"].astype(np.float64))
-    with pytest.raises(ValueError, match="must be 1-D"):
-        call(ids=f["ids"].reshape(6, 6))
     with pytest.raises(ValueError, match="max_segments must be >= 0"):
         plan_batches_flat(**f, batch_tokens=100, max_segments=-1, impl="cpp")
     with pytest.raises(ValueError, match="batch_tokens must be < 2\\*\\*31"):
