@@ -47,6 +47,9 @@ class RunConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     progress: bool = True
+    # Bootstrap confidence intervals in metrics.json (rmbench_fast.stats): resamples and seed.
+    resamples: int = 10000
+    seed: int = 0
 
 
 class EvalCache:

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from rmbench_fast.testing import SMOLLM2_VOCAB, make_tiny_model_dir  # noqa: E402
+from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir  # noqa: E402
 
 DOMAIN_FILES = ("chat", "code", "safety-refuse")
 
