@@ -15,8 +15,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from rmbench_fast.engine import NativeScorer  # noqa: E402
 from _tiny import hf_reference_scores, make_tiny_model_dir, synthetic_records  # noqa: E402
+
+from rmbench_fast.engine import NativeScorer  # noqa: E402
 
 LLAMA3 = {
     "rope_type": "llama3",

@@ -17,12 +17,12 @@ pytest.importorskip("transformers")
 @pytest.mark.slow
 def test_smollm2_real_records_match_hf(smollm2_dir: Path, rm_bench_data_dir: Path) -> None:
     import transformers
+    from _tiny import hf_reference_scores
 
     from rmbench_fast.data import load_records
     from rmbench_fast.engine import NativeScorer
     from rmbench_fast.format import Formatter
     from rmbench_fast.pipeline import tokenize_records
-    from _tiny import hf_reference_scores
     from rmbench_fast.tokenize import Tokenizer
 
     recs = [

@@ -13,8 +13,9 @@ from rmbench_fast.types import TokSeq
 
 transformers = pytest.importorskip("transformers")
 
-from rmbench_fast.backends.hf import HFScorer, reduce_logprobs, resolve_classifier_pad_id  # noqa: E402
 from _tiny import make_tiny_model_dir  # noqa: E402
+
+from rmbench_fast.backends.hf import HFScorer, reduce_logprobs, resolve_classifier_pad_id  # noqa: E402
 
 V, BOS, EOS = 128, 1, 2  # tiny models: pad = eos = 2
 
