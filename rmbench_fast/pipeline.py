@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .data import data_files, hash_files, hf_cached_dataset, load_records, select
+from .dtypes import run_dtype
 from .errors import DataError, ModelError, UsageError
 from .metrics import compute_metrics
 from .report import print_report, score_rows, write_outputs
@@ -115,12 +116,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device} asked for, but torch sees no CUDA device (use --device cpu)")
     return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "float32" if device == "cpu" else "bfloat16"
-    return dtype
 
 
 def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
@@ -353,7 +348,7 @@ def run_evaluation(
             Path(cfg.ref_model), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
         )
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = run_dtype(cfg.dtype, device)
 
     # 3. Format and tokenize.
     formatter = Formatter.from_model_dir(model_dir, cfg.chat_template)

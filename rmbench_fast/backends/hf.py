@@ -19,28 +19,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..dtypes import parse_dtype
 from ..errors import ModelError, UsageError
 from ..modelio import ModelInfo, inspect_model_dir
 from ..types import N_SLOTS, TokSeq
 
 RefFreeMode = Literal["avg", "sum", "norm"]
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 Progress = Callable[[int], None]  # called with the number of records just completed (all 6 scored)
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """'float32' | 'bfloat16' | 'float16' (or fp32/bf16/fp16) -> torch dtype."""
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise UsageError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16") from None
 
 
 def _torch_label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -154,7 +139,7 @@ class HFScorer:
             reduce_logprobs(torch.zeros(1), ref_free_mode)  # validates the mode name early
         self.kind, self.ref_free_mode, self.batch_size = kind, ref_free_mode, batch_size
         self.device, self.fp32_scores = device, fp32_scores
-        self.dtype = torch_dtype(dtype)
+        self.dtype = parse_dtype(dtype)
         self.info = inspect_model_dir(
             model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, kind=kind
         )

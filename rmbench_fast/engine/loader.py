@@ -16,26 +16,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rmbench_fast.dtypes import model_dtype
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.gemma2 import Gemma2ForScoring
 from rmbench_fast.engine.layers import rope_inv_freq
 from rmbench_fast.engine.llama import LlamaForScoring
 from rmbench_fast.errors import ModelError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def resolve_dtype(dtype: str | torch.dtype | None, cfg: EngineConfig) -> torch.dtype:
     """'auto'/None -> the config's torch_dtype (fp32 if absent); names or torch dtypes pass through."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = cfg.torch_dtype if dtype in (None, "auto") else dtype
-    name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}.get(name or "", name)
-    if name is None:
-        return torch.float32
-    if name not in DTYPES:
-        raise ModelError(f"unsupported dtype {name!r} (use float32, float16 or bfloat16)", field="dtype")
-    return DTYPES[name]
+    return model_dtype(dtype, cfg.torch_dtype)
 
 
 def _checkpoint_tensors(model_dir: Path, allow_pickle: bool) -> Iterator[tuple[str, torch.Tensor]]:
