@@ -135,6 +135,14 @@ class LlamaForScoring(nn.Module):
     def head_weight(self) -> torch.Tensor:
         return self.lm_head.weight if self.cfg.head == "causal" else self.score.weight
 
+    def classify(self, h: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        """The classifier head at the pooled rows: h [S, H] -> scores [S, num_labels].
+
+        In the model dtype (SPEC §4 rounding), or in fp32 when `fp32` (--fp32-scores).
+        """
+        w = self.score.weight  # [num_labels, H]
+        return F.linear(h.float(), w.float()) if fp32 else F.linear(h, w)
+
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, layout: PackedLayout, impl: AttnImpl) -> torch.Tensor:
         """Final-norm hidden states [T, H] for a packed batch (input_ids: [T])."""

@@ -261,8 +261,7 @@ class NativeScorer:
         with torch.inference_mode():
             hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
             h = hidden.index_select(0, torch.from_numpy(pool).to(self.device))  # [S*6, H]
-            w = self.model.head_weight()  # [1, H]
-            score = F.linear(h.float(), w.float()) if self.fp32_scores else F.linear(h, w)  # [S*6, 1]
+            score = self.model.classify(h, self.fp32_scores)  # [S*6, 1]
             return score[:, 0].float().double().cpu().numpy()
 
 
