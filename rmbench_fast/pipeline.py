@@ -11,7 +11,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from .dtypes import run_dtype
 from .errors import DataError, ModelError, UsageError
 from .metrics import compute_metrics
 from .report import print_report, score_rows, write_outputs
+from .settings import ScoreSettings
 from .types import N_STYLES, Record, TokSeq
 
 
@@ -68,6 +69,9 @@ class EvalCache:
 
     def __contains__(self, key: tuple[Any, ...]) -> bool:
         return key in self._store
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        self._store[key] = value
 
     def get(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         if key in self._store:
@@ -215,85 +219,285 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _make_scorer(
-    cfg: RunConfig,
-    model_dir: Path,
-    kind: str,
-    ref_free: str | None,
-    info: Any,
-    device: str,
-    dtype: str,
-    log: Callable[[str], None],
-    pad_id: int | None,
-    ref_info: Any | None,
-) -> tuple[str, Any]:
-    """The scorer for --backend: native where it supports the model(s) (auto), else hf."""
-    common: dict[str, Any] = dict(
-        kind=kind,
-        ref_model_dir=Path(cfg.ref_model) if cfg.ref_model else None,
+def score_settings(
+    cfg: RunConfig, kind: str, ref_free: str | None, device: str, dtype: str, pad_id: int | None
+) -> ScoreSettings:
+    """The run's options, as the scorers take them."""
+    budget = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
+    return ScoreSettings(
+        kind=kind,  # type: ignore[arg-type]
         ref_free_mode=ref_free or "avg",
         dtype=dtype,
         device=device,
+        batch_size=cfg.batch_size,
         fp32_scores=cfg.fp32_scores,
         allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code,
+        pad_token_id=pad_id,
+        **budget,
     )
-    if cfg.backend in ("auto", "native"):
-        from .engine.runner import NativeScorer, native_supports
 
-        reason = native_supports(info.config) or (native_supports(ref_info.config) if ref_info else None)
+
+def _make_scorer(
+    cfg: RunConfig,
+    model: ModelChoice,
+    settings: ScoreSettings,
+    log: Callable[[str], None],
+    *,
+    with_ref: bool,
+) -> tuple[str, Any]:
+    """The scorer for --backend: native where it supports the model(s) (auto), else hf."""
+    ref_dir = Path(cfg.ref_model) if (with_ref and cfg.ref_model) else None
+    ref_info = model.ref_info if with_ref else None
+    if cfg.backend in ("auto", "native"):
+        from .engine.scorer import NativeScorer, native_supports
+
+        reason = native_supports(model.info.config) or (
+            native_supports(ref_info.config) if ref_info else None
+        )
         if reason is None:
-            budget = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
-            return "native", NativeScorer(model_dir, log=log, **common, **budget)
+            return "native", NativeScorer(model.model_dir, settings, ref_model_dir=ref_dir, log=log)
         if cfg.backend == "native":
-            raise ModelError(f"the native engine does not support this model: {reason}", file=str(model_dir))
+            raise ModelError(
+                f"the native engine does not support this model: {reason}", file=str(model.model_dir)
+            )
         log(f"native engine: {reason}; falling back to the hf backend")
     from .backends.hf import HFScorer
 
-    return "hf", HFScorer(
-        model_dir,
-        batch_size=cfg.batch_size,
-        trust_remote_code=cfg.trust_remote_code,
-        pad_token_id=pad_id,
-        **common,
-    )
+    return "hf", HFScorer(model.model_dir, settings, ref_model_dir=ref_dir)
 
 
-def _ref_sums_cacheable(cfg: RunConfig, info: Any, ref_info: Any | None) -> bool:
+def _ref_sums_cacheable(cfg: RunConfig, model: ModelChoice) -> bool:
     """DPO with a reference model that the native engine runs for both models."""
-    if not cfg.ref_model or ref_info is None or cfg.backend == "hf":
+    if not cfg.ref_model or model.ref_info is None or cfg.backend == "hf":
         return False
-    from .engine.runner import native_supports
+    from .engine.scorer import native_supports
 
-    return native_supports(info.config) is None and native_supports(ref_info.config) is None
+    return native_supports(model.info.config) is None and native_supports(model.ref_info.config) is None
+
+
+@dataclass
+class ReferenceSums:
+    """A reference model's per-sequence Σ log π_ref, the batches they came from, its stats."""
+
+    sums: np.ndarray  # [n_records, 6] float64
+    schedule: Any  # engine.scheduler.Schedule
+    stats: dict[str, Any]
 
 
 def _native_sums(
     cfg: RunConfig,
     model_dir: Path,
     seqs: list[list[TokSeq]],
-    device: str,
-    dtype: str,
+    settings: ScoreSettings,
     log: Callable[[str], None],
     progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Per-sequence Σ log π over the answer tokens with the native engine: ([n_records, 6]
-    float64, the scorer's stats). The model is freed on return."""
-    from .engine.runner import NativeScorer
+    replay: Any = None,
+) -> ReferenceSums:
+    """Per-sequence Σ log π over the answer tokens with the native engine; the model is freed
+    on return. `replay`: score exactly these batches (another pass's schedule)."""
+    from .engine.scorer import NativeScorer
+    from .rewards import SUM
 
     log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
-    budget = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
-    scorer = NativeScorer(
-        model_dir,
-        kind="dpo",
-        ref_free_mode="sum",
-        dtype=dtype,
-        device=device,
-        allow_pickle=cfg.allow_pickle,
-        log=log,
-        **budget,
+    scorer = NativeScorer(model_dir, settings.with_kind_dpo_sum(), log=log)
+    stats = scorer.score_stats(seqs, progress=progress, replay=replay)
+    return ReferenceSums(np.ascontiguousarray(stats[..., SUM]), scorer.schedule, scorer.stats)
+
+
+@dataclass
+class LoadedData:
+    path: Path
+    origin: str
+    files: list[Path]
+    sha256: str
+    records: list[Record]
+    key: tuple[Any, ...]
+
+
+@dataclass
+class ModelChoice:
+    model_dir: Path
+    demo: bool
+    info: Any  # modelio.ModelInfo
+    ref_info: Any | None
+    kind: str
+    ref_free: str | None
+    device: str
+    dtype: str
+
+
+@dataclass
+class Tokenized:
+    formatter: Any
+    tok: Any
+    add_eos: bool
+    pad_id: int | None
+    key: tuple[Any, ...]
+    seqs: list[list[TokSeq]]
+    legacy: list[dict[str, Any]]
+
+
+@dataclass
+class Scored:
+    backend: str
+    scorer: Any
+    scores: np.ndarray  # [n_records, 6] float64
+    reference: ReferenceSums | None
+    reference_note: str | None
+    seconds: float
+
+
+def load_data(cfg: RunConfig, cache: EvalCache) -> LoadedData:
+    """Step 1: the records, validated in full before anything else runs."""
+    path, origin = resolve_data(cfg.data)
+    key = ("records", str(path), tuple(cfg.domains or ()), cfg.limit, tuple(cfg.ids or ()))
+
+    def load() -> tuple[list[Path], str, list[Record]]:
+        files = data_files(path)
+        selected = select(load_records(path), domains=cfg.domains, limit=cfg.limit, ids=cfg.ids)
+        return files, hash_files(files), selected
+
+    files, sha, records = cache.get(key, load)
+    if not records:
+        raise UsageError(f"no records left to score in {path} after --domains/--limit/--ids")
+    return LoadedData(path, origin, files, sha, records, key)
+
+
+def choose_models(cfg: RunConfig, log: Callable[[str], None]) -> ModelChoice:
+    """Step 2: the model directories, their kind, and the device and dtype."""
+    from .modelio import inspect_model_dir
+
+    demo = cfg.model is None
+    if demo:
+        from .demo import ensure_smollm2
+
+        log("no --model given: using the embedded demo policy SmolLM2-135M-Instruct (reference-free DPO)")
+        model_dir = ensure_smollm2()
+    else:
+        model_dir = Path(cfg.model)  # type: ignore[arg-type]
+    trust, pickle_ok = cfg.trust_remote_code, cfg.allow_pickle
+    info = inspect_model_dir(model_dir, trust_remote_code=trust, allow_pickle=pickle_ok)
+    kind, ref_free = _check_kind(cfg, info)
+    ref_info = None
+    if cfg.ref_model:
+        ref_info = inspect_model_dir(Path(cfg.ref_model), trust_remote_code=trust, allow_pickle=pickle_ok)
+    device = resolve_device(cfg.device)
+    return ModelChoice(model_dir, demo, info, ref_info, kind, ref_free, device, run_dtype(cfg.dtype, device))
+
+
+def tokenize_run(
+    cfg: RunConfig, data: LoadedData, model: ModelChoice, cache: EvalCache, log: Callable[[str], None]
+) -> Tokenized:
+    """Step 3: format with the chat template and tokenize (shared across a sweep by fingerprint)."""
+    from .format import Formatter
+    from .tokenize import Tokenizer
+
+    formatter = Formatter.from_model_dir(model.model_dir, cfg.chat_template)
+    tok = Tokenizer(model.model_dir)
+    kind = model.kind
+    # The official classifier script sets add_eos_token = True when there is no chat template.
+    add_eos = kind == "classifier" and not formatter.uses_chat_template
+    pad_id = classifier_pad_id(model.info, tok) if kind == "classifier" else None
+    fingerprint = tokenizer_fingerprint(model.model_dir)
+    key = ("tokens", data.key, fingerprint, cfg.chat_template, kind, add_eos, pad_id)
+    seqs = cache.get(
+        key, lambda: tokenize_records(data.records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
     )
-    sums = np.asarray(scorer.score(seqs, progress=progress), dtype=np.float64)
-    return sums, scorer.stats
+    legacy = legacy_pooling_diffs(data.records, seqs, pad_id) if kind == "classifier" else []
+    if legacy:
+        log(
+            f"[yellow]warning:[/yellow] transformers 4.43.4 would have pooled {len(legacy)} sequence(s) at a different "
+            "token (pad = EOS inside the text); scores follow today's rule, the list is in metrics.json meta"
+        )
+    return Tokenized(formatter, tok, add_eos, pad_id, key, seqs, legacy)
+
+
+def score_run(
+    cfg: RunConfig,
+    model: ModelChoice,
+    toks: Tokenized,
+    cache: EvalCache,
+    log: Callable[[str], None],
+    progress: Callable[[int], None] | None,
+    set_total: Callable[[int], None] | None,
+) -> Scored:
+    """Step 4: the scores [n_records, 6].
+
+    With a reference model on the native engine, "reference first": Σ log π_ref in its own pass
+    (once per sweep), then the policy alone (reward "sum") replaying the reference's batches, one
+    model in memory at a time: bit-identical to scoring both models on each batch together.
+    """
+    t0 = time.perf_counter()
+    n = len(toks.seqs)
+    settings = score_settings(cfg, model.kind, model.ref_free, model.device, model.dtype, toks.pad_id)
+    if not _ref_sums_cacheable(cfg, model):
+        backend, scorer = _make_scorer(cfg, model, settings, log, with_ref=True)
+        if set_total is not None:
+            set_total(n)
+        scores = np.asarray(scorer.score(toks.seqs, progress=progress), dtype=np.float64)
+        return Scored(backend, scorer, scores, None, None, time.perf_counter() - t0)
+    ref_dir = Path(cfg.ref_model)  # type: ignore[arg-type]
+    ref_key = ("ref_sums", str(ref_dir.resolve()), toks.key, model.device, model.dtype, cfg.batch_tokens)
+    fresh = ref_key not in cache
+    if set_total is not None:
+        set_total(n * (2 if fresh else 1))  # the bar covers both passes
+    ref = cache.get(ref_key, lambda: _native_sums(cfg, ref_dir, toks.seqs, settings, log, progress))
+    note = "computed in this run" if fresh else "reused from an earlier run of this sweep"
+    backend, scorer = _make_scorer(cfg, model, settings.with_kind_dpo_sum(), log, with_ref=False)
+    sums = np.asarray(scorer.score(toks.seqs, progress=progress, replay=ref.schedule), dtype=np.float64)
+    if not scorer.schedule.same_as(ref.schedule):
+        # The policy ran out of memory and re-planned: pair it with reference sums over its own
+        # batches, never with sums from another batching.
+        log("native: the policy's batching differs from the reference's; recomputing the reference sums")
+        ref = _native_sums(cfg, ref_dir, toks.seqs, settings, log, None, replay=scorer.schedule)
+        cache.put(ref_key, ref)
+        note = "recomputed on the policy's batches (out-of-memory back-off)"
+    return Scored(backend, scorer, sums - ref.sums, ref, note, time.perf_counter() - t0)
+
+
+def run_meta(
+    cfg: RunConfig, data: LoadedData, model: ModelChoice, toks: Tokenized, scored: Scored, total_s: float
+) -> dict[str, Any]:
+    """Step 5: metrics.json's `meta` (what ran, on what, how long)."""
+    seqs, scores, kind = toks.seqs, scored.scores, model.kind
+    ties = int(sum(int(np.sum(s[:N_STYLES, None] == s[None, N_STYLES:])) for s in scores))
+    tok, add_eos = toks.tok, toks.add_eos
+    meta: dict[str, Any] = {
+        "model": str(model.model_dir),
+        "ref_model": cfg.ref_model,
+        "demo_model": model.demo,
+        "kind": kind,
+        "reward": "ref" if cfg.ref_model else (model.ref_free if kind == "dpo" else "classifier-logit"),
+        "backend": scored.backend,
+        "device": model.device,
+        "dtype": model.dtype,
+        "data": {
+            "path": str(data.path),
+            "origin": data.origin,
+            "files": [str(f) for f in data.files],
+            "sha256": data.sha256,
+            "n_records": len(data.records),
+        },
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "chat_template": "model" if toks.formatter.uses_chat_template else toks.formatter.template_name,
+        "classifier_add_eos": tok.eos_switch("current").describe() if add_eos else None,
+        "classifier_add_eos_4_43_4": tok.eos_switch("4.43.4").describe() if add_eos else None,
+        "pooling_4_43_4_differs": toks.legacy,
+        "tokens": {
+            "total": sum(len(s.ids) for group in seqs for s in group),
+            "scored": sum(s.n_labels for group in seqs for s in group),
+        },
+        "tied_comparisons": ties,
+        "scorer_stats": getattr(scored.scorer, "stats", None),
+        "versions": _versions(),
+        "seconds": {"total": total_s, "scoring": scored.seconds},
+    }
+    if scored.reference_note is not None:
+        meta["reference_sums"] = scored.reference_note
+        meta["reference_scorer_stats"] = scored.reference.stats if scored.reference else None
+    meta.update(getattr(scored.scorer, "meta", None) or {})
+    return meta
 
 
 def run_evaluation(
@@ -311,128 +515,14 @@ def run_evaluation(
     `cache` shares data, tokenization and reference log-probs across runs (see EvalCache).
     """
     cache = cache or EvalCache()
-    from .format import Formatter
-    from .modelio import inspect_model_dir
-    from .tokenize import Tokenizer
-
     t0 = time.perf_counter()
-    # 1. Data: validated in full before anything else runs.
-    data_path, data_origin = resolve_data(cfg.data)
-    data_key = ("records", str(data_path), tuple(cfg.domains or ()), cfg.limit, tuple(cfg.ids or ()))
-
-    def load_data() -> tuple[list[Path], str, list[Record]]:
-        files = data_files(data_path)
-        selected = select(load_records(data_path), domains=cfg.domains, limit=cfg.limit, ids=cfg.ids)
-        return files, hash_files(files), selected
-
-    files, data_sha, records = cache.get(data_key, load_data)
-    if not records:
-        raise UsageError(f"no records left to score in {data_path} after --domains/--limit/--ids")
-
-    # 2. Model(s) and options.
-    demo = cfg.model is None
-    if demo:
-        from .demo import ensure_smollm2
-
-        log("no --model given: using the embedded demo policy SmolLM2-135M-Instruct (reference-free DPO)")
-        model_dir = ensure_smollm2()
-    else:
-        model_dir = Path(cfg.model)
-    info = inspect_model_dir(
-        model_dir, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
-    )
-    kind, ref_free = _check_kind(cfg, info)
-    ref_info = None
-    if cfg.ref_model:
-        ref_info = inspect_model_dir(
-            Path(cfg.ref_model), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
-        )
-    device = resolve_device(cfg.device)
-    dtype = run_dtype(cfg.dtype, device)
-
-    # 3. Format and tokenize.
-    formatter = Formatter.from_model_dir(model_dir, cfg.chat_template)
-    tok = Tokenizer(model_dir)
-    # The official classifier script sets add_eos_token = True when there is no chat template.
-    add_eos = kind == "classifier" and not formatter.uses_chat_template
-    pad_id = classifier_pad_id(info, tok) if kind == "classifier" else None
-    seq_key = ("tokens", data_key, tokenizer_fingerprint(model_dir), cfg.chat_template, kind, add_eos, pad_id)
-    seqs = cache.get(
-        seq_key, lambda: tokenize_records(records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
-    )
-    legacy = legacy_pooling_diffs(records, seqs, pad_id) if kind == "classifier" else []
-    if legacy:
-        log(
-            f"[yellow]warning:[/yellow] transformers 4.43.4 would have pooled {len(legacy)} sequence(s) at a different "
-            "token (pad = EOS inside the text); scores follow today's rule, the list is in metrics.json meta"
-        )
-    n_tokens = sum(len(s.ids) for group in seqs for s in group)
-    n_labels = sum(s.n_labels for group in seqs for s in group)
-
-    # 4. Score.
-    t_score = time.perf_counter()
-    ref_sums, ref_note, ref_stats = None, None, None
-    if _ref_sums_cacheable(cfg, info, ref_info):
-        # Σ log π − Σ log π_ref, the reference's sums computed first (and once per sweep), then
-        # the policy alone (reward "sum"): one model in memory at a time, and the same planner
-        # batches, so the difference is bit-identical to scoring both models together.
-        ref_key = ("ref_sums", str(Path(cfg.ref_model).resolve()), seq_key, device, dtype, cfg.batch_tokens)
-        fresh = ref_key not in cache
-        if set_total is not None:
-            set_total(len(records) * (2 if fresh else 1))  # the bar covers both passes
-        ref_sums, ref_stats = cache.get(
-            ref_key, lambda: _native_sums(cfg, Path(cfg.ref_model), seqs, device, dtype, log, progress)
-        )
-        ref_note = "computed in this run" if fresh else "reused from an earlier run of this sweep"
-        backend, scorer = _make_scorer(
-            replace(cfg, ref_model=None), model_dir, kind, "sum", info, device, dtype, log, pad_id, None
-        )
-    else:
-        backend, scorer = _make_scorer(
-            cfg, model_dir, kind, ref_free, info, device, dtype, log, pad_id, ref_info
-        )
-        if set_total is not None:
-            set_total(len(records))
-    scores = np.asarray(scorer.score(seqs, progress=progress), dtype=np.float64)
-    if ref_sums is not None:
-        scores = scores - ref_sums
-    score_s = time.perf_counter() - t_score
-
-    # 5. Metrics and metadata.
-    result = compute_metrics(records, scores)
-    ties = int(sum(int(np.sum(s[:N_STYLES, None] == s[None, N_STYLES:])) for s in scores))
-    result["meta"] = {
-        "model": str(model_dir),
-        "ref_model": cfg.ref_model,
-        "demo_model": demo,
-        "kind": kind,
-        "reward": "ref" if cfg.ref_model else (ref_free if kind == "dpo" else "classifier-logit"),
-        "backend": backend,
-        "device": device,
-        "dtype": dtype,
-        "data": {
-            "path": str(data_path),
-            "origin": data_origin,
-            "files": [str(f) for f in files],
-            "sha256": data_sha,
-            "n_records": len(records),
-        },
-        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
-        "chat_template": "model" if formatter.uses_chat_template else formatter.template_name,
-        "classifier_add_eos": tok.eos_switch("current").describe() if add_eos else None,
-        "classifier_add_eos_4_43_4": tok.eos_switch("4.43.4").describe() if add_eos else None,
-        "pooling_4_43_4_differs": legacy,
-        "tokens": {"total": n_tokens, "scored": n_labels},
-        "tied_comparisons": ties,
-        "scorer_stats": getattr(scorer, "stats", None),
-        "versions": _versions(),
-        "seconds": {"total": time.perf_counter() - t0, "scoring": score_s},
-    }
-    if ref_note is not None:
-        result["meta"]["reference_sums"] = ref_note
-        result["meta"]["reference_scorer_stats"] = ref_stats
-    result["meta"].update(getattr(scorer, "meta", None) or {})
-    result["rows"] = score_rows(records, scores)
+    data = load_data(cfg, cache)
+    model = choose_models(cfg, log)
+    toks = tokenize_run(cfg, data, model, cache, log)
+    scored = score_run(cfg, model, toks, cache, log, progress, set_total)
+    result = compute_metrics(data.records, scored.scores)
+    result["meta"] = run_meta(cfg, data, model, toks, scored, time.perf_counter() - t0)
+    result["rows"] = score_rows(data.records, scored.scores)
     return result
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rmbench_fast.engine import attention
-from rmbench_fast.engine.attention import PackedLayout, packed_attention
+from rmbench_fast.engine.attention import packed_attention, sdpa, split
+from rmbench_fast.engine.layout import PackedLayout
 from rmbench_fast.plan import plan_batches
 from rmbench_fast.types import TokSeq
 
@@ -47,16 +48,16 @@ def test_paths_match_dense(n_rep: int, window: int | None, mask_first: bool) -> 
         out = packed_attention(q, k, v, layout, window, impl)
         torch.testing.assert_close(out[valid].double(), ref[valid], rtol=2e-5, atol=2e-5)
     # the padded per-segment path, forced, agrees too
-    padded = attention._sdpa_segments(q, k, v, layout.segment_plans(layout.effective_window(window)))
+    padded = sdpa.sdpa_segments(q, k, v, sdpa.segment_plans(layout, layout.effective_window(window)))
     torch.testing.assert_close(padded[valid].double(), ref[valid], rtol=2e-5, atol=2e-5)
 
 
 def test_split_path_is_taken_when_plain(monkeypatch: pytest.MonkeyPatch) -> None:
-    if attention._FLASH_CPU is None:
+    if split.FLASH_CPU is None:
         pytest.skip("this torch build has no CPU flash-attention op (split path unavailable)")
     calls = []
-    orig = attention._sdpa_split
-    monkeypatch.setattr(attention, "_sdpa_split", lambda *a: calls.append(1) or orig(*a))
+    orig = attention.sdpa_split
+    monkeypatch.setattr(attention, "sdpa_split", lambda *a: calls.append(1) or orig(*a))
     layout = PackedLayout.from_batch(_batch(), torch.device("cpu"))
     x = torch.randn(layout.n_tokens, 2, 8)
     packed_attention(x, x, x, layout, None, "sdpa")

@@ -15,7 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 from _tiny import make_tiny_model_dir  # noqa: E402
 
-from rmbench_fast.backends.hf import HFScorer, reduce_logprobs, resolve_classifier_pad_id  # noqa: E402
+from rmbench_fast.backends.hf import HFScorer, resolve_classifier_pad_id  # noqa: E402
+from rmbench_fast.rewards import reward_from_logprobs  # noqa: E402
 
 V, BOS, EOS = 128, 1, 2  # tiny models: pad = eos = 2
 
@@ -122,7 +123,9 @@ def test_dpo_ref_free_modes(dirs: dict[str, Path], mode: str) -> None:
     recs = _dpo_records(3)
     got = HFScorer(dirs["pol"], kind="dpo", ref_free_mode=mode, batch_size=5).score(recs)
     model = _load(dirs["pol"], transformers.AutoModelForCausalLM)
-    want = np.array([[float(reduce_logprobs(_ref_logprobs(model, s), mode)) for s in rec] for rec in recs])
+    want = np.array(
+        [[float(reward_from_logprobs(_ref_logprobs(model, s), mode)) for s in rec] for rec in recs]
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

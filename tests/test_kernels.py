@@ -29,7 +29,7 @@ from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton  # noqa: E402
 from rmbench_fast.kernels.linear_logratio import linear_logratio_triton  # noqa: E402
 from rmbench_fast.kernels.reference import dpo_logratio_ref  # noqa: E402
 
-from rmbench_fast import logprobs  # noqa: E402
+from rmbench_fast import logprobs, rewards  # noqa: E402
 
 INTERP = triton_interpreting()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -160,20 +160,26 @@ def test_dispatch_segments_and_all_ignored_segment() -> None:
     lab = torch.randint(0, V, (T,), generator=gen).to(DEVICE)
     lab[seg == 2] = -100
     lab[0] = -100
-    outs = {b: logprobs.dpo_logratio(pol, ref, lab, seg, S, backend=b) for b in ("triton", "torch")}
+    valid = lab != -100
+    outs = {}
+    for b in ("triton", "torch"):
+        lp, lp_ref, _ = logprobs.token_logprobs(pol, lab, ref, backend=b)
+        ref_sum = rewards.sequence_stats(lp_ref, seg, S, valid)[:, rewards.SUM]
+        outs[b] = (rewards.sequence_stats(lp, seg, S, valid), ref_sum)
     for mode in ("ref", "avg", "sum", "norm"):
-        a = logprobs.segment_rewards(outs["triton"], mode)
-        b = logprobs.segment_rewards(outs["torch"], mode)
+        a = rewards.rewards_from_stats(outs["triton"][0], mode, outs["triton"][1])
+        b = rewards.rewards_from_stats(outs["torch"][0], mode, outs["torch"][1])
         torch.testing.assert_close(a, b, rtol=0, atol=5e-5, equal_nan=True)
-    o = outs["triton"]
-    assert o.seg_count.tolist() == [7, 10, 0, 7]
-    assert o.seg_sum[2].item() == 0.0 and o.seg_norm[2].item() == 0.0
-    assert torch.isnan(o.seg_mean[2])  # official 0/0
+    o = outs["triton"][0]
+    assert o[:, rewards.COUNT].tolist() == [7, 10, 0, 7]
+    assert o[2, rewards.SUM].item() == 0.0 and rewards.rewards_from_stats(o, "norm")[2].item() == 0.0
+    assert torch.isnan(rewards.rewards_from_stats(o, "avg")[2])  # official 0/0
     exact = _f64_label_logprobs(pol, lab).cpu()
     for s in range(S):
         m = (seg.cpu() == s) & (lab.cpu() != -100)
-        assert abs(o.seg_sum[s].item() - exact[m].sum().item()) < 1e-4
-        assert abs(-o.seg_norm[s].item() + exact[m].pow(2).sum().sqrt().item()) < 1e-4
+        assert abs(o[s, rewards.SUM].item() - exact[m].sum().item()) < 1e-4
+        norm = rewards.rewards_from_stats(o, "norm")[s].item()
+        assert abs(norm + exact[m].pow(2).sum().sqrt().item()) < 1e-4
 
 
 def _official_batch_logps(logits: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
@@ -202,33 +208,37 @@ def test_segment_rewards_match_official_batch_logps() -> None:
     flat_logits = logits[:, :-1].reshape(-1, V)
     flat_labels = labels[:, 1:].reshape(-1)
     seg = torch.arange(B).repeat_interleave(L - 1)
-    out = logprobs.dpo_logratio(flat_logits, None, flat_labels, seg, B, backend="torch")
+
+    def stats(lab: torch.Tensor) -> torch.Tensor:
+        lp = logprobs.token_logprobs(flat_logits, lab, backend="torch")[0]
+        return rewards.sequence_stats(lp, seg, B, lab != -100)
+
+    out = stats(flat_labels)
     for mode in ("avg", "sum", "norm"):
         want = _official_batch_logps(logits, labels, mode)
-        got = logprobs.segment_rewards(out, mode)  # type: ignore[arg-type]
+        got = rewards.rewards_from_stats(out, mode)  # type: ignore[arg-type]
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    empty = logprobs.dpo_logratio(
-        flat_logits, None, torch.full_like(flat_labels, -100), seg, B, backend="torch"
-    )
+    empty = stats(torch.full_like(flat_labels, -100))
     official_empty = _official_batch_logps(logits, torch.full_like(labels, -100), "avg")
-    assert torch.isnan(official_empty).all() and torch.isnan(logprobs.segment_rewards(empty, "avg")).all()
+    assert torch.isnan(official_empty).all() and torch.isnan(rewards.rewards_from_stats(empty, "avg")).all()
 
 
 def test_dispatch_rejects_bad_input() -> None:
     x = torch.randn(4, 10)
     with pytest.raises(ValueError, match="outside"):
-        logprobs.label_logprobs(x, torch.tensor([1, 2, 10, -100]), backend="torch")
+        logprobs.token_logprobs(x, torch.tensor([1, 2, 10, -100]), backend="torch")
     with pytest.raises(ValueError, match="outside"):
-        logprobs.label_logprobs(x, torch.tensor([1, -5, 3, 4]), backend="torch")
+        logprobs.token_logprobs(x, torch.tensor([1, -5, 3, 4]), backend="torch")
     with pytest.raises(ValueError, match="backend"):
-        logprobs.label_logprobs(x, torch.tensor([1, 2, 3, 4]), backend="nope")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="seg_ids"):
-        logprobs.dpo_logratio(x, None, torch.tensor([1, 2, 3, 4]), torch.tensor([0, 0, 1, 2]), 2)
-    with pytest.raises(ValueError, match="needs reference"):
-        out = logprobs.dpo_logratio(x, None, torch.tensor([1, 2, 3, 4]), torch.tensor([0, 0, 1, 1]), 2)
-        logprobs.segment_rewards(out, "ref")
+        logprobs.token_logprobs(x, torch.tensor([1, 2, 3, 4]), backend="nope")  # type: ignore[arg-type]
+    with pytest.raises(IndexError):
+        lp = logprobs.token_logprobs(x, torch.tensor([1, 2, 3, 4]), backend="torch")[0]
+        rewards.sequence_stats(lp, torch.tensor([0, 0, 1, 2]), 2)
+    with pytest.raises(ValueError, match="needs the reference"):
+        lp = logprobs.token_logprobs(x, torch.tensor([1, 2, 3, 4]), backend="torch")[0]
+        rewards.rewards_from_stats(rewards.sequence_stats(lp, torch.tensor([0, 0, 1, 1]), 2), "ref")
     with pytest.raises(ValueError, match="no CUDA C"):
-        logprobs.linear_label_logprobs(
+        logprobs.linear_token_logprobs(
             torch.randn(4, 3), torch.randn(10, 3), torch.tensor([1, 2, 3, 4]), backend="cuda"
         )
 
@@ -253,10 +263,10 @@ def test_auto_backend_and_linear_dispatch() -> None:
     hidden = torch.randn(9, 32, generator=gen).to(DEVICE)
     weight = torch.randn(100, 32, generator=gen).to(DEVICE)
     lab = torch.randint(0, 100, (9,), generator=gen).to(DEVICE)
-    a = logprobs.linear_label_logprobs(hidden, weight, lab, backend="triton")
-    b = logprobs.linear_label_logprobs(hidden, weight, lab, backend="torch")
+    a = logprobs.linear_token_logprobs(hidden, weight, lab, backend="triton")
+    b = logprobs.linear_token_logprobs(hidden, weight, lab, backend="torch")
     torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
-    c = logprobs.label_logprobs(hidden @ weight.T, lab)  # auto
+    c = logprobs.token_logprobs(hidden @ weight.T, lab)[0]  # auto
     torch.testing.assert_close(c, b, rtol=0, atol=2e-5)
 
 

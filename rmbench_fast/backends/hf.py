@@ -14,47 +14,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..dtypes import parse_dtype
 from ..errors import ModelError, UsageError
+from ..logprobs import token_logprobs
 from ..modelio import ModelInfo, inspect_model_dir
+from ..rewards import check_ref_free_mode, reward_from_logprobs
+from ..settings import ScoreSettings
 from ..types import N_SLOTS, TokSeq
 
-RefFreeMode = Literal["avg", "sum", "norm"]
 Progress = Callable[[int], None]  # called with the number of records just completed (all 6 scored)
-
-
-def _torch_label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits.float())[t, labels[t]].  logits: [T, V] any dtype; labels: [T] -> [T] fp32."""
-    lp = torch.log_softmax(logits.float(), dim=-1)  # [T, V] fp32
-    return lp.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)  # [T]
-
-
-def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token log-probs in fp32; uses the fused dispatch in rmbench_fast.logprobs when present."""
-    try:
-        from ..logprobs import label_logprobs as fused
-    except ImportError:
-        return _torch_label_logprobs(logits, labels)
-    return fused(logits, labels)
-
-
-def reduce_logprobs(lp: torch.Tensor, mode: str) -> torch.Tensor:
-    """One sequence's answer log-probs lp: [K] fp32 -> scalar fp32 reward (SPEC §5).
-
-    sum:  Σ_k lp_k        avg: Σ_k lp_k / K        norm: −‖lp‖₂
-    """
-    if mode == "sum":
-        return lp.sum()
-    if mode == "avg":
-        return lp.sum() / lp.numel()
-    if mode == "norm":
-        return -torch.linalg.vector_norm(lp, ord=2)
-    raise UsageError(f"unknown reference-free mode {mode!r}; use avg, sum or norm")
 
 
 def resolve_classifier_pad_id(config_pad: int | None, tok_pad: int | None, tok_eos: int | None) -> int | None:
@@ -117,29 +90,25 @@ class HFScorer:
     def __init__(
         self,
         model_dir: str | Path,
+        settings: ScoreSettings | None = None,
         *,
-        kind: Literal["classifier", "dpo"],
         ref_model_dir: str | Path | None = None,
-        ref_free_mode: RefFreeMode = "avg",
-        dtype: str = "float32",
-        device: str = "cpu",
-        batch_size: int = 8,
-        trust_remote_code: bool = False,
-        allow_pickle: bool = False,
-        fp32_scores: bool = False,
-        pad_token_id: int | None = None,
+        **overrides: Any,
     ) -> None:
+        st = ScoreSettings.resolve(settings, overrides)
+        kind, ref_free_mode, batch_size = st.kind, st.ref_free_mode, st.batch_size
+        trust_remote_code, allow_pickle, device = st.trust_remote_code, st.allow_pickle, st.device
         if kind not in ("classifier", "dpo"):
             raise UsageError(f"unknown model kind {kind!r}; use classifier or dpo")
         if kind == "classifier" and ref_model_dir is not None:
             raise UsageError("a reference model only applies to DPO policies, not to classifiers")
         if batch_size < 1:
             raise UsageError(f"batch size must be >= 1, got {batch_size}")
-        if ref_model_dir is None:
-            reduce_logprobs(torch.zeros(1), ref_free_mode)  # validates the mode name early
+        if ref_model_dir is None and kind == "dpo":
+            check_ref_free_mode(ref_free_mode)
         self.kind, self.ref_free_mode, self.batch_size = kind, ref_free_mode, batch_size
-        self.device, self.fp32_scores = device, fp32_scores
-        self.dtype = parse_dtype(dtype)
+        self.device, self.fp32_scores = device, st.fp32_scores
+        self.dtype = parse_dtype("float32" if st.dtype == "auto" else st.dtype)
         self.info = inspect_model_dir(
             model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, kind=kind
         )
@@ -151,11 +120,11 @@ class HFScorer:
                 ref_model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, kind="dpo"
             )
             self.ref_model = _load(self.ref_info, self.dtype, device, trust_remote_code, allow_pickle)
-        self.pad_id = self._setup_pad(pad_token_id)
+        self.pad_id = self._setup_pad(st.pad_token_id)
         self._keep_ok = kind == "dpo" and all(
             _accepts_logits_to_keep(m) for m in (self.model, self.ref_model) if m is not None
         )
-        if kind == "classifier" and fp32_scores:
+        if kind == "classifier" and st.fp32_scores:
             self._keep_head_fp32()
         self.stats: dict[str, Any] = {}
 
@@ -240,7 +209,7 @@ class HFScorer:
         for b, s in enumerate(batch):
             rows = logits[b, s.label_start - 1 - lo : len(s.ids) - 1 - lo]  # [K, V]
             labels = ids[b, s.label_start : len(s.ids)]  # [K]
-            out.append(label_logprobs(rows, labels))
+            out.append(token_logprobs(rows, labels)[0])
         return out
 
     def _dpo_batch(self, batch: Sequence[TokSeq]) -> list[float]:
@@ -251,7 +220,7 @@ class HFScorer:
                 )
         pol = self._sum_logprobs(self.model, batch)
         if self.ref_model is None:
-            return [float(reduce_logprobs(lp, self.ref_free_mode)) for lp in pol]
+            return [float(reward_from_logprobs(lp, self.ref_free_mode)) for lp in pol]
         ref = self._sum_logprobs(self.ref_model, batch)
         # fp32 sums and difference, as DPOInference computes them.
         return [float(p.sum() - r.sum()) for p, r in zip(pol, ref)]

@@ -1,0 +1,116 @@
+"""What a packed shared-prefix batch looks like to attention (SPEC §7, PackedBatch docstring).
+
+The visibility rule, written once as a FlexAttention-style `mask_mod` and used by every path:
+    q sees k  iff  seg[q] == seg[k]  and  k <= q (flat order)
+                   and (k is in the prefix or br[k] == br[q])
+                   and (key_valid[k] or k == q)
+                   [and pos[q] - pos[k] < window, for sliding-window layers]
+The `k == q` term only matters for a masked duplicated BOS (key_valid False): its own row would
+otherwise see nothing and SDPA would return NaN, which then leaks into other rows through
+0 * NaN in the value product. Its output is never read (nothing attends to it, it is never a
+label or pooled position), so letting it see itself changes no score.
+
+A layout is built once per batch and shared by every layer; each attention backend caches the
+plan it derives from it (`PackedLayout.cached`), so a plan is built once per batch and window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rmbench_fast.plan import branch_bounds
+from rmbench_fast.types import N_SLOTS, PackedBatch
+
+MaskMod = Callable[[Any, Any, torch.Tensor, torch.Tensor], torch.Tensor]
+# Per segment: (prefix start, prefix length, [(start, end) of each non-empty branch]).
+SegmentSpans = list[tuple[int, int, list[tuple[int, int]]]]
+
+
+@dataclass
+class PackedLayout:
+    """Per-token metadata of a PackedBatch on the compute device, plus cached backend plans."""
+
+    n_tokens: int
+    positions: torch.Tensor  # [T] int64
+    seg: torch.Tensor  # [T] int32 segment id
+    branch: torch.Tensor  # [T] int32 sequence index j, -1 in a prefix
+    key_valid: torch.Tensor  # [T] bool
+    batch: PackedBatch
+    max_span: int  # largest pos[q] - pos[k] possible inside one sequence
+    all_keys_valid: bool  # no masked duplicated BOS anywhere in the batch
+    _cache: dict[tuple[str, int | None], Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_batch(cls, batch: PackedBatch, device: torch.device) -> PackedLayout:
+        T = batch.n_tokens
+        seg_off = np.asarray(batch.seg_offsets, dtype=np.int64)
+        seg = np.repeat(np.arange(len(seg_off) - 1, dtype=np.int32), np.diff(seg_off))
+        starts, ends = branch_bounds(batch)
+        branch = np.full(T, -1, dtype=np.int32)
+        for j in range(len(starts)):
+            branch[starts[j] : ends[j]] = j
+        pos = np.asarray(batch.position_ids, dtype=np.int64)
+        key_valid = np.asarray(batch.key_valid, dtype=bool)
+
+        def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+        return cls(
+            n_tokens=T,
+            positions=t(pos, torch.int64),
+            seg=t(seg, torch.int32),
+            branch=t(branch, torch.int32),
+            key_valid=t(key_valid, torch.bool),
+            batch=batch,
+            max_span=int(pos.max()) if T else 0,
+            all_keys_valid=bool(key_valid.all()),  # from the host copy: no device sync
+        )
+
+    def effective_window(self, window: int | None) -> int | None:
+        """None when the window cannot bite in this batch (every span < window)."""
+        return None if window is None or window > self.max_span else window
+
+    def mask_mod(self, window: int | None) -> MaskMod:
+        return make_mask_mod(self.seg, self.branch, self.key_valid, self.positions, window)
+
+    def cached(self, key: tuple[str, int | None], build: Callable[[], Any]) -> Any:
+        """A backend's plan for this batch, built on first use (shared by every layer)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def segment_spans(self) -> SegmentSpans:
+        """Per segment: (prefix start, prefix length, [(start, end) of each non-empty branch])."""
+
+        def build() -> SegmentSpans:
+            b = self.batch
+            seg_off = np.asarray(b.seg_offsets, dtype=np.int64)
+            starts, ends = branch_bounds(b)
+            spans = []
+            for si in range(b.n_segments):
+                sl = slice(si * N_SLOTS, (si + 1) * N_SLOTS)
+                br = [(int(x), int(y)) for x, y in zip(starts[sl], ends[sl]) if y > x]
+                spans.append((int(seg_off[si]), int(b.prefix_len[si]), br))
+            return spans
+
+        return self.cached(("spans", None), build)
+
+
+def make_mask_mod(
+    seg: torch.Tensor, branch: torch.Tensor, key_valid: torch.Tensor, pos: torch.Tensor, window: int | None
+) -> MaskMod:
+    """The visibility rule (module docstring) as a FlexAttention mask_mod over flat indices."""
+
+    def mask_mod(b: Any, h: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        same_seq = (seg[q] == seg[k]) & ((branch[k] < 0) | (branch[k] == branch[q]))
+        m = same_seq & (k <= q) & (key_valid[k] | (q == k))
+        if window is not None:
+            m = m & (pos[q] - pos[k] < window)
+        return m
+
+    return mask_mod

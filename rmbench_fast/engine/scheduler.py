@@ -1,0 +1,160 @@
+"""The batches of a run and the out-of-memory back-off.
+
+The planner packs whole records into batches of at most `batch_tokens` tokens. The scheduler
+feeds them to a `score_batch` function (one PackedBatch -> per-sequence values [S*6, k]) and
+scatters the values back to [n_records, 6, k] in slot order.
+
+Out of memory: the token budget is halved (never below the longest record, which is tried
+exactly before giving up), and the records not yet scored are re-planned; finished batches are
+kept. The memory is freed outside the `except` block, once the traceback (which holds the
+failed batch's activations) is gone.
+
+A `Schedule` is the list of batches actually run, with the global record of each sequence.
+Replaying one reproduces the batching exactly, so two models scored on the same schedule see
+identical batches (the reference model's sums are computed once and reused this way).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rmbench_fast.plan import plan_batches, plan_stats, segment_lengths
+from rmbench_fast.types import N_SLOTS, PackedBatch, TokSeq
+
+ScoreBatch = Callable[[PackedBatch], np.ndarray]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ScheduledBatch:
+    batch: PackedBatch
+    records: np.ndarray  # [S*6] int64: global record index of each sequence j
+    budget: int  # the token budget it was planned under
+
+
+@dataclass
+class Schedule:
+    """The batches a pass actually ran, in order (see the module docstring)."""
+
+    batches: list[ScheduledBatch] = field(default_factory=list)
+
+    @property
+    def budgets(self) -> list[int]:
+        return sorted({b.budget for b in self.batches}, reverse=True)
+
+    def same_as(self, other: Schedule) -> bool:
+        """Same batches in the same order (so per-sequence sums are bit-comparable)."""
+        return len(self.batches) == len(other.batches) and all(
+            a.budget == b.budget and np.array_equal(a.records, b.records)
+            for a, b in zip(self.batches, other.batches)
+        )
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Return cached blocks to the device after an out-of-memory error."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class BatchScheduler:
+    """Plans `seqs` (six TokSeqs per record) and runs every batch through `score_batch`."""
+
+    def __init__(
+        self,
+        seqs: Sequence[Sequence[TokSeq]],
+        *,
+        batch_tokens: int,
+        share_prefix: bool,
+        vocab_size: int | None,
+        device: torch.device,
+        log: Callable[[str], None],
+    ) -> None:
+        for r, group in enumerate(seqs):
+            if len(group) != N_SLOTS:
+                raise ValueError(f"record {r}: expected {N_SLOTS} sequences, got {len(group)}")
+        self.seqs, self.share_prefix, self.vocab_size = seqs, share_prefix, vocab_size
+        self.device, self.log = device, log
+        # The planner's own lengths (its mask_first rule can turn prefix sharing off).
+        seg_len = np.asarray(segment_lengths(seqs, share_prefix=share_prefix))
+        self.longest = int(seg_len.max()) if len(seqs) else 0
+        self.budget = int(batch_tokens)
+        if self.longest > self.budget:
+            log(f"native: raising the token budget from {self.budget} to {self.longest} (the longest record)")
+            self.budget = self.longest
+        self.oom_halvings = 0
+        self.plan_s = 0.0
+        self.schedule = Schedule()
+
+    def _plan(self, pending: list[int]) -> list[ScheduledBatch]:
+        t = time.perf_counter()
+        batches = plan_batches(
+            [self.seqs[r] for r in pending],
+            batch_tokens=self.budget,
+            share_prefix=self.share_prefix,
+            vocab_size=self.vocab_size,
+        )
+        self.plan_s += time.perf_counter() - t
+        idx = np.asarray(pending, dtype=np.int64)
+        return [
+            ScheduledBatch(b, idx[np.asarray(b.seq_record, dtype=np.int64)], self.budget) for b in batches
+        ]
+
+    def _back_off(self) -> None:
+        """Halve the budget after an out-of-memory error, down to exactly the longest record."""
+        if self.budget <= self.longest:
+            raise torch.OutOfMemoryError(
+                f"out of memory even with a token budget of {self.budget} (the longest record); "
+                "use a smaller --dtype, a device with more memory, or --backend hf --device-map auto"
+            )
+        free_device_memory(self.device)
+        self.budget = max(self.budget // 2, self.longest)
+        self.oom_halvings += 1
+        if self.oom_halvings == 1:
+            self.log(f"native: out of memory; retrying with a token budget of {self.budget}")
+
+    def run(
+        self, score_batch: ScoreBatch, progress: Progress | None = None, replay: Schedule | None = None
+    ) -> np.ndarray:
+        """Values [n_records, 6, k] float64 (NaN where nothing was scored).
+
+        `replay`: run exactly these batches first (another pass's schedule); an out-of-memory
+        error while replaying re-plans the rest as usual, and `self.schedule` then differs.
+        """
+        out: np.ndarray | None = None
+        queue = list(replay.batches) if replay is not None else self._plan(list(range(len(self.seqs))))
+        while queue:
+            failed_at: int | None = None
+            for i, sb in enumerate(queue):
+                try:
+                    values = score_batch(sb.batch)
+                except torch.OutOfMemoryError:
+                    failed_at = i
+                    break
+                values = np.asarray(values, dtype=np.float64).reshape(len(sb.records), -1)
+                if out is None:
+                    out = np.full((len(self.seqs), N_SLOTS, values.shape[1]), np.nan)
+                out[sb.records, np.arange(len(sb.records)) % N_SLOTS] = values
+                self.schedule.batches.append(sb)
+                if progress is not None:
+                    progress(sb.batch.n_segments)
+            if failed_at is None:
+                break
+            self._back_off()  # outside the except block: the failed batch's tensors are gone
+            left = {int(r) for sb in queue[failed_at:] for r in sb.records}
+            queue = self._plan(sorted(left))
+        return out if out is not None else np.full((len(self.seqs), N_SLOTS, 1), np.nan)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            **plan_stats([b.batch for b in self.schedule.batches]),
+            "batch_tokens": self.budget,
+            "oom_halvings": self.oom_halvings,
+            "plan_s": self.plan_s,
+        }
