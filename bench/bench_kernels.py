@@ -7,15 +7,11 @@ torch.compile, our Triton kernels A and B, and cut-cross-entropy / Liger if impo
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
+import kernel_setup as _shapes  # noqa: E402
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/kernel_setup.py, however this file is loaded
-import kernel_setup as _shapes  # noqa: E402
 
 Case, cases, make_inputs = _shapes.Case, _shapes.cases, _shapes.make_inputs
 torch_label_logprobs, torch_linear_logprobs = _shapes.torch_label_logprobs, _shapes.torch_linear_logprobs

@@ -79,8 +79,7 @@ def to_tokseqs(flat: dict[str, np.ndarray]) -> list[list[TokSeq]]:
 
 
 def budget_for(flat: dict[str, np.ndarray], floor: int) -> int:
-    p = plan.common_prefix_lengths_np if not plan.have_cpp() else plan._core.common_prefix_lengths
-    pre = np.asarray(p(flat["ids"], flat["offsets"], N_SLOTS), dtype=np.int64)
+    pre = np.asarray(plan.common_prefix_lengths(flat["ids"], flat["offsets"], N_SLOTS), dtype=np.int64)
     lens = np.diff(flat["offsets"]).reshape(-1, N_SLOTS)
     seg = pre + (lens - pre[:, None]).sum(1)
     return max(floor, int(seg.max()))

@@ -4,7 +4,7 @@
 
 Each commit is checked out into a temporary git worktree and run as `python -m rmbench_fast run`
 from that tree (PYTHONPATH), with this environment's installed C++ core copied in (the script
-refuses when csrc/ differs between the commits, since the core would then have to be rebuilt).
+refuses when the C++ core's sources differ between the commits, since the core would then have to be rebuilt).
 Jobs: the demo model (SmolLM2-135M-Instruct) in each reference-free mode and as DPO with a
 reference, tiny random Llama / Qwen2 / Gemma-2 models (classifier, DPO with reference, sliding
 window), and the transformers backend, all on the shared RM-Bench files. Exit 0 only when every
@@ -126,8 +126,15 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=3, help="records per domain")
     ap.add_argument("--out", type=Path, default=None, help="keep outputs here (default: a temp dir)")
     args = ap.parse_args()
-    if _git("diff", "--stat", args.before, args.after, "--", "csrc"):
-        raise SystemExit("csrc/ differs between the commits: build each one instead of sharing the core")
+    core = [
+        "csrc/core_bindings.cpp",
+        "csrc/planner.cpp",
+        "csrc/planner.h",
+        "csrc/prefix.cpp",
+        "csrc/prefix.h",
+    ]
+    if _git("diff", "--stat", args.before, args.after, "--", *core):
+        raise SystemExit("the C++ core differs between the commits: build each one instead of sharing it")
     from rmbench_fast.demo import ensure_smollm2
 
     root = Path(tempfile.mkdtemp(prefix="rmbf-bitwise-")) if args.out is None else args.out

@@ -75,6 +75,8 @@ def run_official(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, A
     import torch
     import transformers
 
+    from rmbench_fast.rewards import reward_from_logprobs
+
     if args.path == "official8bit":
         # reward-bench's default load (SPEC §6): bitsandbytes 8-bit weights, fp16 activations
         model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -112,12 +114,7 @@ def run_official(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, A
                 keep = lab != -100
                 lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, lab.clamp(min=0)[..., None])[..., 0]
                 lp = (lp * keep).float()
-                if args.ref_free == "avg":
-                    r = lp.sum(-1) / keep.sum(-1)
-                elif args.ref_free == "sum":
-                    r = lp.sum(-1)
-                else:
-                    r = -torch.norm(lp, p=2, dim=-1)
+                r = reward_from_logprobs(lp, args.ref_free, keep)  # the official get_batch_logps reduction
                 r = r.double().cpu().numpy()
                 n = len(group)
                 out[a : a + n, k] = r[:n]

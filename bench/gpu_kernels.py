@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/kernel_setup.py, however this file is loaded
 import kernel_setup as _shapes  # noqa: E402
 import torch
 

@@ -92,7 +92,7 @@ def kernel_a_variants(
     V: int = V_DEFAULT,
 ) -> Iterator[tuple[str, Callable[..., Any], dict[str, Any], dict[str, int]]]:
     """Kernel A at its GPU launch config: (variant name, fn, args, options)."""
-    block_v, num_warps = dpo_logratio.launch_config(V, interpret=False)
+    block_v, num_warps = dpo_logratio.logratio_launch_config(V, interpret=False)
     for dtype, has_ref in (("bf16", True), ("bf16", False), ("fp16", True), ("fp32", True)):
         args = {
             "pol_ptr": Ptr(dtype),
@@ -120,7 +120,7 @@ def kernel_b_variants(
 ) -> Iterator[tuple[str, Callable[..., Any], dict[str, Any], dict[str, int]]]:
     """Kernel B at its GPU launch config: (variant name, fn, args, options)."""
     for dtype, softcap in (("bf16", None), ("bf16", 30.0), ("fp32", None)):
-        cfg = linear_logratio.launch_config(V, H, interpret=False, fp32=dtype == "fp32")
+        cfg = linear_logratio.linear_launch_config(V, H, interpret=False, fp32=dtype == "fp32")
         tiles = {k: v for k, v in cfg.items() if k.startswith("BLOCK_")}
         opts = {k: v for k, v in cfg.items() if not k.startswith("BLOCK_")}
         args = {

@@ -103,7 +103,7 @@ def _check_logits(name: str, x: torch.Tensor, device: torch.device) -> None:
     check_same_device(name, x, device)
 
 
-def _check_labels(labels: torch.Tensor, T: int, device: torch.device) -> None:
+def _check_label_tensor(labels: torch.Tensor, T: int, device: torch.device) -> None:
     if labels.dim() != 1 or labels.shape[0] != T:
         raise ValueError(f"labels must be [T] = [{T}], got shape {tuple(labels.shape)}")
     if labels.dtype not in (torch.int32, torch.int64):
@@ -111,7 +111,7 @@ def _check_labels(labels: torch.Tensor, T: int, device: torch.device) -> None:
     check_same_device("labels", labels, device)
 
 
-def launch_config(V: int, *, interpret: bool, block_v: int | None = None) -> tuple[int, int]:
+def logratio_launch_config(V: int, *, interpret: bool, block_v: int | None = None) -> tuple[int, int]:
     """(BLOCK_V, num_warps) for a vocabulary of V.
 
     GPU: 4096-wide chunks (8 KB of bf16 per load, enough bytes in flight per SM); interpreter:
@@ -145,7 +145,7 @@ def dpo_logratio_triton(
         _check_logits("ref_logits", ref_logits, device)
         if tuple(ref_logits.shape) != (T, V):
             raise ValueError(f"ref_logits shape {tuple(ref_logits.shape)} != policy_logits shape {(T, V)}")
-    _check_labels(labels, T, device)
+    _check_label_tensor(labels, T, device)
 
     out_pol = torch.empty(T, dtype=torch.float32, device=device)
     out_ref = torch.empty(T, dtype=torch.float32, device=device) if ref_logits is not None else None
@@ -155,7 +155,7 @@ def dpo_logratio_triton(
 
     interpret = device.type != "cuda"
     kernel = build_kernel(_dpo_logratio_kernel, device=device, heuristics=_HEURISTICS)
-    block_v, num_warps = launch_config(V, interpret=interpret, block_v=block_v)
+    block_v, num_warps = logratio_launch_config(V, interpret=interpret, block_v=block_v)
     ref = ref_logits if ref_logits is not None else policy_logits
     kernel[(T,)](
         policy_logits,

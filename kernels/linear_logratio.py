@@ -152,7 +152,7 @@ def linear_logratio_triton(
 
     interpret = device.type != "cuda"
     kernel = build_kernel(_linear_logprob_kernel, device=device, heuristics=_HEURISTICS)
-    cfg = launch_config(
+    cfg = linear_launch_config(
         V,
         H,
         interpret=interpret,
@@ -185,7 +185,7 @@ def linear_logratio_triton(
     return out
 
 
-def launch_config(
+def linear_launch_config(
     V: int,
     H: int,
     *,

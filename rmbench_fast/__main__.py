@@ -2,6 +2,13 @@
 
 import sys
 
-from .cli import main
+from .install_check import uninstalled_checkout_message
+
+message = uninstalled_checkout_message()
+if message is not None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

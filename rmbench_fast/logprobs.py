@@ -34,7 +34,7 @@ Backend = Literal["auto", "triton", "cuda", "torch"]
 _BACKENDS = ("auto", "triton", "cuda", "torch")
 TokenLogprobs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
-# dtype codes shared with csrc/cuda/dpo_logratio.h (RMBF_DTYPE_*, RMBF_LABEL_*).
+# dtype codes shared with kernels/cuda/dpo_logratio.h (RMBF_DTYPE_*, RMBF_LABEL_*).
 CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 CUDA_LABEL_CODES = {torch.int64: 0, torch.int32: 1}
 

@@ -83,6 +83,14 @@ def common_prefix_lengths_np(ids: np.ndarray, offsets: np.ndarray, group_size: i
     return out
 
 
+def common_prefix_lengths(ids: np.ndarray, offsets: np.ndarray, group_size: int = N_SLOTS) -> np.ndarray:
+    """Per group of `group_size` consecutive sequences, their longest common token prefix:
+    the C++ core when built, else `common_prefix_lengths_np` (same results, tested)."""
+    if _core is not None:
+        return np.asarray(_core.common_prefix_lengths(ids, offsets, group_size))
+    return common_prefix_lengths_np(ids, offsets, group_size)
+
+
 def _lcp(group: Sequence[TokSeq]) -> int:
     first = group[0].ids
     p = len(first)

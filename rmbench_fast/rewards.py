@@ -47,7 +47,7 @@ def sequence_stats(
     """Per-sequence (S, N, Q) in float64: lp [K] fp32, seq [K] int64 in [0, n_seq) -> [n_seq, 3].
 
     `valid` [K] bool (optional) drops tokens (an ignored label): they add nothing anywhere.
-    No device sync: index_add_ and bincount run on the tokens' device.
+    No device sync: everything runs on the tokens' device.
     """
     lp64 = lp.double()
     if valid is not None:
@@ -56,10 +56,10 @@ def sequence_stats(
     zeros = torch.zeros(n_seq, dtype=torch.float64, device=lp.device)
     s = zeros.clone().index_add_(0, seq, lp64)
     q = zeros.clone().index_add_(0, seq, lp64 * lp64)
-    if valid is None:
-        c = torch.bincount(seq, minlength=n_seq).double()
-    else:
-        c = zeros.clone().index_add_(0, seq, valid.double())
+    # Counts by index_add_ of ones (exact integers in float64), not bincount: on CUDA bincount
+    # reads the largest index back to the host to size its output, a sync per batch.
+    ones = torch.ones_like(lp64) if valid is None else valid.double()
+    c = zeros.clone().index_add_(0, seq, ones)
     return torch.stack([s, c, q], dim=-1)
 
 

@@ -23,7 +23,8 @@ class ScoreSettings:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     share_prefix: bool = True  # native: store each record's common prompt prefix once
-    attn_impl: str | None = None  # native: sdpa | flex | dense; None = the device's default
+    attn_impl: str | None = None  # native: auto | flash | flex | sdpa | dense; None = auto
+    lm_head: str = "auto"  # native DPO: auto (= torch) | torch | fused (kernel B, fp32 logits)
     pad_token_id: int | None = None  # hf classifiers: the pad id run_rm.py ends up with
 
     def with_kind_dpo_sum(self) -> ScoreSettings:

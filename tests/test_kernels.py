@@ -301,11 +301,12 @@ def test_rerun_in_interpreter_subprocess() -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
-def test_gpu_bench_script_dry_run() -> None:
+def test_gpu_bench_script_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """bench/gpu_kernels.py imports and its CPU-safe path (inputs, torch paths, report) runs."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "bench" / "gpu_kernels.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python bench/gpu_kernels.py` would have it
     spec = importlib.util.spec_from_file_location("rmbf_gpu_kernels_bench", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

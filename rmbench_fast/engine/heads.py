@@ -4,20 +4,20 @@ DPO (causal LM), per label row k of a batch:
     z_k  = lm_head(hidden[label_pos_k])                 [V], in the model dtype (as HF returns it)
     z_k  = cap · tanh(z_k / cap)                        (Gemma-2 final soft-cap, model dtype)
     lp_k = log_softmax(z_k.float())[label_ids_k]        fp32 (kernel A on CUDA, torch on the CPU)
-then per sequence (S, N, Q) in float64 (rewards.sequence_stats).
+then per sequence (S, N, Q) in float64 (rewards.sequence_stats). With a reference model on the
+same batch, both models' logits go through kernel A together (its fused-ratio mode).
+`--lm-head fused` runs kernel B instead: the head inside the kernel, logits in fp32.
 Classifier: score_j = model.classify(hidden[pool_pos_j]) in the model dtype (SPEC §4 rounding),
 or fp32 with --fp32-scores.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rmbench_fast.logprobs import token_logprobs
+from rmbench_fast.logprobs import linear_token_logprobs, token_logprobs
 from rmbench_fast.rewards import sequence_stats
-from rmbench_fast.types import PackedBatch
 
 # Rows of [rows, V] logits per chunk off the GPU: bounds memory at ~64 MB of fp32.
 CPU_LOGIT_CHUNK_ELEMS = 1 << 24
@@ -38,37 +38,55 @@ def logit_chunk_rows(vocab_size: int, device: torch.device, dtype: torch.dtype) 
     return max(128, int(free * CUDA_LOGIT_MEMORY_SHARE) // per_row)
 
 
+LM_HEADS: tuple[str, ...] = ("torch", "fused")
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """z = cap · tanh(hidden @ weight.T / cap), in the model dtype as HF computes it: [k, V]."""
+    z = F.linear(hidden, weight)
+    if softcap is not None:
+        z = torch.tanh(z / softcap) * softcap
+    return z
+
+
 def lm_head_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
     chunk_rows: int,
     softcap: float | None = None,
-) -> torch.Tensor:
+    *,
+    lm_head: str = "torch",
+    ref: tuple[torch.Tensor, torch.Tensor, float | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """lp[k] = log_softmax(z[k])[labels[k]], z = hidden[k] @ weight.T, chunked over rows.
 
     hidden: [K, H], weight: [V, H] (model dtype), labels: [K] (already range-checked by the
-    planner) -> [K] fp32. See the module docstring for the rounding.
+    planner) -> ([K] fp32, the reference's [K] fp32 or None).
+    lm_head "torch": the logits in the model dtype (module docstring), then kernel A; with
+    `ref` = (ref_hidden [K, H], ref_weight [V, H], ref_softcap) both models' logits of a chunk go
+    through kernel A in one fused pass (the DPO ratio), each row's log-prob unchanged.
+    lm_head "fused": kernel B, the head inside the kernel with fp32 logits (different rounding
+    from the official model-dtype logits, so opt-in).
     """
     K = hidden.shape[0]
     out = torch.empty(K, dtype=torch.float32, device=hidden.device)
+    out_ref = torch.empty_like(out) if ref is not None else None
     for a in range(0, K, chunk_rows):
-        z = F.linear(hidden[a : a + chunk_rows], weight)  # [k, V] model dtype
-        if softcap is not None:
-            z = torch.tanh(z / softcap) * softcap
-        out[a : a + chunk_rows] = token_logprobs(z, labels[a : a + chunk_rows], check=False)[0]
-    return out
-
-
-def batch_label_tensors(
-    batch: PackedBatch, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(label_pos, label_ids, label_seq) [K] int64 each, on `device` (host arrays copied once)."""
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device, non_blocking=True)
-
-    return t(batch.label_pos), t(batch.label_ids), t(batch.label_seq)
+        rows = slice(a, a + chunk_rows)
+        if lm_head == "fused":
+            out[rows] = linear_token_logprobs(hidden[rows], weight, labels[rows], softcap, check=False)
+            if ref is not None and out_ref is not None:
+                rh, rw, rcap = ref
+                out_ref[rows] = linear_token_logprobs(rh[rows], rw, labels[rows], rcap, check=False)
+            continue
+        z = _logits(hidden[rows], weight, softcap)  # [k, V]
+        z_ref = _logits(ref[0][rows], ref[1], ref[2]) if ref is not None else None
+        lp, lp_ref, _ = token_logprobs(z, labels[rows], z_ref, check=False)
+        out[rows] = lp
+        if out_ref is not None and lp_ref is not None:
+            out_ref[rows] = lp_ref
+    return out, out_ref
 
 
 def dpo_stats(
@@ -78,11 +96,21 @@ def dpo_stats(
     n_seq: int,
     chunk_rows: int,
     softcap: float | None,
+    *,
+    lm_head: str = "torch",
+    ref: tuple[torch.Tensor, torch.Tensor, float | None] | None = None,
 ) -> torch.Tensor:
-    """Per-sequence (S, N, Q) float64 [n_seq, 3] from final hidden states [T, H]."""
+    """Per-sequence (S, N, Q) float64 [n_seq, 3] from final hidden states [T, H]; with `ref`
+    (the reference's hidden [T, H], head weight, soft-cap) [n_seq, 4]: (S, N, Q, S_ref)."""
     pos, ids, seq = labels
-    lp = lm_head_logprobs(hidden.index_select(0, pos), head_weight, ids, chunk_rows, softcap)  # [K]
-    return sequence_stats(lp, seq, n_seq)
+    ref_rows = None if ref is None else (ref[0].index_select(0, pos), ref[1], ref[2])
+    lp, lp_ref = lm_head_logprobs(
+        hidden.index_select(0, pos), head_weight, ids, chunk_rows, softcap, lm_head=lm_head, ref=ref_rows
+    )  # [K]
+    stats = sequence_stats(lp, seq, n_seq)
+    if lp_ref is None:
+        return stats
+    return torch.cat([stats, sequence_stats(lp_ref, seq, n_seq)[:, :1]], dim=1)
 
 
 def classifier_stats(

@@ -20,6 +20,7 @@ import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ import torch
 from rmbench_fast.plan import plan_batches, plan_stats, segment_lengths
 from rmbench_fast.types import N_SLOTS, PackedBatch, TokSeq
 
-ScoreBatch = Callable[[PackedBatch], np.ndarray]
+ScoreBatch = Callable[[PackedBatch], torch.Tensor]  # -> values [S*6, k] on the device
 Progress = Callable[[int], None]
 
 
@@ -54,6 +55,60 @@ class Schedule:
             a.budget == b.budget and np.array_equal(a.records, b.records)
             for a, b in zip(self.batches, other.batches)
         )
+
+
+class BatchCache(Protocol):
+    """Stored per-batch values (the results store): a hit skips the batch's forward pass."""
+
+    def lookup(self, sb: ScheduledBatch) -> np.ndarray | None: ...
+
+    def save(self, sb: ScheduledBatch, values: np.ndarray) -> None: ...
+
+
+class _Collector:
+    """Scatters per-sequence values into [n_records, 6, k]; device values are copied back
+    non-blocking and read one batch later, so batch k's copy overlaps batch k+1's compute."""
+
+    def __init__(self, n_records: int, progress: Progress | None, cache: BatchCache | None) -> None:
+        self.n, self.progress, self.cache = n_records, progress, cache
+        self.out: np.ndarray | None = None
+        self.inflight: list[tuple[ScheduledBatch, torch.Tensor, torch.cuda.Event | None]] = []
+
+    def add_device(self, sb: ScheduledBatch, values: torch.Tensor) -> None:
+        if values.device.type == "cuda":
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = values, None
+        self.drain()  # the previous batch's copy finished while this batch was queued
+        self.inflight.append((sb, host, event))
+
+    def add_host(self, sb: ScheduledBatch, values: np.ndarray) -> None:
+        self.drain()
+        self._store(sb, values, from_cache=True)
+
+    def drain(self) -> None:
+        for sb, host, event in self.inflight:
+            if event is not None:
+                event.synchronize()
+            self._store(sb, host.numpy(), from_cache=False)
+        self.inflight = []
+
+    def _store(self, sb: ScheduledBatch, values: np.ndarray, *, from_cache: bool) -> None:
+        values = np.asarray(values, dtype=np.float64).reshape(len(sb.records), -1)
+        if self.out is None:
+            self.out = np.full((self.n, N_SLOTS, values.shape[1]), np.nan)
+        self.out[sb.records, np.arange(len(sb.records)) % N_SLOTS] = values
+        if self.cache is not None and not from_cache:
+            self.cache.save(sb, values)
+        if self.progress is not None:
+            self.progress(sb.batch.n_segments)
+
+    def finish(self) -> np.ndarray:
+        self.drain()
+        return self.out if self.out is not None else np.full((self.n, N_SLOTS, 1), np.nan)
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -89,6 +144,7 @@ class BatchScheduler:
             log(f"native: raising the token budget from {self.budget} to {self.longest} (the longest record)")
             self.budget = self.longest
         self.oom_halvings = 0
+        self.from_cache = 0  # batches whose values came from the cache instead of a forward pass
         self.plan_s = 0.0
         self.schedule = Schedule()
 
@@ -120,41 +176,49 @@ class BatchScheduler:
             self.log(f"native: out of memory; retrying with a token budget of {self.budget}")
 
     def run(
-        self, score_batch: ScoreBatch, progress: Progress | None = None, replay: Schedule | None = None
+        self,
+        score_batch: ScoreBatch,
+        progress: Progress | None = None,
+        replay: Schedule | None = None,
+        cache: BatchCache | None = None,
     ) -> np.ndarray:
         """Values [n_records, 6, k] float64 (NaN where nothing was scored).
 
-        `replay`: run exactly these batches first (another pass's schedule); an out-of-memory
-        error while replaying re-plans the rest as usual, and `self.schedule` then differs.
+        `score_batch` returns the batch's values on the device, [S*6, k]; they are copied back
+        asynchronously (pinned memory on CUDA) while the next batch runs, so the steady state
+        has no device->host sync. `replay`: run exactly these batches first (another pass's
+        schedule); an out-of-memory error while replaying re-plans the rest as usual, and
+        `self.schedule` then differs. `cache`: batches whose values are stored are not run.
         """
-        out: np.ndarray | None = None
+        collector = _Collector(len(self.seqs), progress, cache)
         queue = list(replay.batches) if replay is not None else self._plan(list(range(len(self.seqs))))
         while queue:
             failed_at: int | None = None
             for i, sb in enumerate(queue):
-                try:
-                    values = score_batch(sb.batch)
-                except torch.OutOfMemoryError:
-                    failed_at = i
-                    break
-                values = np.asarray(values, dtype=np.float64).reshape(len(sb.records), -1)
-                if out is None:
-                    out = np.full((len(self.seqs), N_SLOTS, values.shape[1]), np.nan)
-                out[sb.records, np.arange(len(sb.records)) % N_SLOTS] = values
+                stored = cache.lookup(sb) if cache is not None else None
+                if stored is not None:
+                    self.from_cache += 1
+                    collector.add_host(sb, stored)
+                else:
+                    try:
+                        values = score_batch(sb.batch)
+                    except torch.OutOfMemoryError:
+                        failed_at = i
+                        break
+                    collector.add_device(sb, values)
                 self.schedule.batches.append(sb)
-                if progress is not None:
-                    progress(sb.batch.n_segments)
             if failed_at is None:
                 break
             self._back_off()  # outside the except block: the failed batch's tensors are gone
             left = {int(r) for sb in queue[failed_at:] for r in sb.records}
             queue = self._plan(sorted(left))
-        return out if out is not None else np.full((len(self.seqs), N_SLOTS, 1), np.nan)
+        return collector.finish()
 
     def stats(self) -> dict[str, object]:
         return {
             **plan_stats([b.batch for b in self.schedule.batches]),
             "batch_tokens": self.budget,
             "oom_halvings": self.oom_halvings,
+            "batches_from_cache": self.from_cache,
             "plan_s": self.plan_s,
         }

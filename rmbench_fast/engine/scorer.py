@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,11 @@ import torch
 
 from rmbench_fast.engine.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.config import EngineConfig
-from rmbench_fast.engine.heads import batch_label_tensors, classifier_stats, dpo_stats, logit_chunk_rows
+from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
 from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchScheduler, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
-from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
+from rmbench_fast.rewards import check_ref_free_mode, rewards_from_stats
 from rmbench_fast.settings import ScoreSettings
 from rmbench_fast.types import PackedBatch, TokSeq
 
@@ -64,17 +65,21 @@ class NativeScorer:
             check_ref_free_mode(s.ref_free_mode)
         if s.kind == "classifier" and ref_model_dir is not None:
             raise UsageError("a reference model applies to DPO policies only")
-        if s.attn_impl is not None and s.attn_impl not in ATTN_IMPLS:
-            raise UsageError(f"unknown attention implementation {s.attn_impl!r}; use one of {ATTN_IMPLS}")
+        if s.attn_impl not in (None, "auto", *ATTN_IMPLS):
+            raise UsageError(
+                f"unknown attention implementation {s.attn_impl!r}; use auto or one of {ATTN_IMPLS}"
+            )
         self.settings = s
         self.kind, self.ref_free_mode, self.fp32_scores = s.kind, s.ref_free_mode, s.fp32_scores
         self.device = torch.device(s.device)
         self.batch_tokens, self.share_prefix = int(s.batch_tokens), s.share_prefix
-        self.attn_impl = s.attn_impl or default_impl(self.device)
         self.flex_failure: str | None = None  # set when flex failed to compile for this model
         self.log = log or (lambda _msg: None)
         self.cfg = EngineConfig.from_model_dir(model_dir)
         self.dtype = resolve_dtype(s.dtype, self.cfg)
+        auto = s.attn_impl in (None, "auto")
+        self.attn_impl = default_impl(self.device, self.cfg.attn_softcap) if auto else s.attn_impl
+        self.attention_calls: Counter[str] = Counter()  # per backend that actually ran
         want = "causal" if s.kind == "dpo" else "classifier"
         if self.cfg.head != want:
             raise ModelError(
@@ -90,6 +95,10 @@ class NativeScorer:
                 raise ModelError(f"{ref_cfg.architecture} is not a causal LM", file=str(ref_model_dir))
             self.ref_model = self._load(ref_model_dir, ref_cfg)
         self.chunk_rows = logit_chunk_rows(self.vocab_size, self.device, self.dtype)
+        if s.lm_head not in ("auto", *LM_HEADS):
+            raise UsageError(f"unknown LM head {s.lm_head!r}; use auto, torch or fused")
+        # auto = torch: kernel B's fp32 logits round differently from the official ones.
+        self.lm_head = "torch" if s.lm_head == "auto" else s.lm_head
         self.stats: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.schedule = Schedule()
@@ -146,6 +155,9 @@ class NativeScorer:
             "forwards_per_sequence": 2 if self.ref_model is not None else 1,
             "share_prefix": self.share_prefix,
             "attention": self.attention_used(),
+            "attention_calls": dict(self.attention_calls),
+            "lm_head": self.lm_head,
+            "reference_mode": "together" if self.ref_model is not None else None,
             "wall_s": wall,
             "plan_share": sched.plan_s / max(wall, 1e-9),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -159,8 +171,10 @@ class NativeScorer:
         return self.attn_impl
 
     # ---------------------------------------------------------------------------------------
-    def score_batch(self, batch: PackedBatch) -> np.ndarray:
-        """One PackedBatch -> per-sequence stats [S*6, k] float64 (sequence order j)."""
+    def score_batch(self, batch: PackedBatch) -> torch.Tensor:
+        """One PackedBatch -> per-sequence stats [S*6, k] float64 on the device (sequence order j).
+
+        No device->host sync: the scheduler copies the result back asynchronously."""
         try:
             return self._score_batch(batch)
         except FlexCompileError as exc:
@@ -176,33 +190,34 @@ class NativeScorer:
             )
         return self._score_batch(batch)
 
-    def _score_batch(self, batch: PackedBatch) -> np.ndarray:
+    def _score_batch(self, batch: PackedBatch) -> torch.Tensor:
         layout = PackedLayout.from_batch(batch, self.device)
-        ids = torch.from_numpy(np.asarray(batch.input_ids, dtype=np.int64)).to(self.device)
-        n_seq = len(batch.seq_record)
+        try:
+            return self._forward(batch, layout)
+        finally:
+            self.attention_calls.update(layout.ran)
+
+    def _forward(self, batch: PackedBatch, layout: PackedLayout) -> torch.Tensor:
+        ids, n_seq = layout.input_ids, len(batch.seq_record)
         with torch.inference_mode():
             if self.kind == "classifier":
-                pool = np.asarray(batch.pool_pos, dtype=np.int64)
-                if (pool < 0).any():
+                if (np.asarray(batch.pool_pos) < 0).any():  # host arrays: no sync
                     raise ValueError("classifier batch without pooled positions (pool_pos = -1)")
                 hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
-                pool_t = torch.from_numpy(pool).to(self.device)
-                stats = classifier_stats(self.model, hidden, pool_t, self.fp32_scores)
-            else:
-                labels = batch_label_tensors(batch, self.device)
-                stats = self._dpo(self.model, ids, layout, labels, n_seq)
-                if self.ref_model is not None:
-                    ref = self._dpo(self.ref_model, ids, layout, labels, n_seq)
-                    stats = torch.cat([stats, ref[:, SUM : SUM + 1]], dim=1)
-        return stats.cpu().numpy()
-
-    def _dpo(
-        self,
-        model: torch.nn.Module,
-        ids: torch.Tensor,
-        layout: PackedLayout,
-        labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        n_seq: int,
-    ) -> torch.Tensor:
-        hidden = model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
-        return dpo_stats(hidden, model.head_weight(), labels, n_seq, self.chunk_rows, model.cfg.final_softcap)
+                return classifier_stats(self.model, hidden, layout.pool_pos, self.fp32_scores)
+            labels = (layout.label_pos, layout.label_ids, layout.label_seq)
+            hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
+            ref = None
+            if self.ref_model is not None:  # the same batch through the reference, one fused head pass
+                ref_hidden = self.ref_model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
+                ref = (ref_hidden, self.ref_model.head_weight(), self.ref_model.cfg.final_softcap)
+            return dpo_stats(
+                hidden,
+                self.model.head_weight(),
+                labels,
+                n_seq,
+                self.chunk_rows,
+                self.model.cfg.final_softcap,
+                lm_head=self.lm_head,
+                ref=ref,
+            )

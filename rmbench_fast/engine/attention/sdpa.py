@@ -29,7 +29,7 @@ class SegmentPlan:
     branch_rows: torch.Tensor  # [nb * Bmax] flat index gathered into each padded branch row
     n_branches: int  # non-empty branches
     bmax: int
-    row_valid: torch.Tensor  # [nb * Bmax] bool: a real token (not padding)
+    row_valid: torch.Tensor  # [n_valid] int64: the padded rows that hold a real token
     out_idx: torch.Tensor  # [n_valid] flat index of each real branch row
     branch_mask: torch.Tensor  # [nb, 1, Bmax, P + Bmax] bool
     key_rows: torch.Tensor  # [nb * (P + Bmax)] flat index of each branch row's keys
@@ -62,9 +62,7 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         nb, bmax = len(keep), int(lens.max()) if len(lens) else 0
         if nb == 0:
             empty = torch.zeros(0, dtype=torch.long, device=dev)
-            plans.append(
-                SegmentPlan(a, P, prefix_mask, empty, 0, 0, empty.bool(), empty, empty.bool(), empty)
-            )
+            plans.append(SegmentPlan(a, P, prefix_mask, empty, 0, 0, empty, empty, empty.bool(), empty))
             continue
         off = np.arange(bmax)
         rows = starts[keep][:, None] + off[None, :]  # [nb, Bmax]
@@ -72,7 +70,9 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         rows = np.where(valid, rows, starts[keep][:, None])  # padding re-reads a real token
         rows_t = torch.from_numpy(rows.reshape(-1)).to(dev)
         valid_t = torch.from_numpy(valid.reshape(-1)).to(dev)
-        out_idx = torch.from_numpy(rows.reshape(-1)[valid.reshape(-1)]).to(dev)  # host-side select
+        # host-side selections: boolean indexing on the device would sync (nonzero)
+        out_idx = torch.from_numpy(rows.reshape(-1)[valid.reshape(-1)]).to(dev)
+        real_rows = torch.from_numpy(np.flatnonzero(valid.reshape(-1))).to(dev)
         q_idx = rows_t.view(nb, bmax)
         k_idx = torch.cat([pidx[None, :].expand(nb, P), q_idx], dim=1)  # [nb, P + Bmax]
         mask = rule(None, None, q_idx[:, :, None], k_idx[:, None, :])  # [nb, Bmax, P + Bmax]
@@ -83,7 +83,7 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         mask[:, :, 0] |= ~vt
         plans.append(
             SegmentPlan(
-                a, P, prefix_mask, rows_t, nb, bmax, valid_t, out_idx, mask[:, None], k_idx.reshape(-1)
+                a, P, prefix_mask, rows_t, nb, bmax, real_rows, out_idx, mask[:, None], k_idx.reshape(-1)
             )
         )
     return plans
@@ -166,5 +166,5 @@ def sdpa_segments(
         vv = v[p.key_rows].view(nb, P + bm, -1, D).transpose(1, 2)
         o = sdpa(qb, kk, vv, mask=p.branch_mask, scale=scale, softcap=softcap)
         o = o.transpose(1, 2).reshape(nb * bm, Hq, D)
-        out[p.out_idx] = o[p.row_valid]
+        out[p.out_idx] = o.index_select(0, p.row_valid)
     return out

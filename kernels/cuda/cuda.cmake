@@ -9,10 +9,10 @@ enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 
 pybind11_add_module(_cuda MODULE
-  csrc/cuda/bindings.cpp
-  csrc/cuda/checks.cpp
-  csrc/cuda/dpo_logratio.cu)
-target_include_directories(_cuda PRIVATE csrc/cuda)
+  kernels/cuda/bindings.cpp
+  kernels/cuda/checks.cpp
+  kernels/cuda/dpo_logratio.cu)
+target_include_directories(_cuda PRIVATE kernels/cuda)
 set_target_properties(_cuda PROPERTIES
   CUDA_RUNTIME_LIBRARY Static
   CUDA_STANDARD 17
