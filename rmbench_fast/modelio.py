@@ -9,11 +9,20 @@ remote code without --trust-remote-code, no weights at all, a classifier head wi
 The model kind is read from `architectures` (SPEC §4/§5):
     *ForSequenceClassification          -> "classifier" (a sequence-classifier reward model)
     *ForCausalLM / *LMHeadModel          -> "dpo" (a policy scored as an implicit reward model)
+    a recognised custom reward head      -> "classifier" (see `detect_native_head`)
+
+Custom reward heads (INF-ORM, GRM, QRM, ArmoRM) are published with model code that the official
+path runs through `trust_remote_code`. `detect_native_head` recognises them from config.json
+(`architectures`, `auto_map` class names, head-specific keys) and from the checkpoint's tensor
+names (safetensors headers or the shard index, read as JSON), never by importing anything from
+the model directory, so the native engine can run them without executing the repository's code.
 """
 
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +38,157 @@ _PICKLE_GLOBS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 _CLASSIFIER_SUFFIXES = ("ForSequenceClassification",)
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+NativeHeadName = Literal["inform", "grm", "qrm", "armorm"]
+Pooling = Literal["last_non_pad", "first_pad", "last_token"]
+# The base decoders a custom head may sit on (config.json `model_type`), i.e. the native families.
+HEAD_BASE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
+# Model classes (from `architectures` or an `auto_map` entry) -> the head they carry.
+_HEAD_CLASSES: dict[str, NativeHeadName] = {
+    "INFORMForSequenceClassification": "inform",  # infly/INF-ORM-Llama3.1-70B
+    "GRewardModel": "grm",  # Ray2333/GRM-*
+    "LlamaForRewardModelWithGating3": "qrm",  # nicolinho/QRM-Llama3-8B
+    "LlamaForRewardModelWithGating31": "qrm",  # nicolinho/QRM-Llama3.1-8B
+    "LlamaForRewardModelWithGating": "armorm",  # RLHFlow/ArmoRM-Llama3-8B-v0.1 (QRM if num_quantiles)
+}
+# Tensor names each head's checkpoint must hold (all of them), besides the base model's.
+_HEAD_TENSORS: dict[NativeHeadName, tuple[str, ...]] = {
+    "inform": ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"),
+    "grm": ("v_head.summary.",),  # prefix: .weight/.bias (linear) or .0.weight ... (mlp)
+    "qrm": ("regression_layer.weight", "gating.layers.", "gating.logit_scale"),
+    "armorm": ("regression_layer.weight", "gating.layers.", "gating.logit_scale"),
+}
+
+
+@dataclass(frozen=True)
+class NativeHead:
+    """A custom reward head the native engine implements, and how its official pipeline scores.
+
+    name: "inform" | "grm" | "qrm" | "armorm".
+    reason: what recognised it (for the run's metadata).
+    pooling: the token whose hidden state the head reads, as the head's own forward picks it:
+        "last_non_pad"  the rightmost token != pad_token_id (transformers' current rule);
+        "first_pad"     (first position equal to pad_token_id) - 1, modulo the length
+                        (the transformers 4.43.4 rule, written into INF-ORM's and QRM's forward);
+        "last_token"    the last real token, len(ids) - 1 (GRM: attention_mask.sum - 1).
+    mask_double_bos: whether the official pipeline masks a duplicated leading BOS (reward-bench's
+        RewardBenchPipeline does; GRMPipeline and ArmoRMPipeline do not).
+    gating_pattern: token ids whose last occurrence marks the gating position (QRM / ArmoRM:
+        `<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n` in Llama-3 ids), else None.
+    """
+
+    name: NativeHeadName
+    reason: str
+    pooling: Pooling
+    mask_double_bos: bool
+    gating_pattern: tuple[int, ...] | None = None
+
+
+_LLAMA3_ASSISTANT_HEADER = (128009, 128006, 78191, 128007, 271)
+_HEAD_PIPELINES: dict[NativeHeadName, tuple[Pooling, bool, tuple[int, ...] | None]] = {
+    "inform": ("first_pad", True, None),  # RewardBenchPipeline + INFORMForSequenceClassification
+    "grm": ("last_token", False, None),  # GRMPipeline + GRewardModel
+    "qrm": ("first_pad", True, _LLAMA3_ASSISTANT_HEADER),  # RewardBenchPipeline + QRM classes
+    "armorm": ("first_pad", False, _LLAMA3_ASSISTANT_HEADER),  # ArmoRMPipeline + remote code
+}
+
+
+def _class_names(cfg: dict[str, Any]) -> list[str]:
+    """Class names named by `architectures` and by `auto_map` values ("module.Class",
+    "repo--module.Class", or a list of them), in that order."""
+    names: list[str] = []
+    archs = cfg.get("architectures")
+    if isinstance(archs, list):
+        names += [str(a) for a in archs]
+    elif isinstance(archs, str):
+        names.append(archs)
+    auto_map = cfg.get("auto_map")
+    if isinstance(auto_map, dict):
+        for value in auto_map.values():
+            for ref in value if isinstance(value, list) else [value]:
+                if isinstance(ref, str) and ref:
+                    names.append(ref.rsplit(".", 1)[-1])
+    return names
+
+
+def _has_tensors(names: Collection[str], required: tuple[str, ...]) -> bool:
+    """Every entry of `required` is a tensor name in `names` (an entry ending in '.' is a prefix)."""
+    return all(any(n.startswith(r) for n in names) if r.endswith(".") else r in names for r in required)
+
+
+def detect_native_head(cfg: dict[str, Any], tensor_names: Collection[str] | None = None) -> NativeHead | None:
+    """The custom reward head a config.json (and optionally its checkpoint's tensor names) holds.
+
+    Recognised, in order: a known model class in `architectures` / `auto_map`; GRM's `vhead_*`
+    keys; the head's tensor names (`v_head.summary.*`, `score.0/score.2`, `regression_layer` +
+    `gating.*`). The base decoder (`model_type`) must be a native family. When tensor names are
+    given they must hold the head's layout, else the head is not recognised (None). Nothing is
+    imported or executed from the model directory.
+    """
+    if cfg.get("model_type") not in HEAD_BASE_MODEL_TYPES:
+        return None
+    found: tuple[NativeHeadName, str] | None = None
+    for name in _class_names(cfg):
+        if name in _HEAD_CLASSES:
+            found = (_HEAD_CLASSES[name], f"model class {name}")
+            break
+    if found is None and any(str(k).startswith("vhead_") for k in cfg):
+        found = ("grm", "config.json vhead_* keys")
+    if found is None and tensor_names is not None:
+        for head in ("grm", "inform", "armorm"):
+            if _has_tensors(tensor_names, _HEAD_TENSORS[head]):  # type: ignore[arg-type]
+                found = (head, "checkpoint tensor names")  # type: ignore[assignment]
+                break
+    if found is None:
+        return None
+    head, reason = found
+    if head in ("qrm", "armorm"):
+        head = "qrm" if cfg.get("num_quantiles") else "armorm"
+    if tensor_names is not None and not _has_tensors(tensor_names, _HEAD_TENSORS[head]):
+        return None
+    pooling, mask_bos, pattern = _HEAD_PIPELINES[head]
+    return NativeHead(
+        name=head, reason=reason, pooling=pooling, mask_double_bos=mask_bos, gating_pattern=pattern
+    )
+
+
+def _safetensors_header_names(path: Path) -> list[str] | None:
+    """Tensor names from a safetensors file's JSON header (8-byte little-endian length + JSON);
+    None when the file is not readable as safetensors (the loader reports that later)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n > 100_000_000:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return [str(k) for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+
+
+def checkpoint_tensor_names(path: str | Path) -> list[str] | None:
+    """The tensor names of a directory's safetensors checkpoint, read from its shard index or
+    the files' JSON headers (no weights read, no torch); None when there is no readable
+    safetensors checkpoint."""
+    p = Path(path)
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            return sorted(str(k) for k in weight_map)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return None
+    names: set[str] = set()
+    files = sorted(f for f in p.glob("*.safetensors") if f.is_file())
+    for f in files:
+        got = _safetensors_header_names(f)
+        if got is None:
+            return None
+        names.update(got)
+    return sorted(names) if files else None
 
 
 @dataclass
@@ -53,6 +213,7 @@ class ModelInfo:
     vocab_size: int | None
     is_encoder_decoder: bool
     tokenizer_files: list[str] = field(default_factory=list)
+    native_head: NativeHead | None = None  # a custom reward head the native engine runs
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly dict for the run metadata."""
@@ -67,6 +228,7 @@ class ModelInfo:
             "needs_remote_code": self.needs_remote_code,
             "dtype": self.dtype,
             "pad_token_id": self.pad_token_id,
+            "native_head": None if self.native_head is None else self.native_head.name,
         }
 
 
@@ -169,7 +331,10 @@ def inspect_model_dir(
 ) -> ModelInfo:
     """Read `path`'s config.json and file listing; raise ModelError (one line) if it can't be used.
 
-    `kind` overrides the auto-detection from `architectures`.
+    `kind` overrides the auto-detection from `architectures`. A recognised custom reward head
+    (`detect_native_head`) makes the kind "classifier" and needs no --trust-remote-code, since the
+    native engine runs it without the repository's code; `needs_remote_code` still says whether
+    the transformers backend would need it.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -179,14 +344,19 @@ def inspect_model_dir(
     cfg = _load_config(p)
     archs_raw = cfg.get("architectures") or []
     archs = [str(a) for a in archs_raw] if isinstance(archs_raw, list) else [str(archs_raw)]
-    model_kind: ModelKind = kind if kind is not None else _detect_kind(p, archs)
     fmt, files = _weight_files(p, allow_pickle)
+    head = detect_native_head(cfg, checkpoint_tensor_names(p) if fmt == "safetensors" else None)
+    if kind is not None:
+        model_kind: ModelKind = kind
+    else:
+        model_kind = "classifier" if head is not None else _detect_kind(p, archs)
     reason = _remote_code(cfg, archs)
-    if reason is not None and not trust_remote_code:
+    if reason is not None and not trust_remote_code and head is None:
         raise ModelError(
             f"model directory {p} needs remote code ({reason}); pass --trust-remote-code to run it"
         )
-    num_labels = _num_labels(cfg) if model_kind == "classifier" else None
+    # A native head reduces its outputs to one reward itself (ArmoRM: 19 objectives and a gate).
+    num_labels = (1 if head is not None else _num_labels(cfg)) if model_kind == "classifier" else None
     if num_labels is not None and num_labels != 1:
         raise ModelError(
             f"model directory {p}: classifier has num_labels={num_labels}; only a single reward "
@@ -212,4 +382,5 @@ def inspect_model_dir(
         vocab_size=cfg.get("vocab_size", text_cfg.get("vocab_size")),
         is_encoder_decoder=bool(cfg.get("is_encoder_decoder", False)),
         tokenizer_files=[f for f in _TOKENIZER_FILES if (p / f).is_file()],
+        native_head=head,
     )

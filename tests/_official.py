@@ -215,3 +215,97 @@ def official_rm_scores(
             scores[b0 : b0 + len(chunk), 3 + k] = [v[0] for v in rj.float().cpu().numpy().tolist()]
     facts = {"pad_token_id": pipe.model.config.pad_token_id, "add_eos_token": not has_template}
     return scores, facts
+
+
+# -- custom reward heads (reward-bench's own model classes and pipelines) ----------------------
+def official_head_classes() -> dict[str, Any]:
+    """The wheel's head model classes by our head name: {"inform", "grm"} -> class."""
+    inform = _load_module("models/inform.py", "_rb_official_inform")
+    grm = _load_module("models/grm.py", "_rb_official_grm")
+    return {"inform": inform.INFORMForSequenceClassification, "grm": grm.GRewardModel}
+
+
+def official_head_model(model_dir: str | Path, head: str) -> Any:
+    """The wheel's model class for `head` with the directory's fp32 weights, in eval mode.
+
+    INF-ORM loads with `from_pretrained`. GRewardModel's `__init__` never calls `post_init()`,
+    which `from_pretrained` needs under transformers 5 (`all_tied_weights_keys`), so it is built
+    from its config and given the checkpoint with a strict `load_state_dict`: the same weights
+    in the same module, its forward untouched.
+    """
+    cls = official_head_classes()[head]
+    if head == "inform":
+        return cls.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    model = cls(AutoConfig.from_pretrained(str(model_dir)))
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
+def official_head_rm_scores(
+    model_dir: str | Path,
+    records: list[dict],
+    head: str,
+    *,
+    batch_size: int = 64,
+    max_length: int = 2048,
+) -> np.ndarray:
+    """run_rm.py for a custom-head model, as reward-bench's REWARD_MODEL_CONFIG wires it, fp32 CPU:
+    INF-ORM = INFORMForSequenceClassification.from_pretrained + RewardBenchPipeline,
+    GRM = GRewardModel.from_pretrained + GRMPipeline. Same setup steps as `official_rm_scores`
+    (left truncation, pad fallbacks); the chat template must exist. -> scores [n_records, 6]."""
+    from transformers import AutoTokenizer
+
+    _, rb_pipe = official_classes()
+    pipe_cls = rb_pipe if head == "inform" else _load_module("models/grm.py", "_rb_official_grm").GRMPipeline
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.truncation_side = "left"
+    assert getattr(tok, "chat_template", None) is not None
+    model = official_head_model(model_dir, head)
+    pipe = pipe_cls("text-classification", model=model, tokenizer=tok)
+    if pipe.tokenizer.pad_token_id is None:
+        pipe.model.config.pad_token_id = pipe.tokenizer.eos_token_id
+        pipe.tokenizer.pad_token_id = pipe.tokenizer.eos_token_id
+    if pipe.model.config.pad_token_id is None:
+        pipe.model.config.pad_token_id = pipe.tokenizer.pad_token_id
+    pipe.tokenizer = _CPUTokenizer(pipe.tokenizer)
+    kwargs = {
+        "batch_size": batch_size,
+        "truncation": True,
+        "padding": True,
+        "max_length": max_length,
+        "function_to_apply": "none",
+        "return_token_type_ids": False,
+    }
+
+    def scores(texts: list[str]) -> list[float]:
+        out = pipe(texts, **kwargs).float().cpu().numpy()  # [B, 1] (INF-ORM) or [B] (GRM)
+        return [float(v) for v in out.reshape(len(texts))]
+
+    result = np.zeros((len(records), 6))
+    for k in range(3):
+        texts = [official_texts(tok, r["prompt"], r["chosen"][k], r["rejected"][k]) for r in records]
+        for b0 in range(0, len(texts), batch_size):
+            chunk = texts[b0 : b0 + batch_size]
+            result[b0 : b0 + len(chunk), k] = scores([t["text_chosen"] for t in chunk])
+            result[b0 : b0 + len(chunk), 3 + k] = scores([t["text_rejected"] for t in chunk])
+    return result
+
+
+def official_qrm_class(version: str = "31") -> Any:
+    """reward-bench's QRM model class (`LlamaForRewardModelWithGating31` or `...3`).
+
+    qrm.py imports `LLAMA_INPUTS_DOCSTRING`, which transformers 5 no longer defines (it only
+    feeds a docstring decorator): an empty string is provided before the file is loaded.
+    """
+    from transformers.models.llama import modeling_llama
+
+    if not hasattr(modeling_llama, "LLAMA_INPUTS_DOCSTRING"):
+        modeling_llama.LLAMA_INPUTS_DOCSTRING = ""  # type: ignore[attr-defined]
+    qrm = _load_module("models/qrm.py", "_rb_official_qrm")
+    return qrm.LlamaForRewardModelWithGating31 if version == "31" else qrm.LlamaForRewardModelWithGating3

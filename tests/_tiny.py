@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-Arch = Literal["llama", "mistral", "qwen2", "gemma2"]
+Arch = Literal["llama", "mistral", "qwen2", "qwen3", "gemma2"]
 Kind = Literal["causal", "classifier"]
+Head = Literal["inform", "grm", "grm-linear"]
 
 _CLASSES = {
     ("llama", "causal"): "LlamaForCausalLM",
@@ -23,6 +24,8 @@ _CLASSES = {
     ("qwen2", "classifier"): "Qwen2ForSequenceClassification",
     ("gemma2", "causal"): "Gemma2ForCausalLM",
     ("gemma2", "classifier"): "Gemma2ForSequenceClassification",
+    ("qwen3", "causal"): "Qwen3ForCausalLM",
+    ("qwen3", "classifier"): "Qwen3ForSequenceClassification",
 }
 SMOLLM2_VOCAB = 49152
 
@@ -45,6 +48,7 @@ def tiny_config(
         "mistral": transformers.MistralConfig,
         "qwen2": transformers.Qwen2Config,
         "gemma2": transformers.Gemma2Config,
+        "qwen3": transformers.Qwen3Config,
     }
     kwargs: dict[str, Any] = dict(
         hidden_size=64,
@@ -74,7 +78,7 @@ def tiny_config(
             final_logit_softcapping=8.0,
             hidden_activation="gelu_pytorch_tanh",
         )
-    if arch == "qwen2" and sliding_window is not None:
+    if arch in ("qwen2", "qwen3") and sliding_window is not None:
         kwargs.update(use_sliding_window=True, sliding_window=sliding_window, max_window_layers=1)
     kwargs["rope_theta"] = 10000.0 if rope_scaling is None else 500000.0
     if rope_scaling is not None:
@@ -129,8 +133,75 @@ def make_tiny_model_dir(
             for name, prm in model.named_parameters():
                 if name.endswith("norm.weight"):
                     prm.normal_(0.0, 0.3)
+    if arch == "qwen3":  # HF initialises the q/k norm weights to 1; make them matter too
+        with torch.no_grad():
+            for name, prm in model.named_parameters():
+                if name.endswith(("q_norm.weight", "k_norm.weight")):
+                    prm.normal_(1.0, 0.3)
     model.save_pretrained(path, safe_serialization=True)
     _write_tokenizer(path, vocab_size)
+    return path
+
+
+def make_tiny_head_dir(
+    path: str | Path,
+    head: Head,
+    base: Arch = "llama",
+    *,
+    vocab_size: int = 32000,
+    seed: int = 0,
+    pad_token: str | None = None,
+    **overrides: Any,
+) -> Path:
+    """A tiny custom-reward-head checkpoint in the head's real layout, written by the official
+    model class from the rewardbench wheel (needs rewardbench; `tests/_official.py` loads it by
+    file path):
+      inform:     INFORMForSequenceClassification (Llama body, score = Linear-ReLU-Linear)
+      grm:        GRewardModel on `base` with its default MLP value head (1 x 1024 neurons)
+      grm-linear: GRewardModel with `vhead_layer_type = "linear"` in config.json
+    The heads' weights are drawn wide so scores spread. `pad_token` (a token string of the
+    tokenizer) becomes both the tokenizer's pad token and config.pad_token_id.
+    """
+    import torch
+    from _official import official_head_classes
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_config(base, vocab_size=vocab_size, **overrides)
+    torch.manual_seed(seed)
+    if head == "inform":
+        cfg.architectures = ["INFORMForSequenceClassification"]
+        cfg.num_labels = 1
+        model = official_head_classes()["inform"](cfg).eval()
+        layers = [model.score[0], model.score[2]]
+    else:
+        if head == "grm-linear":
+            cfg.vhead_layer_type = "linear"
+        model = official_head_classes()["grm"](cfg).eval()
+        model.config.architectures = ["GRewardModel"]
+        summary = model.v_head.summary
+        layers = (
+            [summary]
+            if isinstance(summary, torch.nn.Linear)
+            else [m for m in summary if hasattr(m, "weight")]
+        )
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.normal_(0.0, 1.5 / layer.weight.shape[1] ** 0.5)
+            layer.bias.normal_(0.0, 0.5)
+    model.save_pretrained(path, safe_serialization=True)
+    _write_tokenizer(path, vocab_size)
+    if pad_token is not None:
+        tc_path = path / "tokenizer_config.json"
+        tc = json.loads(tc_path.read_text())
+        tc["pad_token"] = pad_token
+        tc_path.write_text(json.dumps(tc, indent=2))
+        from tokenizers import Tokenizer
+
+        cfg_path = path / "config.json"
+        raw = json.loads(cfg_path.read_text())
+        raw["pad_token_id"] = Tokenizer.from_file(str(path / "tokenizer.json")).token_to_id(pad_token)
+        cfg_path.write_text(json.dumps(raw, indent=2))
     return path
 
 

@@ -39,6 +39,8 @@ MODELS: dict[str, tuple[str, str, bool, int]] = {
     "qwen2-classifier-gqa-tied": ("qwen2", "classifier", True, 2),
     "gemma2-causal-gqa-tied": ("gemma2", "causal", True, 2),
     "gemma2-classifier-mqa-tied": ("gemma2", "classifier", True, 1),
+    "qwen3-causal-gqa-untied": ("qwen3", "causal", False, 2),
+    "qwen3-classifier-gqa-tied": ("qwen3", "classifier", True, 2),
 }
 # (policy, reference) pairs scored as DPO with a reference model
 WITH_REF = {"llama-causal+ref-qwen2": ("llama-causal-gqa-untied", "qwen2-causal-gqa-untied")}
@@ -162,3 +164,47 @@ def test_native_matches_hf_24_per_domain(
     case: str, tiny_models: dict[str, Path], rm_bench_data_dir: Path
 ) -> None:
     _run(24, tiny_models, rm_bench_data_dir, case)
+
+
+# RoPE scaling cases: id -> (arch, kind, rope_scaling). YaRN with original 2048 of 8192 positions
+# (factor 4, as a long-context Qwen2.5 config has it): the correction ramp covers dims 1..4 of 8.
+ROPE_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "qwen2-causal-yarn": (
+        "qwen2",
+        "causal",
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048},
+    ),
+    "qwen3-classifier-yarn": (
+        "qwen3",
+        "classifier",
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048},
+    ),
+    "llama-classifier-dynamic": ("llama", "classifier", {"rope_type": "dynamic", "factor": 2.0}),
+}
+
+
+@pytest.fixture(scope="module")
+def rope_models(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("backend_parity_rope_models")
+    return {
+        name: make_tiny_model_dir(
+            root / name,
+            arch,
+            kind=kind,
+            num_kv_heads=2,
+            vocab_size=SMOLLM2_VOCAB,
+            seed=100 + i,
+            rope_scaling=rope,
+            initializer_range=0.3,
+        )
+        for i, (name, (arch, kind, rope)) in enumerate(ROPE_MODELS.items())
+    }
+
+
+@pytest.mark.parametrize("case", list(ROPE_MODELS))
+def test_native_matches_hf_with_rope_scaling(
+    case: str, rope_models: dict[str, Path], rm_bench_data_dir: Path
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _records_file(rm_bench_data_dir, 2, Path(tmp) / "records.jsonl")
+        _check_pair(rope_models[case], data, ROPE_MODELS[case][1], None)

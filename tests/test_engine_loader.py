@@ -15,6 +15,7 @@ from _tiny import make_tiny_model_dir, synthetic_records  # noqa: E402
 
 from rmbench_fast.engine import EngineConfig, NativeScorer, load_model, native_supports  # noqa: E402
 from rmbench_fast.engine.attention import PackedLayout  # noqa: E402
+from rmbench_fast.engine.attention.dense import dense_mask  # noqa: E402
 from rmbench_fast.errors import ModelError  # noqa: E402
 from rmbench_fast.plan import branch_bounds, plan_batches  # noqa: E402
 
@@ -67,7 +68,7 @@ def test_pickle_weights_refused_unless_allowed(tiny: Path, tmp_path: Path) -> No
     ("changes", "match"),
     [
         ({"architectures": ["GPTNeoXForCausalLM"]}, "backend hf"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
+        ({"rope_parameters": {"rope_type": "longrope", "factor": 4.0, "rope_theta": 1e4}}, "longrope"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"architectures": ["LlamaForSequenceClassification"], "num_labels": 3}, "num_labels"),
     ],
@@ -186,10 +187,10 @@ def test_mask_mod_dense_and_flex_create_mask_match_reference() -> None:
     batch = plan_batches(seqs, batch_tokens=10_000)[0]
     layout = PackedLayout.from_batch(batch, torch.device("cpu"))
     want = _reference_mask(batch)
-    assert np.array_equal(layout.dense_mask(None).numpy(), want)
+    assert np.array_equal(dense_mask(layout, None).numpy(), want)
     flex = create_mask(layout.mask_mod(None), None, None, batch.n_tokens, batch.n_tokens, device="cpu")
     assert np.array_equal(flex[0, 0].numpy(), want)
     # the sliding-window variant only removes pairs farther apart than the window
     pos = np.asarray(batch.position_ids)
-    w = layout.dense_mask(5).numpy()
+    w = dense_mask(layout, 5).numpy()
     assert np.array_equal(w, want & ((pos[:, None] - pos[None, :]) < 5))

@@ -27,6 +27,9 @@ LLAMA3 = {
     "original_max_position_embeddings": 16,
 }
 LINEAR = {"rope_type": "linear", "factor": 2.0}
+# orig 16 puts the YaRN correction range at dims 0..1 of 8: most dims are interpolated
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+DYNAMIC = {"rope_type": "dynamic", "factor": 4.0}
 
 # id: (arch, kind, tied, kv_heads, vocab, rope_scaling, sliding_window, reward mode)
 CASES: dict[str, tuple[Any, ...]] = {
@@ -40,6 +43,18 @@ CASES: dict[str, tuple[Any, ...]] = {
     "gemma2-tied-window-avg": ("gemma2", "causal", True, 2, 32000, None, 8, "avg"),
     "gemma2-untied-mqa-norm": ("gemma2", "causal", False, 1, 32000, None, 8, "norm"),
     "gemma2-classifier": ("gemma2", "classifier", True, 2, 32000, None, 8, None),
+    "qwen3-gqa-untied-avg": ("qwen3", "causal", False, 2, 32000, None, None, "avg"),
+    "qwen3-tied-window-norm": ("qwen3", "causal", True, 1, 151936, None, 8, "norm"),
+    "qwen3-classifier": ("qwen3", "classifier", False, 2, 32000, None, None, None),
+    "qwen2-yarn-sum": ("qwen2", "causal", False, 2, 32000, YARN, None, "sum"),
+    "llama-yarn-classifier": ("llama", "classifier", False, 2, 32000, YARN, None, None),
+    "llama-dynamic-avg": ("llama", "causal", False, 2, 32000, DYNAMIC, None, "avg"),
+}
+# Extra config.json fields per case (YaRN: max_position_embeddings = factor x original, as real
+# configs have it and transformers expects)
+EXTRA: dict[str, dict[str, Any]] = {
+    "qwen2-yarn-sum": {"max_position_embeddings": 64},
+    "llama-yarn-classifier": {"max_position_embeddings": 64},
 }
 
 
@@ -62,6 +77,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             seed=len(name),
             rope_scaling=rope,
             sliding_window=window,
+            **EXTRA.get(name, {}),
         )
     out["ref"] = make_tiny_model_dir(
         root / "ref", "llama", kind="causal", num_kv_heads=2, vocab_size=32000, seed=99, rope_scaling=LLAMA3
@@ -177,8 +193,7 @@ def test_flex_compile_failure_falls_back_to_sdpa(
         calls.append(1)
         raise attention.FlexCompileError("LoweringException: unbacked_bindings")
 
-    monkeypatch.setattr(attention, "_flex", broken_flex)
-    monkeypatch.setattr(attention, "flex_fallback_reason", None)
+    monkeypatch.setattr(attention, "flex_attention", broken_flex)  # what packed_attention calls
     seqs = synthetic_records(5, vocab_size=32000, seed=7)
     case = "gemma2-untied-mqa-norm"
     want = NativeScorer(models[case], kind="dpo", ref_free_mode="norm", attn_impl="dense").score(seqs)
@@ -186,7 +201,8 @@ def test_flex_compile_failure_falls_back_to_sdpa(
     with pytest.warns(RuntimeWarning, match="FlexAttention failed to compile"):
         got = sc.score(seqs)
     assert len(calls) == 1  # never retried after the first failure
-    assert sc.stats["attention"].startswith("sdpa (flex failed to compile: FlexCompileError")
+    assert sc.stats["attention"].startswith("sdpa (flex failed to compile:")
+    assert "unbacked_bindings" in sc.stats["attention"]
     assert np.all(np.abs(got - want) <= _tol(want, 1e-5))
 
 
@@ -206,9 +222,7 @@ def test_compiled_flex_on_cpu_is_exact_or_falls_back(
 
     from rmbench_fast.engine import attention
 
-    monkeypatch.setattr(attention, "compile_flex_on_cpu", True)
-    monkeypatch.setattr(attention, "flex_fallback_reason", None)
-    monkeypatch.setattr(attention, "_compiled_flex", None)
+    monkeypatch.setattr(attention.flex, "COMPILE_ON_CPU", True)
     mode = CASES[case][7]
     seqs = synthetic_records(5, vocab_size=CASES[case][4], seed=7)
     want = NativeScorer(models[case], kind="dpo", ref_free_mode=mode, attn_impl="dense").score(seqs)
@@ -218,3 +232,84 @@ def test_compiled_flex_on_cpu_is_exact_or_falls_back(
         got = sc.score(seqs)
     print(case, sc.stats["attention"])
     assert np.all(np.abs(got - want) <= _tol(want, 1e-5))
+
+
+def _default_rope(src: Path, dst: Path) -> Path:
+    """A copy of a model directory with plain RoPE (same theta, no scaling; same weights)."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    raw = json.loads((dst / "config.json").read_text())
+    params = {**(raw.pop("rope_scaling", None) or {}), **(raw.get("rope_parameters") or {})}
+    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
+    raw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    (dst / "config.json").write_text(json.dumps(raw))
+    return dst
+
+
+def _moved(got: np.ndarray, want: np.ndarray) -> float:
+    """Share of scores that differ from `want` by more than the parity tolerance."""
+    return float(np.mean(np.abs(got - want) > _tol(want, 1e-4)))
+
+
+@pytest.mark.parametrize("case", ["qwen3-gqa-untied-avg", "qwen3-classifier"])
+def test_qwen3_qk_norm_switched_off_moves_the_scores(
+    case: str, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qwen3 without its q/k RMSNorm leaves the tolerance: the parity above can fail on it."""
+    from rmbench_fast.engine.llama import Attention
+    from rmbench_fast.engine.qwen3 import Qwen3Attention
+
+    kind = "dpo" if CASES[case][1] == "causal" else "classifier"
+    seqs = synthetic_records(6, vocab_size=CASES[case][4], kind=kind, seed=3)
+    want = NativeScorer(models[case], kind=kind).score(seqs)
+    monkeypatch.setattr(Qwen3Attention, "qk_transform", Attention.qk_transform)
+    assert _moved(NativeScorer(models[case], kind=kind).score(seqs), want) > 0.9
+
+
+@pytest.mark.parametrize("case", ["qwen2-yarn-sum", "llama-yarn-classifier"])
+def test_yarn_switched_off_moves_the_scores(
+    case: str, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same weights with default RoPE (same theta) score outside the tolerance, and
+    so does YaRN's frequency blend without its attention factor (cos/sin scaling)."""
+    from rmbench_fast.engine import llama
+
+    kind = "dpo" if CASES[case][1] == "causal" else "classifier"
+    mode = CASES[case][7] or "avg"
+    seqs = synthetic_records(6, vocab_size=32000, kind=kind, seed=3)
+    want = NativeScorer(models[case], kind=kind, ref_free_mode=mode).score(seqs)
+    plain = _default_rope(models[case], tmp_path / "plain")
+    assert _moved(NativeScorer(plain, kind=kind, ref_free_mode=mode).score(seqs), want) > 0.9
+    sc = NativeScorer(models[case], kind=kind, ref_free_mode=mode)
+    assert sc.cfg.rope.type == "yarn" and sc.cfg.rope.attention_factor > 1.1
+    real = llama.rope_cos_sin
+    monkeypatch.setattr(llama, "rope_cos_sin", lambda f, p, d, a=1.0: real(f, p, d))
+    assert _moved(sc.score(seqs), want) > 0.9
+
+
+def test_dynamic_rope_equals_default_within_max_positions_and_refuses_beyond(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Dynamic NTK: transformers keeps its load-time frequencies (= default RoPE) up to
+    max_position_embeddings, so the engine matches it there (parity case above); past it HF
+    rescales per forward from the longest sequence, which the engine refuses in one line."""
+    import json
+    import shutil
+
+    from rmbench_fast.errors import ModelError
+
+    case = "llama-dynamic-avg"
+    seqs = synthetic_records(6, vocab_size=32000, seed=3)
+    got = NativeScorer(models[case], kind="dpo").score(seqs)
+    plain = _default_rope(models[case], tmp_path / "plain")
+    assert np.array_equal(got, NativeScorer(plain, kind="dpo").score(seqs))
+    short = tmp_path / "short"
+    shutil.copytree(models[case], short)
+    raw = json.loads((short / "config.json").read_text())
+    raw["max_position_embeddings"] = 16
+    (short / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="dynamic RoPE") as exc:
+        NativeScorer(short, kind="dpo").score(seqs)
+    assert "\n" not in str(exc.value)

@@ -129,3 +129,125 @@ def test_unknown_kind(tmp_path: Path) -> None:
         inspect_model_dir(d)
     _one_line_naming(e, d)
     assert inspect_model_dir(d, kind="dpo").kind == "dpo"  # explicit override
+
+
+# -- custom reward heads: recognised from config.json and tensor names, nothing imported ---------
+def _safetensors_header(path: Path, names: list[str]) -> None:
+    """A file with a valid safetensors header naming `names` (the loader is not involved)."""
+    import struct
+
+    header = {
+        n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)
+    }
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * (4 * len(names)))
+
+
+BODY = ["model.embed_tokens.weight", "model.norm.weight"]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "tensors", "head"),
+    [
+        (
+            {"architectures": ["INFORMForSequenceClassification"]},
+            ["score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"],
+            "inform",
+        ),
+        ({"architectures": ["GRewardModel"]}, ["v_head.summary.0.weight"], "grm"),
+        (
+            {"architectures": ["LlamaForCausalLM"], "vhead_layer_type": "linear"},
+            ["v_head.summary.weight"],
+            "grm",
+        ),
+        ({"architectures": ["LlamaForCausalLM"]}, ["v_head.summary.weight", "v_head.summary.bias"], "grm"),
+        (
+            {
+                "architectures": ["X"],
+                "auto_map": {"AutoModelForSequenceClassification": "modeling_custom.GRewardModel"},
+            },
+            ["v_head.summary.weight"],
+            "grm",
+        ),
+        (
+            {"architectures": ["LlamaForRewardModelWithGating"]},
+            ["regression_layer.weight", "gating.layers.0.weight", "gating.logit_scale"],
+            "armorm",
+        ),
+        (
+            {"architectures": ["LlamaForRewardModelWithGating31"], "num_quantiles": 5},
+            ["regression_layer.weight", "gating.layers.0.weight", "gating.logit_scale"],
+            "qrm",
+        ),
+    ],
+)
+def test_native_head_detected_without_remote_code(
+    tmp_path: Path, cfg: dict, tensors: list[str], head: str
+) -> None:
+    from rmbench_fast.modelio import detect_native_head
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_labels": 19, **cfg}))
+    _safetensors_header(d / "model.safetensors", BODY + tensors)
+    info = inspect_model_dir(d)  # no --trust-remote-code, although transformers lacks the class
+    assert info.native_head is not None and info.native_head.name == head
+    assert info.kind == "classifier" and info.num_labels == 1
+    assert info.summary()["native_head"] == head
+    assert detect_native_head({"model_type": "llama", **cfg}, BODY + tensors) == info.native_head
+
+
+def test_head_pipelines_are_recorded() -> None:
+    from rmbench_fast.modelio import detect_native_head
+
+    grm = detect_native_head({"model_type": "gemma2", "architectures": ["GRewardModel"]})
+    inform = detect_native_head({"model_type": "llama", "architectures": ["INFORMForSequenceClassification"]})
+    assert grm is not None and (grm.pooling, grm.mask_double_bos) == ("last_token", False)
+    assert inform is not None and (inform.pooling, inform.mask_double_bos) == ("first_pad", True)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "tensors"),
+    [
+        # the config names the head, the checkpoint does not hold it
+        ({"model_type": "llama", "architectures": ["INFORMForSequenceClassification"]}, ["score.weight"]),
+        # a base the engine has no family for
+        ({"model_type": "gpt2", "architectures": ["GRewardModel"]}, ["v_head.summary.weight"]),
+        # a plain classifier
+        ({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}, ["score.weight"]),
+    ],
+)
+def test_native_head_not_recognised(cfg: dict, tensors: list[str]) -> None:
+    from rmbench_fast.modelio import detect_native_head
+
+    assert detect_native_head(cfg, BODY + tensors) is None
+
+
+def test_unrecognised_remote_code_still_needs_the_flag(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForSequenceClassification"],
+                "auto_map": {"AutoModelForSequenceClassification": "modeling_grm.GRewardModel"},
+            }
+        )
+    )
+    _safetensors_header(d / "model.safetensors", BODY + ["score.weight"])  # no value head
+    with pytest.raises(ModelError, match="--trust-remote-code"):
+        inspect_model_dir(d)
+
+
+def test_checkpoint_tensor_names_from_index_and_headers(tmp_path: Path) -> None:
+    from rmbench_fast.modelio import checkpoint_tensor_names
+
+    _safetensors_header(tmp_path / "a.safetensors", ["x", "y"])
+    _safetensors_header(tmp_path / "b.safetensors", ["z"])
+    assert checkpoint_tensor_names(tmp_path) == ["x", "y", "z"]
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"q": "a", "p": "b"}}))
+    assert checkpoint_tensor_names(tmp_path) == ["p", "q"]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"x")  # unreadable: None, not an error
+    assert checkpoint_tensor_names(tmp_path / "c") is None

@@ -224,3 +224,58 @@ def test_real_smollm2_all_uses(tmp_path_factory: pytest.TempPathFactory) -> None
         official_dpo_scores(v.policy, recs, ref_model_dir=v.reference),
     )
     _assert_close(_ours(v.classifier, "classifier", recs), official_rm_scores(v.classifier, recs)[0])
+
+
+# -- Qwen3 and custom reward heads through the official code ------------------------------------
+@pytest.fixture(scope="session")
+def qwen3_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3ForSequenceClassification with SmolLM2's tokenizer and chat template."""
+    from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir
+
+    return make_tiny_model_dir(
+        tmp_path_factory.mktemp("qwen3_official") / "m",
+        "qwen3",
+        kind="classifier",
+        vocab_size=SMOLLM2_VOCAB,
+        seed=3,
+        initializer_range=0.3,
+    )
+
+
+@BACKENDS
+def test_qwen3_classifier_chat_template(qwen3_classifier: Path, records: list[dict], backend: str) -> None:
+    official, facts = _official_rm(qwen3_classifier, records)
+    assert facts["add_eos_token"] is False
+    _assert_close(_ours(qwen3_classifier, "classifier", records, backend=backend), official)
+
+
+@pytest.fixture(scope="session")
+def head_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny INF-ORM and GRM checkpoints written by the wheel's classes, SmolLM2's tokenizer.
+    INF-ORM pads with <|endoftext|> (never in the text) rather than SmolLM2's <|im_end|>, which
+    its chat template writes after every turn: the head's forward pools at (first pad - 1), and
+    with pad = <|im_end|> it would pool inside the system prompt (all six responses tie)."""
+    from _tiny import SMOLLM2_VOCAB, make_tiny_head_dir
+
+    root = tmp_path_factory.mktemp("heads_official")
+    return {
+        "inform": make_tiny_head_dir(
+            root / "inform", "inform", vocab_size=SMOLLM2_VOCAB, seed=4, pad_token="<|endoftext|>"
+        ),
+        "grm": make_tiny_head_dir(root / "grm", "grm", vocab_size=SMOLLM2_VOCAB, seed=5),
+    }
+
+
+@pytest.mark.parametrize("head", ["inform", "grm"])
+def test_custom_head_native_matches_official(
+    head_models: dict[str, Path], records: list[dict], head: str
+) -> None:
+    """reward-bench's own model class and pipeline (INFORMForSequenceClassification +
+    RewardBenchPipeline, GRewardModel + GRMPipeline) vs the native engine, which runs the head
+    without the model's code (`--backend auto` picks it)."""
+    from _official import official_head_rm_scores
+
+    key = ("official_head_rm_scores", str(head_models[head]), tuple(r["id"] for r in records))
+    if key not in _OFFICIAL:
+        _OFFICIAL[key] = official_head_rm_scores(head_models[head], records, head)
+    _assert_close(_ours(head_models[head], "classifier", records, backend="native"), _OFFICIAL[key])

@@ -8,13 +8,15 @@ ignored (which would change scores).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from rmbench_fast.errors import ModelError
+from rmbench_fast.modelio import NativeHeadName, detect_native_head
 
-Family = Literal["llama", "mistral", "qwen2", "gemma2"]
+Family = Literal["llama", "mistral", "qwen2", "qwen3", "gemma2"]
 Head = Literal["causal", "classifier"]
 
 # architectures string -> (family, head)
@@ -27,16 +29,43 @@ ARCHITECTURES: dict[str, tuple[Family, Head]] = {
     "Qwen2ForSequenceClassification": ("qwen2", "classifier"),
     "Gemma2ForCausalLM": ("gemma2", "causal"),
     "Gemma2ForSequenceClassification": ("gemma2", "classifier"),
+    "Qwen3ForCausalLM": ("qwen3", "causal"),
+    "Qwen3ForSequenceClassification": ("qwen3", "classifier"),
+}
+# config.json model_type -> family, for custom reward heads whose class is not an HF one.
+MODEL_TYPES: dict[str, Family] = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
 }
 # The activation each family's MLP accepts (HF: hidden_act, Gemma-2: hidden_activation).
-ACTIVATIONS = {"llama": ("silu",), "mistral": ("silu",), "qwen2": ("silu",), "gemma2": ("gelu_pytorch_tanh",)}
-SUPPORTED_ROPE = ("default", "linear", "llama3")
+ACTIVATIONS = {
+    "llama": ("silu",),
+    "mistral": ("silu",),
+    "qwen2": ("silu",),
+    "qwen3": ("silu",),
+    "gemma2": ("gelu_pytorch_tanh",),
+}
+# Custom reward heads the scorer runs natively (engine/reward_heads.py). ArmoRM and QRM are
+# implemented there too, but their gate reads a second row (the gating token's hidden state),
+# which the scorer does not pass yet: until it does they are recognised and refused (hf backend).
+NATIVE_HEADS: tuple[NativeHeadName, ...] = ("inform", "grm")
+GATING_HEADS: tuple[NativeHeadName, ...] = ("qrm", "armorm")
+SUPPORTED_ROPE = ("default", "linear", "llama3", "yarn", "dynamic")
 HINT = "use --backend hf"
 
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """RoPE parameters. type: 'default' | 'linear' (factor) | 'llama3' (factor, low/high, orig)."""
+    """RoPE parameters, as transformers' `rope_parameters` (or old-style `rope_scaling`) give them.
+
+    type: 'default' | 'linear' (factor) | 'llama3' (factor, low/high freq factors, orig) |
+    'yarn' (factor, orig, beta_fast/beta_slow, truncate; cos/sin scaled by attention_factor) |
+    'dynamic' (NTK: factor and max_position_embeddings; HF's frequencies at load time, which
+    hold for sequences up to max_position_embeddings).
+    """
 
     theta: float = 10000.0
     type: str = "default"
@@ -44,6 +73,36 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # yarn: cos and sin are multiplied by this (HF's attention_scaling); 1.0 for the others
+    attention_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    # dynamic: the frequencies change beyond this many positions (HF's max_seq_len_cached)
+    max_position_embeddings: int = 2048
+
+
+@dataclass(frozen=True)
+class RewardHeadConfig:
+    """A custom reward head (no remote code), from config.json with HF's defaults.
+
+    inform:  score = W2 relu(W1 h + b1) + b2, W1 [H, H], W2 [1, H]   (`score.0`, `score.2`)
+    grm:     v_head.summary: linear (W [1, H], b) or an MLP of `vhead_num_layers` x
+             (Linear(·, vhead_num_neurons) + ReLU) then Linear(vhead_num_neurons, 1)
+    qrm:     regression_layer [O*Q, H] (no bias) -> rewards [O, Q]; gating over the gating token's
+             hidden state -> weights g [O]; score = Σ_o g_o · mean_q(rewards) @ T
+    armorm:  regression_layer [O, H]; score = Σ_o g_o · (rewards @ T)_o
+    """
+
+    name: NativeHeadName
+    vhead_layer_type: str = "mlp"
+    vhead_num_neurons: int = 1024
+    vhead_num_layers: int = 1
+    num_objectives: int = 19
+    num_quantiles: int = 0
+    gating_hidden_dim: int = 1024
+    gating_n_hidden: int = 3
+    gating_temperature: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,9 +139,14 @@ class EngineConfig:
     num_labels: int = 1
     pad_token_id: int | None = None
     torch_dtype: str | None = None
+    reward_head: RewardHeadConfig | None = None  # a custom classifier head (INF-ORM, GRM, ...)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> EngineConfig:
+        """config.json of `model_dir`; the checkpoint's tensor names (read from the safetensors
+        headers, no weights) also let a custom reward head be recognised by its layout."""
+        from rmbench_fast.modelio import checkpoint_tensor_names
+
         path = Path(model_dir) / "config.json"
         if not path.is_file():
             raise ModelError("no config.json in the model directory", file=str(model_dir))
@@ -90,20 +154,46 @@ class EngineConfig:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot parse config.json ({exc})", file=str(path)) from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(raw, source=str(path), tensor_names=checkpoint_tensor_names(model_dir))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, source: str = "config.json") -> EngineConfig:
-        """Map an HF config dict; raise ModelError for anything the engine does not implement."""
+    def from_dict(
+        cls,
+        raw: dict[str, Any],
+        *,
+        source: str = "config.json",
+        tensor_names: list[str] | None = None,
+        heads: tuple[NativeHeadName, ...] = NATIVE_HEADS,
+    ) -> EngineConfig:
+        """Map an HF config dict; raise ModelError for anything the engine does not implement.
+
+        tensor_names (optional): the checkpoint's tensor names, to recognise a custom reward head
+        by its weights when config.json does not name it. heads: the custom heads to accept
+        (default: those the scorer runs; the model-level tests also pass GATING_HEADS).
+        """
 
         def fail(msg: str, field: str | None = None) -> ModelError:
             return ModelError(f"{msg}; {HINT}", file=source, field=field)
 
         archs = raw.get("architectures") or []
         arch = next((a for a in archs if a in ARCHITECTURES), None)
-        if arch is None:
+        native_head = detect_native_head(raw, tensor_names)
+        reward_head = None
+        if native_head is not None and native_head.name in heads:
+            family, head = MODEL_TYPES[raw["model_type"]], "classifier"
+            arch = next((a for a in archs if a not in ARCHITECTURES), None) or native_head.name
+            reward_head = _reward_head(raw, native_head.name)
+        elif native_head is not None:
+            why = (
+                "its gate needs a second pooled row"
+                if native_head.name in GATING_HEADS
+                else "not implemented"
+            )
+            raise fail(f"the {native_head.name} reward head does not run natively ({why})", "architectures")
+        elif arch is None:
             raise fail(f"architecture {archs!r} is not supported by the native engine", "architectures")
-        family, head = ARCHITECTURES[arch]
+        else:
+            family, head = ARCHITECTURES[arch]
         for key in (
             "hidden_size",
             "intermediate_size",
@@ -125,8 +215,11 @@ class EngineConfig:
         n_kv = raw.get("num_key_value_heads") or n_heads
         if n_heads % n_kv:
             raise ModelError("num_attention_heads is not a multiple of num_key_value_heads", file=source)
-        head_dim = raw.get("head_dim") or (256 if family == "gemma2" else raw["hidden_size"] // n_heads)
+        default_head_dim = {"gemma2": 256, "qwen3": 128}.get(family, raw["hidden_size"] // n_heads)
+        head_dim = raw.get("head_dim") or default_head_dim
         n_labels = int(raw.get("num_labels", len(raw.get("id2label") or {}) or 1))
+        if reward_head is not None:
+            n_labels = 1  # the head reduces to one reward itself
         if head == "classifier" and n_labels != 1:
             raise ModelError(
                 f"num_labels = {n_labels}: only single-score classifiers (num_labels = 1) are supported",
@@ -135,6 +228,7 @@ class EngineConfig:
             )
         qkv_bias = family == "qwen2" or bool(raw.get("attention_bias", False))
         gemma = family == "gemma2"
+        max_pos = int(raw.get("max_position_embeddings", 2048))
         return cls(
             family=family,
             head=head,
@@ -148,10 +242,10 @@ class EngineConfig:
             vocab_size=raw["vocab_size"],
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope=_rope(raw, fail),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            max_position_embeddings=max_pos,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", gemma)),
             qkv_bias=qkv_bias,
-            o_bias=family in ("llama", "gemma2") and bool(raw.get("attention_bias", False)),
+            o_bias=family in ("llama", "gemma2", "qwen3") and bool(raw.get("attention_bias", False)),
             mlp_bias=family == "llama" and bool(raw.get("mlp_bias", False)),
             layer_windows=_windows(raw, family, fail),
             hidden_act=act,
@@ -161,7 +255,30 @@ class EngineConfig:
             num_labels=n_labels,
             pad_token_id=_first_int(raw.get("pad_token_id")),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            reward_head=reward_head,
         )
+
+
+def _reward_head(raw: dict[str, Any], name: NativeHeadName) -> RewardHeadConfig:
+    """The head's shape fields from config.json, with the defaults of its official code."""
+    if name == "grm":
+        layer_type = str(raw.get("vhead_layer_type", "mlp"))
+        return RewardHeadConfig(
+            name=name,
+            vhead_layer_type="linear" if layer_type == "linear" else "mlp",
+            vhead_num_neurons=int(raw.get("vhead_num_neurons", 1024)),
+            vhead_num_layers=int(raw.get("vhead_num_layers", 1)),
+        )
+    if name in ("qrm", "armorm"):
+        return RewardHeadConfig(
+            name=name,
+            num_objectives=int(raw.get("num_objectives", 19)),
+            num_quantiles=int(raw.get("num_quantiles", 0)) if name == "qrm" else 0,
+            gating_hidden_dim=int(raw.get("gating_hidden_dim", 1024)),
+            gating_n_hidden=int(raw.get("gating_n_hidden", 3)),
+            gating_temperature=float(raw.get("gating_temperature", 10)),
+        )
+    return RewardHeadConfig(name=name)
 
 
 def _opt_float(raw: dict[str, Any], key: str, default: float) -> float | None:
@@ -177,7 +294,8 @@ def _first_int(value: Any) -> int | None:
 
 
 def _rope(raw: dict[str, Any], fail: Any) -> RopeConfig:
-    """Old style (rope_theta + rope_scaling) and transformers>=5 style (rope_parameters)."""
+    """Old style (rope_theta + rope_scaling) and transformers>=5 style (rope_parameters), read
+    as transformers' `standardize_rope_params` reads them."""
     params = dict(raw.get("rope_parameters") or {})
     if "rope_theta" in params and isinstance(params.get("rope_theta"), dict):
         raise fail("per-layer rope_parameters are not supported", "rope_parameters")
@@ -197,6 +315,31 @@ def _rope(raw: dict[str, Any], fail: Any) -> RopeConfig:
         raise ModelError("rope scaling without a factor", field="rope_scaling")
     if rtype == "linear":
         return RopeConfig(theta=theta, type="linear", factor=float(params["factor"]))
+    max_pos = int(raw.get("max_position_embeddings", 2048))
+    if rtype == "dynamic":
+        return RopeConfig(
+            theta=theta, type="dynamic", factor=float(params["factor"]), max_position_embeddings=max_pos
+        )
+    if rtype == "yarn":
+        # HF: a top-level original_max_position_embeddings wins, else the rope dict's, else max_pos
+        orig = int(
+            raw.get("original_max_position_embeddings")
+            or params.get("original_max_position_embeddings")
+            or max_pos
+        )
+        factor = params["factor"]
+        factor = float(max_pos / orig if factor is None else factor)
+        return RopeConfig(
+            theta=theta,
+            type="yarn",
+            factor=factor,
+            original_max_position_embeddings=orig,
+            attention_factor=_yarn_attention_factor(params, factor),
+            beta_fast=float(params.get("beta_fast") or 32),
+            beta_slow=float(params.get("beta_slow") or 1),
+            truncate=bool(params.get("truncate", True)),
+            max_position_embeddings=max_pos,
+        )
     return RopeConfig(
         theta=theta,
         type="llama3",
@@ -205,6 +348,20 @@ def _rope(raw: dict[str, Any], fail: Any) -> RopeConfig:
         high_freq_factor=float(params.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
     )
+
+
+def _yarn_attention_factor(params: dict[str, Any], factor: float) -> float:
+    """HF's yarn attention_factor: given, or 0.1 ln(factor) + 1 (mscale-adjusted), 1 for factor <= 1."""
+    if params.get("attention_factor") is not None:
+        return float(params["attention_factor"])
+
+    def get_mscale(scale: float, mscale: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+    return get_mscale(factor)
 
 
 def _windows(raw: dict[str, Any], family: Family, fail: Any) -> tuple[int | None, ...]:
@@ -223,7 +380,7 @@ def _windows(raw: dict[str, Any], family: Family, fail: Any) -> tuple[int | None
         if len(types) != n or any(t not in ("full_attention", "sliding_attention") for t in types):
             raise fail("unsupported layer_types", "layer_types")
         return tuple(int(window) if t == "sliding_attention" else None for t in types)
-    # qwen2: only with use_sliding_window, and only from layer max_window_layers on
+    # qwen2 / qwen3: only with use_sliding_window, and only from layer max_window_layers on
     types = raw.get("layer_types")
     if types is None:
         if not raw.get("use_sliding_window", False):

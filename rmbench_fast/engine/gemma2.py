@@ -9,7 +9,7 @@ What differs from the Llama family (all from config.json, see EngineConfig):
   * tanh-approximated GELU in the gated MLP;
   * alternating sliding-window layers (even layers slide by default);
   * a final logit soft-cap on the LM head, applied by the runner where the head is applied.
-Parameter names equal the HF checkpoint names, so weights load by name.
+Parameter names equal the HF checkpoint names (packed projections as in llama.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from rmbench_fast.engine.llama import Attention, LlamaForScoring, LlamaModel
 
 
 class Gemma2DecoderLayer(nn.Module):
+    """Sandwich-norm block (four OffsetRMSNorms), Llama's attention and gated MLP."""
+
     def __init__(self, cfg: EngineConfig, window: int | None) -> None:
         super().__init__()
         H, eps = cfg.hidden_size, cfg.rms_norm_eps
@@ -45,17 +47,15 @@ class Gemma2DecoderLayer(nn.Module):
 class Gemma2Model(LlamaModel):
     """embed * sqrt(H) -> Gemma-2 layers -> final (1 + w) norm; returns hidden states [T, H]."""
 
-    def __init__(self, cfg: EngineConfig) -> None:
-        nn.Module.__init__(self)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Gemma2DecoderLayer(cfg, w) for w in cfg.layer_windows)
-        self.norm = OffsetRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.embed_scale = cfg.hidden_size**0.5
+    layer_cls = Gemma2DecoderLayer
+    norm_cls = OffsetRMSNorm
+
+    @staticmethod
+    def embedding_scale(cfg: EngineConfig) -> float | None:
+        return cfg.hidden_size**0.5
 
 
 class Gemma2ForScoring(LlamaForScoring):
     """Gemma-2 body plus `lm_head` (tied by default) or a `score` head; see LlamaForScoring."""
 
-    @staticmethod
-    def build_body(cfg: EngineConfig) -> nn.Module:
-        return Gemma2Model(cfg)
+    body_cls = Gemma2Model

@@ -1,9 +1,13 @@
-"""Small shared layers (nano-vllm style): RMSNorms, rotary embedding, gated MLP.
+"""Small shared layers (nano-vllm style): RMSNorms, packed linear layers, rotary embedding, gated MLP.
 
 All operate on flat token-major tensors: x: [T, H]; q/k: [T, heads, D].
 Numerics follow HF Llama so fp16/bf16 runs round the same way: RMSNorm normalises in fp32
 and casts back before the weight; RoPE angles are computed in fp32 and cos/sin cast to the
 activation dtype.
+
+Packed projections (q/k/v, gate/up) are one registered Parameter each: the loader writes each
+checkpoint tensor straight into its row slice (`PackedLinear.load_shard`, nano-vllm's packed
+`weight_loader`), so one GEMM reads x once and `model.parameters()` counts every weight once.
 """
 
 from __future__ import annotations
@@ -62,41 +66,79 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 ACT_FNS = {"silu": F.silu, "gelu_pytorch_tanh": _gelu_tanh}
 
 
+class PackedLinear(nn.Module):
+    """y = x Wᵀ + b with W = [W_a; W_b; ...] packed by rows: x [T, in] -> y [T, Σ out_s].
+
+    `shards` names the row blocks in order with their sizes, e.g. {"q": Hq·D, "k": Hk·D, "v": Hk·D}.
+    The checkpoint's separate tensors (q_proj, k_proj, v_proj) are written into their row
+    slices by `load_shard`; the layer holds one weight (and one bias) Parameter. Same GEMM as
+    x @ cat(W_a, W_b, ...)ᵀ, so the same numbers as concatenating after loading.
+    """
+
+    def __init__(self, in_features: int, shards: dict[str, int], bias: bool) -> None:
+        super().__init__()
+        self.shards: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for name, size in shards.items():
+            self.shards[name] = (offset, size)
+            offset += size
+        self.out_sizes = list(shards.values())
+        self.weight = nn.Parameter(torch.empty(offset, in_features))
+        self.bias = nn.Parameter(torch.empty(offset)) if bias else None
+
+    def shard_shape(self, leaf: str, shard: str) -> tuple[int, ...]:
+        """The checkpoint tensor's shape for parameter `leaf` ("weight" | "bias") and `shard`."""
+        size = self.shards[shard][1]
+        return (size, self.weight.shape[1]) if leaf == "weight" else (size,)
+
+    def load_shard(self, leaf: str, tensor: torch.Tensor, shard: str) -> None:
+        """Copy a checkpoint tensor (any dtype/device) into rows [offset, offset + size) of `leaf`."""
+        offset, size = self.shards[shard]
+        param = self.weight if leaf == "weight" else self.bias
+        assert param is not None
+        with torch.no_grad():
+            param.narrow(0, offset, size).copy_(tensor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)), act = silu (Llama family) or tanh-approximated GELU (Gemma-2)."""
+    """down(act(gate(x)) * up(x)), act = silu (Llama family) or tanh-approximated GELU (Gemma-2).
+
+    gate and up are one packed [2I, H] projection (`gate_up_proj`, shards "gate" and "up").
+    """
 
     def __init__(self, hidden: int, inter: int, bias: bool, act: str = "silu") -> None:
         super().__init__()
         self.act = ACT_FNS[act]
-        self.gate_proj = nn.Linear(hidden, inter, bias=bias)
-        self.up_proj = nn.Linear(hidden, inter, bias=bias)
+        self.gate_up_proj = PackedLinear(hidden, {"gate": inter, "up": inter}, bias)
         self.down_proj = nn.Linear(inter, hidden, bias=bias)
-
-        self.gate_up_weight: torch.Tensor | None = None
-        self.gate_up_bias: torch.Tensor | None = None
-
-    def fuse(self) -> None:
-        """Concatenate gate and up into one [2I, H] weight and drop the two modules."""
-        g, u = self.gate_proj, self.up_proj
-        self.gate_up_weight = torch.cat([g.weight, u.weight])
-        self.gate_up_bias = torch.cat([g.bias, u.bias]) if g.bias is not None else None
-        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H] -> [T, H]
-        if self.gate_up_weight is None:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-        gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)  # [T, I] each
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
         return self.down_proj(self.act(gate).mul_(up))  # act() allocates; multiply in place
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
-    """Inverse frequencies [D/2] (fp32) for default, linear and llama3 RoPE.
+    """Inverse frequencies [D/2] (fp32), computed as transformers computes them at load time.
 
     default: f_i = theta^(-2i/D); linear: f_i / factor; llama3: f_i / factor for long
-    wavelengths (> orig/low), unchanged for short ones (< orig/high), smooth blend between.
+    wavelengths (> orig/low), unchanged for short ones (< orig/high), smooth blend between;
+    yarn: `yarn_inv_freq`; dynamic (NTK): theta' = theta·(factor·L/L - (factor - 1))^(D/(D-2))
+    at L = max_position_embeddings, i.e. HF's frequencies for sequences up to that length.
     """
-    inv = 1.0 / (rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if rope.type == "yarn":
+        return yarn_inv_freq(rope, head_dim)
+    theta = rope.theta
+    if rope.type == "dynamic":
+        seq_len = rope.max_position_embeddings
+        factor = rope.factor
+        theta = theta * ((factor * seq_len / rope.max_position_embeddings) - (factor - 1)) ** (
+            head_dim / (head_dim - 2)
+        )
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     if rope.type == "linear":
         return inv / rope.factor
     if rope.type != "llama3":
@@ -112,15 +154,48 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
     return torch.where(medium, blended, scaled)
 
 
+def yarn_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
+    """YaRN inverse frequencies [D/2] (fp32), transformers' `_compute_yarn_parameters` step by step.
+
+    p_i = theta^(2i/D); dims below the correction range keep 1/p_i (extrapolation), dims above
+    it get 1/(factor p_i) (interpolation), with a linear ramp between. The range is where a
+    dim completes beta_fast .. beta_slow rotations over original_max_position_embeddings:
+    d(r) = D ln(orig / (2π r)) / (2 ln theta), floored/ceiled when `truncate`.
+    """
+    dim, base, factor = head_dim, rope.theta, rope.factor
+    orig = rope.original_max_position_embeddings
+
+    def correction_dim(num_rotations: float) -> float:
+        return (dim * math.log(orig / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # HF: prevent a singular ramp
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype=torch.float) / dim)
+    inv_extrapolation = 1.0 / pos_freqs
+    inv_interpolation = 1.0 / (factor * pos_freqs)
+    extrapolation_factor = 1 - ramp
+    return inv_interpolation * (1 - extrapolation_factor) + inv_extrapolation * extrapolation_factor
+
+
 def rope_cos_sin(
-    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, attention_factor: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin: [T, D/2] for position ids [T] (angles in fp32, then cast to `dtype`).
 
     HF builds [T, D] tables as cat(freqs, freqs); both halves are equal, so half is kept.
+    attention_factor (YaRN's attention scaling): cos and sin are multiplied by it in fp32
+    before the cast, as HF does (a factor of 1 is skipped: x * 1.0 == x exactly).
     """
     freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]  # [T, D/2]
-    return freqs.cos().to(dtype), freqs.sin().to(dtype)
+    cos, sin = freqs.cos(), freqs.sin()
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""Weights: safetensors (single file or sharded) streamed tensor by tensor onto a meta-built model.
+"""Weights: safetensors (single file or sharded) streamed tensor by tensor into a meta-built model.
 
-The model is built on the meta device (no memory), then each checkpoint tensor is read,
-converted to the target device and dtype, and assigned to its parameter, so at most one
-tensor is held twice at any moment. Pickle weights (*.bin / *.pt) are refused unless
-`allow_pickle=True` (then loaded with `torch.load(weights_only=True)`). Nothing from the
-model directory is ever imported or executed.
+The model is built on the meta device (no memory); every parameter is then allocated once,
+uninitialised, on the target device in the target dtype (`materialize`), and each checkpoint
+tensor is read and copied straight into its place (`copy_` converts device and dtype). The
+packed projections (`qkv_proj` = [q; k; v], `gate_up_proj` = [gate; up]) receive each
+checkpoint tensor in their row slice (`PackedLinear.load_shard`, nano-vllm's packed weight
+loader), so nothing is concatenated or copied after loading, and at most one checkpoint tensor
+is held on the host at a time. Pickle weights (*.bin / *.pt) are refused unless
+`allow_pickle=True` (then loaded with `torch.load(weights_only=True)`). Nothing from the model
+directory is ever imported or executed.
 """
 
 from __future__ import annotations
@@ -19,9 +23,21 @@ from torch import nn
 from rmbench_fast.dtypes import model_dtype
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.gemma2 import Gemma2ForScoring
-from rmbench_fast.engine.layers import rope_inv_freq
+from rmbench_fast.engine.layers import PackedLinear, rope_inv_freq
 from rmbench_fast.engine.llama import LlamaForScoring
+from rmbench_fast.engine.qwen3 import Qwen3ForScoring
+from rmbench_fast.engine.reward_heads import RewardHead
 from rmbench_fast.errors import ModelError
+
+# checkpoint module name -> (packed module name, shard), for q/k/v and gate/up
+PACKED_SHARDS: dict[str, tuple[str, str]] = {
+    "self_attn.q_proj": ("self_attn.qkv_proj", "q"),
+    "self_attn.k_proj": ("self_attn.qkv_proj", "k"),
+    "self_attn.v_proj": ("self_attn.qkv_proj", "v"),
+    "mlp.gate_proj": ("mlp.gate_up_proj", "gate"),
+    "mlp.up_proj": ("mlp.gate_up_proj", "up"),
+}
+WHOLE = ""  # the shard id of a tensor that fills its whole parameter
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, cfg: EngineConfig) -> torch.dtype:
@@ -67,15 +83,99 @@ def _checkpoint_tensors(model_dir: Path, allow_pickle: bool) -> Iterator[tuple[s
         del state
 
 
-def _canonical(name: str, cfg: EngineConfig) -> str | None:
-    """Checkpoint name -> our parameter name, or None to skip it."""
+def _canonical(name: str, cfg: EngineConfig, head: RewardHead | None = None) -> str | None:
+    """Checkpoint name -> the name in our model's naming (before packing), or None to skip it.
+
+    A custom head's tensors keep their names (score.*, v_head.*), or move under the head's
+    attribute when the checkpoint keeps them at the top level (ArmoRM / QRM: regression_layer,
+    gating, reward_transform_matrix -> gating_head.*).
+    """
     if name.endswith("rotary_emb.inv_freq"):
         return None  # recomputed from the config
     if name == "lm_head.weight" and (cfg.head != "causal" or cfg.tie_word_embeddings):
         return None  # tied: HF also uses the embedding
+    if head is not None and head.owns(name):
+        return name if head.checkpoint_prefix else f"{head.attr}.{name}"
     if not name.startswith(("model.", "lm_head.", "score.")):
         name = "model." + name  # bare base-model checkpoints
     return name
+
+
+def parameter_target(name: str) -> tuple[str, str]:
+    """A checkpoint tensor's (parameter name, shard): q/k/v and gate/up go to a row slice of
+    their packed parameter; anything else (including an already packed name) fills its own."""
+    module, _, leaf = name.rpartition(".")
+    for src, (dst, shard) in PACKED_SHARDS.items():
+        if module.endswith("." + src):
+            return f"{module[: -len(src)]}{dst}.{leaf}", shard
+    return name, WHOLE
+
+
+def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Replace every meta Parameter and persistent buffer by an uninitialised tensor on `device`
+    in `dtype` (floating ones; others keep their dtype), keeping tied parameters tied (one
+    allocation each). Non-persistent buffers (inv_freq) are set by the caller."""
+
+    def empty(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape, dtype=dtype if t.dtype.is_floating_point else t.dtype, device=device)
+
+    new: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for key, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in new:
+                new[id(param)] = nn.Parameter(empty(param), requires_grad=False)
+            module._parameters[key] = new[id(param)]
+        for key, buf in list(module._buffers.items()):
+            if buf is not None and key not in module._non_persistent_buffers_set:
+                module._buffers[key] = empty(buf)
+
+
+def _shard_shape(model: nn.Module, pname: str, shard: str, param: torch.Tensor) -> tuple[int, ...]:
+    """The shape a checkpoint tensor for (parameter, shard) must have."""
+    if shard == WHOLE:
+        return tuple(param.shape)
+    owner_name, _, leaf = pname.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    assert isinstance(owner, PackedLinear)
+    return owner.shard_shape(leaf, shard)
+
+
+def _write(model: nn.Module, pname: str, shard: str, tensor: torch.Tensor) -> None:
+    """Copy a checkpoint tensor into its parameter (or its packed row slice)."""
+    owner_name, _, leaf = pname.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    if shard != WHOLE:
+        assert isinstance(owner, PackedLinear)
+        owner.load_shard(leaf, tensor, shard)
+        return
+    target = owner._parameters[leaf] if leaf in owner._parameters else owner._buffers[leaf]
+    with torch.no_grad():
+        target.copy_(tensor)  # type: ignore[union-attr]
+
+
+def _targets(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint fills: unique parameters (tied ones once) and persistent buffers."""
+    out: dict[str, torch.Tensor] = dict(model.named_parameters())
+    for module_name, module in model.named_modules():
+        for key, buf in module._buffers.items():
+            if buf is not None and key not in module._non_persistent_buffers_set:
+                out[f"{module_name}.{key}" if module_name else key] = buf
+    return out
+
+
+def _required_shards(model: nn.Module, targets: dict[str, torch.Tensor]) -> dict[str, set[str]]:
+    """Target name -> the shards the checkpoint must provide for it (a BatchNorm's
+    num_batches_tracked, unused at inference, may be absent)."""
+    need: dict[str, set[str]] = {}
+    for name in targets:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if leaf == "num_batches_tracked":
+            continue
+        need[name] = set(owner.shards) if isinstance(owner, PackedLinear) else {WHOLE}
+    return need
 
 
 def load_model(
@@ -85,57 +185,71 @@ def load_model(
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
     cfg: EngineConfig | None = None,
-    fuse: bool = True,
 ) -> LlamaForScoring:
-    """Build the model on meta and stream the checkpoint into it; returns it in eval mode.
-
-    fuse: concatenate q/k/v and gate/up weights per layer (one extra weight copy is made
-    layer by layer, then the separate ones are freed).
-    """
+    """Build the model on meta, allocate it on `device`, and stream the checkpoint into place;
+    returns it in eval mode, without gradients. Every parameter must be written exactly once
+    (each packed shard once); unknown, misshapen or missing tensors raise ModelError."""
     model_dir = Path(model_dir)
     cfg = cfg or EngineConfig.from_model_dir(model_dir)
     tdtype = resolve_dtype(dtype, cfg)
     device = torch.device(device)
     with torch.device("meta"):
         model = model_class(cfg)(cfg)
-    params = dict(model.named_parameters())
-    loaded: set[str] = set()
+    materialize(model, device, tdtype)
+    params = _targets(model)
+    need = _required_shards(model, params)
+    loaded: dict[str, set[str]] = {name: set() for name in params}
     for raw_name, tensor in _checkpoint_tensors(model_dir, allow_pickle):
-        name = _canonical(raw_name, cfg)
+        name = _canonical(raw_name, cfg, model.reward_head)
         if name is None:
             continue
-        if name not in params:
+        pname, shard = parameter_target(name)
+        if pname not in params or (shard != WHOLE and shard not in need[pname]):
             raise ModelError(
                 f"unexpected weight {raw_name!r} for {cfg.architecture}; use --backend hf",
                 file=str(model_dir),
             )
-        if tuple(tensor.shape) != tuple(params[name].shape):
+        want = _shard_shape(model, pname, shard, params[pname])
+        if tuple(tensor.shape) != want:
             raise ModelError(
-                f"weight {raw_name!r} has shape {tuple(tensor.shape)}, config says {tuple(params[name].shape)}",
+                f"weight {raw_name!r} has shape {tuple(tensor.shape)}, config says {want}",
                 file=str(model_dir),
             )
-        _assign(model, name, tensor.to(device=device, dtype=tdtype))
-        loaded.add(name)
-    if cfg.head == "causal" and cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-        loaded.add("lm_head.weight")
-    missing = sorted(set(params) - loaded)
+        shards = need.get(pname, {WHOLE}) if shard == WHOLE else {shard}  # a packed tensor may come whole
+        if shards & loaded[pname]:
+            raise ModelError(f"weight {raw_name!r} appears twice in the checkpoint", file=str(model_dir))
+        _write(model, pname, shard, tensor)
+        loaded[pname] |= shards
+    missing = sorted(n for n in need if loaded[n] != need[n])
     if missing:
         raise ModelError(
             f"weights missing from the checkpoint: {', '.join(missing[:3])}", file=str(model_dir)
         )
     model.inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim).to(device)
-    if fuse:
-        model.fuse()
     return model.eval().requires_grad_(False)
 
 
 def model_class(cfg: EngineConfig) -> type[LlamaForScoring]:
     """The engine's model class for a config's family (one module per family)."""
-    return Gemma2ForScoring if cfg.family == "gemma2" else LlamaForScoring
+    return {"gemma2": Gemma2ForScoring, "qwen3": Qwen3ForScoring}.get(cfg.family, LlamaForScoring)
 
 
-def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    owner_name, _, leaf = name.rpartition(".")
-    owner = model.get_submodule(owner_name)
-    owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+def checkpoint_shapes(cfg: EngineConfig) -> dict[str, tuple[int, ...]]:
+    """The HF checkpoint's tensor names -> shapes for a config (q/k/v and gate/up unpacked, a
+    tied LM head omitted), from the engine's model built on the meta device."""
+    with torch.device("meta"):
+        model = model_class(cfg)(cfg)
+    out: dict[str, tuple[int, ...]] = {}
+    head = model.reward_head
+    for name, param in _targets(model).items():
+        module, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(module)
+        if not isinstance(owner, PackedLinear):
+            if head is not None and not head.checkpoint_prefix and name.startswith(head.attr + "."):
+                name = name[len(head.attr) + 1 :]  # top-level in the checkpoint
+            out[name] = tuple(param.shape)
+            continue
+        for src, (dst, shard) in PACKED_SHARDS.items():
+            if module.endswith(dst):
+                out[f"{module[: -len(dst)]}{src}.{leaf}"] = owner.shard_shape(leaf, shard)
+    return out
