@@ -70,12 +70,48 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def official_style_scores(
+    model: Any, seqs: list[list[Any]], ref_free: str, device: str, pad: int
+) -> tuple[np.ndarray, int]:
+    """reward-bench's DPOInference way: per style k, 8 records -> 16 right-padded sequences per
+    forward, full [B, L, V] logits, get_batch_logps. -> (rewards [n, 6], processed tokens)."""
+    import torch
+
+    from rmbench_fast.rewards import reward_from_logprobs
+
+    out = np.zeros((len(seqs), 6))
+    processed = 0
+    with torch.no_grad():
+        for k in range(3):
+            for a in range(0, len(seqs), 8):
+                group = seqs[a : a + 8]
+                batch = [g[k] for g in group] + [g[k + 3] for g in group]
+                L = max(len(s.ids) for s in batch)
+                ids = torch.full((len(batch), L), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), L), dtype=torch.long)
+                labels = torch.full((len(batch), L), -100, dtype=torch.long)
+                for i, s in enumerate(batch):
+                    ids[i, : len(s.ids)] = torch.tensor(s.ids)
+                    mask[i, : len(s.ids)] = 1
+                    labels[i, s.label_start : len(s.ids)] = torch.tensor(s.ids[s.label_start :])
+                processed += ids.numel()
+                logits = model(ids.to(device), attention_mask=mask.to(device)).logits  # [B, L, V]
+                lab = labels[:, 1:].to(device)
+                keep = lab != -100
+                lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, lab.clamp(min=0)[..., None])[..., 0]
+                lp = (lp * keep).float()
+                r = reward_from_logprobs(lp, ref_free, keep)  # the official get_batch_logps reduction
+                r = r.double().cpu().numpy()
+                n = len(group)
+                out[a : a + n, k] = r[:n]
+                out[a : a + n, k + 3] = r[n:]
+    return out, processed
+
+
 def run_official(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, Any]:
     """reward-bench DPOInference-style: per style k, 8 records -> 16 padded sequences per forward."""
     import torch
     import transformers
-
-    from rmbench_fast.rewards import reward_from_logprobs
 
     if args.path == "official8bit":
         # reward-bench's default load (SPEC §6): bitsandbytes 8-bit weights, fp16 activations
@@ -91,34 +127,9 @@ def run_official(args: argparse.Namespace, seqs: list[list[Any]]) -> dict[str, A
             transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
         )
     pad = int(json.loads((Path(args.model) / "config.json").read_text()).get("eos_token_id") or 0)
-    out = np.zeros((len(seqs), 6))
-    processed = 0
     _sync(args.device)
     t0, c0 = time.perf_counter(), _cpu_s()
-    with torch.no_grad():
-        for k in range(3):
-            for a in range(0, len(seqs), 8):
-                group = seqs[a : a + 8]
-                batch = [g[k] for g in group] + [g[k + 3] for g in group]
-                L = max(len(s.ids) for s in batch)
-                ids = torch.full((len(batch), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), L), dtype=torch.long)
-                labels = torch.full((len(batch), L), -100, dtype=torch.long)
-                for i, s in enumerate(batch):
-                    ids[i, : len(s.ids)] = torch.tensor(s.ids)
-                    mask[i, : len(s.ids)] = 1
-                    labels[i, s.label_start : len(s.ids)] = torch.tensor(s.ids[s.label_start :])
-                processed += ids.numel()
-                logits = model(ids.to(args.device), attention_mask=mask.to(args.device)).logits  # [B, L, V]
-                lab = labels[:, 1:].to(args.device)
-                keep = lab != -100
-                lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, lab.clamp(min=0)[..., None])[..., 0]
-                lp = (lp * keep).float()
-                r = reward_from_logprobs(lp, args.ref_free, keep)  # the official get_batch_logps reduction
-                r = r.double().cpu().numpy()
-                n = len(group)
-                out[a : a + n, k] = r[:n]
-                out[a : a + n, k + 3] = r[n:]
+    out, processed = official_style_scores(model, seqs, args.ref_free, args.device, pad)
     _sync(args.device)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     useful = sum(len(s.ids) for g in seqs for s in g)

@@ -49,3 +49,25 @@ class TemplateError(RMBenchError):
 
 class UsageError(RMBenchError):
     """Options that contradict each other (e.g. --ref-model with a classifier)."""
+
+
+class NonFiniteScoreError(RMBenchError):
+    """A score came out NaN or inf (dtype overflow, broken weights): exit code 3.
+
+    Raised after the outputs are written (the non-finite values as JSON null), so nothing
+    computed is lost; `--allow-nonfinite` keeps going instead.
+    """
+
+    exit_code = 3
+
+
+def nonfinite_message(nonfinite: dict) -> str:
+    """One line: how many records, the first few ids, the likely cause."""
+    bad = nonfinite["scores"]
+    ids = list(dict.fromkeys(str(b["id"]) for b in bad))
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    return (
+        f"{nonfinite['count']} score(s) are NaN or inf in {len(ids)}+ record(s) (ids {shown}); likely a dtype "
+        "overflow (try --dtype float32 or bfloat16) or broken weights. The outputs were written with null "
+        "there (metrics.json meta.nonfinite); --allow-nonfinite counts them as losses instead"
+    )

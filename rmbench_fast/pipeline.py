@@ -7,6 +7,7 @@ before the first forward pass, so a bad input costs seconds, not a scoring run.
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import time
 from collections import Counter
@@ -21,8 +22,9 @@ import numpy as np
 from . import __version__
 from .data import data_files, hash_files, hf_cached_dataset, load_records, select
 from .dtypes import run_dtype
-from .errors import DataError, ModelError, UsageError
+from .errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
 from .metrics import compute_metrics
+from .phases import phase
 from .report import print_report, score_rows, write_outputs
 from .settings import ScoreSettings
 from .types import N_STYLES, Record, TokSeq
@@ -52,6 +54,15 @@ class RunConfig:
     # Bootstrap confidence intervals in metrics.json (rmbench_fast.stats): resamples and seed.
     resamples: int = 10000
     seed: int = 0
+    # Native engine choices (--attn, --lm-head, --ref-mode; see ScoreSettings and score_run).
+    attn: str = "auto"
+    lm_head: str = "auto"
+    ref_mode: str = "auto"
+    # The results store (rmbench_fast.store): its file or directory, or off.
+    cache_dir: str | None = None
+    no_cache: bool = False
+    # Keep going (exit 0) when a score is NaN or inf; such a score loses every comparison.
+    allow_nonfinite: bool = False
 
 
 class EvalCache:
@@ -234,6 +245,8 @@ def score_settings(
         allow_pickle=cfg.allow_pickle,
         trust_remote_code=cfg.trust_remote_code,
         pad_token_id=pad_id,
+        attn_impl=cfg.attn,
+        lm_head=cfg.lm_head,
         **budget,
     )
 
@@ -293,16 +306,84 @@ def _native_sums(
     log: Callable[[str], None],
     progress: Callable[[int], None] | None = None,
     replay: Any = None,
+    store: Store | None = None,
 ) -> ReferenceSums:
     """Per-sequence Σ log π over the answer tokens with the native engine; the model is freed
-    on return. `replay`: score exactly these batches (another pass's schedule)."""
+    on return. `replay`: score exactly these batches (another pass's schedule); `store`: the
+    results store (stored batches are not recomputed)."""
     from .engine.scorer import NativeScorer
     from .rewards import SUM
 
     log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
     scorer = NativeScorer(model_dir, settings.with_kind_dpo_sum(), log=log)
-    stats = scorer.score_stats(seqs, progress=progress, replay=replay)
+    batch_cache = store.batch_cache(scorer, [model_dir], seqs) if store is not None else None
+    stats = scorer.score_stats(seqs, progress=progress, replay=replay, cache=batch_cache)
+    scorer.stats["store"] = batch_cache.summary() if batch_cache is not None else None
     return ReferenceSums(np.ascontiguousarray(stats[..., SUM]), scorer.schedule, scorer.stats)
+
+
+@dataclass
+class Store:
+    """The run's results store and the fingerprints its scopes need (see rmbench_fast.resume)."""
+
+    store: Any  # rmbench_fast.store.ResultStore
+    tokenizer: str
+    kind: str
+
+    def batch_cache(self, scorer: Any, model_dirs: list[Path], seqs: list[list[TokSeq]]) -> Any:
+        from .resume import StoreBatchCache, scope_parts
+
+        vs = scorer.value_settings()
+        scopes = []
+        for d in model_dirs:
+            parts = scope_parts(self.store, d, tokenizer=self.tokenizer, kind=self.kind, **vs)
+            scopes.append(self.store.scope(parts, label=str(d)))
+        return StoreBatchCache(self.store, scopes, seqs, vs["share_prefix"])
+
+
+def open_run_store(cfg: RunConfig, model: ModelChoice, toks: Tokenized) -> Store | None:
+    """The results store for a native run, or None (--no-cache, or the hf backend)."""
+    if cfg.no_cache or cfg.backend == "hf":
+        return None
+    from .store import open_store
+
+    tok = f"{tokenizer_fingerprint(model.model_dir)}:{cfg.chat_template}:{toks.add_eos}:{toks.pad_id}"
+    return Store(open_store(cfg.cache_dir), tok, model.kind)
+
+
+def _both_fit(model: ModelChoice, cfg: RunConfig) -> bool:
+    """Whether the policy and the reference fit on the device together (CUDA: their weight
+    bytes and a 25% margin against the free memory)."""
+    if not model.device.startswith("cuda"):
+        return False
+    import torch
+
+    from .engine.config import EngineConfig
+    from .engine.loader import model_class
+
+    def n_params(d: Path) -> int:
+        cfg = EngineConfig.from_model_dir(d)
+        with torch.device("meta"):  # shapes only, no memory
+            return sum(p.numel() for p in model_class(cfg)(cfg).parameters())
+
+    free, _ = torch.cuda.mem_get_info(torch.device(model.device))
+    bytes_per = 4 if model.dtype == "float32" else 2
+    need = sum(n_params(d) * bytes_per for d in (model.model_dir, Path(cfg.ref_model or "")))
+    return need * 1.25 < free
+
+
+def reference_mode(cfg: RunConfig, model: ModelChoice, sweep: bool) -> str:
+    """ "together" (both models on each batch, kernel A's fused ratio) or "reference-first" (the
+    reference's sums in their own pass, one model in memory at a time, shared by a sweep).
+
+    auto: together when both models fit on a CUDA device and this is not a sweep; otherwise
+    reference-first. Both give bit-identical scores.
+    """
+    if cfg.ref_mode not in ("auto", "together", "reference-first"):
+        raise UsageError(f"unknown --ref-mode {cfg.ref_mode!r}; use auto, together or reference-first")
+    if cfg.ref_mode != "auto":
+        return cfg.ref_mode
+    return "together" if (not sweep and _both_fit(model, cfg)) else "reference-first"
 
 
 @dataclass
@@ -344,8 +425,9 @@ class Scored:
     scorer: Any
     scores: np.ndarray  # [n_records, 6] float64
     reference: ReferenceSums | None
-    reference_note: str | None
+    reference_mode: str | None  # together | reference-first | None (no reference on the native engine)
     seconds: float
+    reference_note: str | None = None
 
 
 def load_data(cfg: RunConfig, cache: EvalCache) -> LoadedData:
@@ -421,39 +503,74 @@ def score_run(
     log: Callable[[str], None],
     progress: Callable[[int], None] | None,
     set_total: Callable[[int], None] | None,
+    *,
+    sweep: bool = False,
 ) -> Scored:
     """Step 4: the scores [n_records, 6].
 
-    With a reference model on the native engine, "reference first": Σ log π_ref in its own pass
-    (once per sweep), then the policy alone (reward "sum") replaying the reference's batches, one
-    model in memory at a time: bit-identical to scoring both models on each batch together.
+    With a reference model on the native engine, `reference_mode` decides: "together" runs both
+    models on each batch; "reference-first" computes Σ log π_ref in its own pass (once per sweep,
+    and kept in the results store across runs), then the policy alone (reward "sum") replaying
+    the reference's batches, one model in memory at a time. Both are bit-identical.
     """
     t0 = time.perf_counter()
     n = len(toks.seqs)
     settings = score_settings(cfg, model.kind, model.ref_free, model.device, model.dtype, toks.pad_id)
-    if not _ref_sums_cacheable(cfg, model):
+    store = open_run_store(cfg, model, toks)
+    mode = reference_mode(cfg, model, sweep) if _ref_sums_cacheable(cfg, model) else None
+    if mode != "reference-first":
         backend, scorer = _make_scorer(cfg, model, settings, log, with_ref=True)
         if set_total is not None:
             set_total(n)
-        scores = np.asarray(scorer.score(toks.seqs, progress=progress), dtype=np.float64)
-        return Scored(backend, scorer, scores, None, None, time.perf_counter() - t0)
+        dirs = [model.model_dir] + ([Path(cfg.ref_model)] if mode == "together" else [])  # type: ignore[arg-type]
+        if backend == "native":
+            batch_cache = store.batch_cache(scorer, dirs, toks.seqs) if store else None
+            scores = scorer.score(toks.seqs, progress=progress, cache=batch_cache)
+            scorer.stats["store"] = batch_cache.summary() if batch_cache is not None else None
+        else:  # the transformers backend batches its own way: no store
+            scores = scorer.score(toks.seqs, progress=progress)
+        scores = np.asarray(scores, dtype=np.float64)
+        return Scored(backend, scorer, scores, None, mode, time.perf_counter() - t0)
     ref_dir = Path(cfg.ref_model)  # type: ignore[arg-type]
     ref_key = ("ref_sums", str(ref_dir.resolve()), toks.key, model.device, model.dtype, cfg.batch_tokens)
     fresh = ref_key not in cache
     if set_total is not None:
         set_total(n * (2 if fresh else 1))  # the bar covers both passes
-    ref = cache.get(ref_key, lambda: _native_sums(cfg, ref_dir, toks.seqs, settings, log, progress))
+    ref = cache.get(
+        ref_key, lambda: _native_sums(cfg, ref_dir, toks.seqs, settings, log, progress, store=store)
+    )
     note = "computed in this run" if fresh else "reused from an earlier run of this sweep"
     backend, scorer = _make_scorer(cfg, model, settings.with_kind_dpo_sum(), log, with_ref=False)
-    sums = np.asarray(scorer.score(toks.seqs, progress=progress, replay=ref.schedule), dtype=np.float64)
+    batch_cache = store.batch_cache(scorer, [model.model_dir], toks.seqs) if store else None
+    sums = np.asarray(
+        scorer.score(toks.seqs, progress=progress, replay=ref.schedule, cache=batch_cache), dtype=np.float64
+    )
+    scorer.stats["store"] = batch_cache.summary() if batch_cache is not None else None
     if not scorer.schedule.same_as(ref.schedule):
         # The policy ran out of memory and re-planned: pair it with reference sums over its own
         # batches, never with sums from another batching.
         log("native: the policy's batching differs from the reference's; recomputing the reference sums")
-        ref = _native_sums(cfg, ref_dir, toks.seqs, settings, log, None, replay=scorer.schedule)
+        ref = _native_sums(cfg, ref_dir, toks.seqs, settings, log, None, replay=scorer.schedule, store=store)
         cache.put(ref_key, ref)
         note = "recomputed on the policy's batches (out-of-memory back-off)"
-    return Scored(backend, scorer, sums - ref.sums, ref, note, time.perf_counter() - t0)
+    return Scored(backend, scorer, sums - ref.sums, ref, "reference-first", time.perf_counter() - t0, note)
+
+
+def json_safe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Non-finite scores as None (JSON null: NaN is not JSON)."""
+    for row in rows:
+        for key in ("score_chosen", "score_rejected"):
+            row[key] = [x if math.isfinite(x) else None for x in row[key]]
+    return rows
+
+
+def nonfinite_scores(records: Sequence[Record], scores: np.ndarray) -> list[dict[str, Any]]:
+    """The (record, slot) pairs whose score is NaN or inf."""
+    bad = np.argwhere(~np.isfinite(scores))
+    return [
+        {"record": records[r].index, "id": records[r].id, "domain": records[r].domain, "slot": int(j)}
+        for r, j in bad
+    ]
 
 
 def run_meta(
@@ -493,9 +610,12 @@ def run_meta(
         "versions": _versions(),
         "seconds": {"total": total_s, "scoring": scored.seconds},
     }
+    meta["reference_mode"] = scored.reference_mode
     if scored.reference_note is not None:
         meta["reference_sums"] = scored.reference_note
         meta["reference_scorer_stats"] = scored.reference.stats if scored.reference else None
+    bad = nonfinite_scores(data.records, scores)
+    meta["nonfinite"] = {"count": len(bad), "scores": bad[:100], "allowed": cfg.allow_nonfinite}
     meta.update(getattr(scored.scorer, "meta", None) or {})
     return meta
 
@@ -507,6 +627,7 @@ def run_evaluation(
     set_total: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
     cache: EvalCache | None = None,
+    sweep: bool = False,
 ) -> dict[str, Any]:
     """Run RM-Bench on one reward model. Returns {"domains", "total", "meta", "rows"}:
     metrics.json's structure plus the scored records (scores.json's rows).
@@ -516,13 +637,17 @@ def run_evaluation(
     """
     cache = cache or EvalCache()
     t0 = time.perf_counter()
-    data = load_data(cfg, cache)
-    model = choose_models(cfg, log)
-    toks = tokenize_run(cfg, data, model, cache, log)
-    scored = score_run(cfg, model, toks, cache, log, progress, set_total)
-    result = compute_metrics(data.records, scored.scores)
+    with phase("data_tokenize"):
+        data = load_data(cfg, cache)
+    with phase("load"):
+        model = choose_models(cfg, log)
+    with phase("data_tokenize"):
+        toks = tokenize_run(cfg, data, model, cache, log)
+    scored = score_run(cfg, model, toks, cache, log, progress, set_total, sweep=sweep)
+    with phase("metrics"):
+        result = compute_metrics(data.records, scored.scores)
     result["meta"] = run_meta(cfg, data, model, toks, scored, time.perf_counter() - t0)
-    result["rows"] = score_rows(data.records, scored.scores)
+    result["rows"] = json_safe_rows(score_rows(data.records, scored.scores))
     return result
 
 
@@ -563,6 +688,7 @@ def run_and_report(
     rows = result.pop("rows")
     out_dir = Path(cfg.out or "rmbench_out")
     write_outputs(out_dir, rows, result)
+    check_finite(result)
     if tables:
         print_report(result, console)
     meta = result["meta"]
@@ -594,4 +720,14 @@ def evaluate(model: str | None = None, **options: Any) -> dict[str, Any]:
     if out is not None:
         rows = result["rows"]
         write_outputs(Path(out), rows, {k: v for k, v in result.items() if k != "rows"})
+    check_finite(result)
     return result
+
+
+def check_finite(result: dict[str, Any]) -> None:
+    """Stop with exit code 3 when a score is NaN or inf (unless --allow-nonfinite)."""
+    nonfinite = result["meta"].get("nonfinite") or {}
+    if nonfinite.get("count") and not nonfinite.get("allowed"):
+        err = NonFiniteScoreError(nonfinite_message(nonfinite))
+        err.result = result  # type: ignore[attr-defined]
+        raise err

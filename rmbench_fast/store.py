@@ -183,7 +183,12 @@ class StoreError(UsageError):
 
 
 def default_store_path() -> Path:
-    """`$RMBENCH_FAST_CACHE/results.sqlite`, else `~/.cache/rmbench_fast/results.sqlite`."""
+    """`$RMBENCH_FAST_STORE` (a file or directory) if set, else `$RMBENCH_FAST_CACHE/results.sqlite`,
+    else `~/.cache/rmbench_fast/results.sqlite`."""
+    override = os.environ.get("RMBENCH_FAST_STORE")
+    if override:
+        p = Path(override).expanduser()
+        return p / STORE_FILE if p.is_dir() else p
     return default_cache_dir() / STORE_FILE
 
 

@@ -57,6 +57,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(f"RMBF_REQUIRE names missing resources: {detail}", returncode=1)
 
 
+@pytest.fixture(autouse=True)
+def _own_results_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets an empty results store: no reuse across tests, none in the user's cache."""
+    monkeypatch.setenv("RMBENCH_FAST_STORE", str(tmp_path_factory.mktemp("store") / "results.sqlite"))
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from rmbench_fast.demo import ensure_smollm2

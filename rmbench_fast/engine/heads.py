@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rmbench_fast.logprobs import linear_token_logprobs, token_logprobs
+from rmbench_fast.phases import phase
 from rmbench_fast.rewards import sequence_stats
 
 # Rows of [rows, V] logits per chunk off the GPU: bounds memory at ~64 MB of fp32.
@@ -101,23 +102,26 @@ def dpo_stats(
     ref: tuple[torch.Tensor, torch.Tensor, float | None] | None = None,
 ) -> torch.Tensor:
     """Per-sequence (S, N, Q) float64 [n_seq, 3] from final hidden states [T, H]; with `ref`
-    (the reference's hidden [T, H], head weight, soft-cap) [n_seq, 4]: (S, N, Q, S_ref)."""
-    pos, ids, seq = labels
-    ref_rows = None if ref is None else (ref[0].index_select(0, pos), ref[1], ref[2])
-    lp, lp_ref = lm_head_logprobs(
-        hidden.index_select(0, pos), head_weight, ids, chunk_rows, softcap, lm_head=lm_head, ref=ref_rows
-    )  # [K]
-    stats = sequence_stats(lp, seq, n_seq)
-    if lp_ref is None:
-        return stats
-    return torch.cat([stats, sequence_stats(lp_ref, seq, n_seq)[:, :1]], dim=1)
+    (the reference's hidden [T, H], head weight, soft-cap) [n_seq, 6]: the policy's, then the
+    reference's (S, N, Q)."""
+    with phase("lm_head"):
+        pos, ids, seq = labels
+        ref_rows = None if ref is None else (ref[0].index_select(0, pos), ref[1], ref[2])
+        lp, lp_ref = lm_head_logprobs(
+            hidden.index_select(0, pos), head_weight, ids, chunk_rows, softcap, lm_head=lm_head, ref=ref_rows
+        )  # [K]
+        stats = sequence_stats(lp, seq, n_seq)
+        if lp_ref is None:
+            return stats
+        return torch.cat([stats, sequence_stats(lp_ref, seq, n_seq)], dim=1)
 
 
 def classifier_stats(
     model: torch.nn.Module, hidden: torch.Tensor, pool: torch.Tensor, fp32: bool
 ) -> torch.Tensor:
     """Per-sequence (score, NaN, NaN) float64 [n_seq, 3]: the head at the pooled rows [n_seq]."""
-    score = model.classify(hidden.index_select(0, pool), fp32)  # [n_seq, 1]
-    s = score[:, 0].float().double()
-    nan = torch.full_like(s, float("nan"))
-    return torch.stack([s, nan, nan], dim=-1)
+    with phase("classifier_head"):
+        score = model.classify(hidden.index_select(0, pool), fp32)  # [n_seq, 1]
+        s = score[:, 0].float().double()
+        nan = torch.full_like(s, float("nan"))
+        return torch.stack([s, nan, nan], dim=-1)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rmbench_fast.phases import phase
 from rmbench_fast.plan import branch_bounds
 from rmbench_fast.types import N_SLOTS, PackedBatch
 
@@ -77,10 +78,11 @@ class PackedLayout:
             np.asarray(batch.label_seq, dtype=np.int64),
             np.asarray(batch.pool_pos, dtype=np.int64),
         ]
-        host = torch.from_numpy(np.concatenate(parts))
-        if device.type == "cuda":
-            host = host.pin_memory()
-        flat = host.to(device, non_blocking=True)
+        with phase("host_copies"):
+            host = torch.from_numpy(np.concatenate(parts))
+            if device.type == "cuda":
+                host = host.pin_memory()
+            flat = host.to(device, non_blocking=True)
         ids, positions, seg_t, branch_t, valid_t, lpos, lids, lseq, pool = flat.split([len(p) for p in parts])
         return cls(
             n_tokens=T,

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from rmbench_fast.phases import phase
 from rmbench_fast.plan import plan_batches, plan_stats, segment_lengths
 from rmbench_fast.types import N_SLOTS, PackedBatch, TokSeq
 
@@ -76,10 +77,11 @@ class _Collector:
 
     def add_device(self, sb: ScheduledBatch, values: torch.Tensor) -> None:
         if values.device.type == "cuda":
-            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            host.copy_(values, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
+            with phase("host_copies"):
+                host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+                host.copy_(values, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
         else:
             host, event = values, None
         self.drain()  # the previous batch's copy finished while this batch was queued
@@ -92,7 +94,8 @@ class _Collector:
     def drain(self) -> None:
         for sb, host, event in self.inflight:
             if event is not None:
-                event.synchronize()
+                with phase("host_copies"):
+                    event.synchronize()
             self._store(sb, host.numpy(), from_cache=False)
         self.inflight = []
 
@@ -150,12 +153,13 @@ class BatchScheduler:
 
     def _plan(self, pending: list[int]) -> list[ScheduledBatch]:
         t = time.perf_counter()
-        batches = plan_batches(
-            [self.seqs[r] for r in pending],
-            batch_tokens=self.budget,
-            share_prefix=self.share_prefix,
-            vocab_size=self.vocab_size,
-        )
+        with phase("planning"):
+            batches = plan_batches(
+                [self.seqs[r] for r in pending],
+                batch_tokens=self.budget,
+                share_prefix=self.share_prefix,
+                vocab_size=self.vocab_size,
+            )
         self.plan_s += time.perf_counter() - t
         idx = np.asarray(pending, dtype=np.int64)
         return [

@@ -27,9 +27,10 @@ from rmbench_fast.engine.attention import ATTN_IMPLS, FlexCompileError, PackedLa
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
 from rmbench_fast.engine.loader import load_model, resolve_dtype
-from rmbench_fast.engine.scheduler import BatchScheduler, Progress, Schedule
+from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
-from rmbench_fast.rewards import check_ref_free_mode, rewards_from_stats
+from rmbench_fast.phases import phase
+from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
 from rmbench_fast.settings import ScoreSettings
 from rmbench_fast.types import PackedBatch, TokSeq
 
@@ -53,13 +54,16 @@ class NativeScorer:
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | None,
         settings: ScoreSettings | None = None,
         *,
         ref_model_dir: str | Path | None = None,
         log: Callable[[str], None] | None = print,
+        model: torch.nn.Module | None = None,
         **overrides: Any,
     ) -> None:
+        """`model`: an engine model already built and loaded on the device (benchmarks with
+        weights made in memory); `model_dir` is then None and the settings' dtype is ignored."""
         s = ScoreSettings.resolve(settings, overrides)
         if s.kind == "dpo":
             check_ref_free_mode(s.ref_free_mode)
@@ -75,8 +79,14 @@ class NativeScorer:
         self.batch_tokens, self.share_prefix = int(s.batch_tokens), s.share_prefix
         self.flex_failure: str | None = None  # set when flex failed to compile for this model
         self.log = log or (lambda _msg: None)
-        self.cfg = EngineConfig.from_model_dir(model_dir)
-        self.dtype = resolve_dtype(s.dtype, self.cfg)
+        if model is not None:
+            self.cfg = model.cfg
+            self.dtype = next(model.parameters()).dtype
+        else:
+            if model_dir is None:
+                raise ValueError("NativeScorer needs a model directory or a loaded model")
+            self.cfg = EngineConfig.from_model_dir(model_dir)
+            self.dtype = resolve_dtype(s.dtype, self.cfg)
         auto = s.attn_impl in (None, "auto")
         self.attn_impl = default_impl(self.device, self.cfg.attn_softcap) if auto else s.attn_impl
         self.attention_calls: Counter[str] = Counter()  # per backend that actually ran
@@ -87,7 +97,7 @@ class NativeScorer:
                 file=str(model_dir),
                 field="architectures",
             )
-        self.model = self._load(model_dir, self.cfg)
+        self.model = model if model is not None else self._load(model_dir, self.cfg)  # type: ignore[arg-type]
         self.ref_model: torch.nn.Module | None = None
         if ref_model_dir is not None:
             ref_cfg = EngineConfig.from_model_dir(ref_model_dir)
@@ -105,9 +115,10 @@ class NativeScorer:
 
     def _load(self, model_dir: str | Path, cfg: EngineConfig) -> torch.nn.Module:
         s = self.settings
-        return load_model(
-            model_dir, dtype=self.dtype, device=self.device, allow_pickle=s.allow_pickle, cfg=cfg
-        )
+        with phase("load"):
+            return load_model(
+                model_dir, dtype=self.dtype, device=self.device, allow_pickle=s.allow_pickle, cfg=cfg
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -118,24 +129,33 @@ class NativeScorer:
 
     # ---------------------------------------------------------------------------------------
     def score(
-        self, seqs: list[list[TokSeq]], progress: Progress | None = None, replay: Schedule | None = None
+        self,
+        seqs: list[list[TokSeq]],
+        progress: Progress | None = None,
+        replay: Schedule | None = None,
+        cache: BatchCache | None = None,
     ) -> np.ndarray:
         """seqs[r]: record r's six TokSeqs (slot order) -> rewards [n_records, 6] float64.
 
         `progress(k)` is called as k more records finish; `replay` runs another pass's batches.
         """
-        stats = self.score_stats(seqs, progress, replay)
+        stats = self.score_stats(seqs, progress, replay, cache)
         if self.kind == "classifier":
             return stats[..., 0]
-        if self.ref_model is not None:
-            return rewards_from_stats(stats[..., :3], "ref", stats[..., 3])
+        if self.ref_model is not None:  # (S, N, Q) of the policy, then of the reference
+            return rewards_from_stats(stats[..., :3], "ref", stats[..., 3 + SUM])
         return rewards_from_stats(stats, self.ref_free_mode)  # type: ignore[arg-type]
 
     def score_stats(
-        self, seqs: list[list[TokSeq]], progress: Progress | None = None, replay: Schedule | None = None
+        self,
+        seqs: list[list[TokSeq]],
+        progress: Progress | None = None,
+        replay: Schedule | None = None,
+        cache: BatchCache | None = None,
     ) -> np.ndarray:
-        """Per-sequence stats [n_records, 6, k] float64: DPO (S, N, Q[, S_ref]), classifier
-        (score, NaN, NaN). The batches run are kept in `self.schedule`."""
+        """Per-sequence stats [n_records, 6, k] float64: DPO (S, N, Q), then the reference's
+        (S, N, Q) when it is loaded too; classifier (score, NaN, NaN). The batches run are kept
+        in `self.schedule`; `cache` (the results store) supplies stored batches."""
         t0 = time.perf_counter()
         sched = BatchScheduler(
             seqs,
@@ -145,7 +165,7 @@ class NativeScorer:
             device=self.device,
             log=self.log,
         )
-        out = sched.run(self.score_batch, progress, replay)
+        out = sched.run(self.score_batch, progress, replay, cache)
         self.schedule = sched.schedule
         wall = time.perf_counter() - t0
         self.stats = {
@@ -164,6 +184,17 @@ class NativeScorer:
             "device": str(self.device),
         }
         return out
+
+    def value_settings(self) -> dict[str, Any]:
+        """The resolved settings that decide the values (the results store's scope)."""
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "attention": self.attn_impl,
+            "lm_head": self.lm_head,
+            "fp32_scores": self.fp32_scores,
+            "share_prefix": self.share_prefix,
+        }
 
     def attention_used(self) -> str:
         if self.flex_failure is not None:

@@ -27,6 +27,7 @@ from rmbench_fast.engine.attention.flex import FlexCompileError, flex_attention
 from rmbench_fast.engine.attention.sdpa import sdpa_segments, segment_plans
 from rmbench_fast.engine.attention.split import sdpa_split, split_applies
 from rmbench_fast.engine.layout import PackedLayout
+from rmbench_fast.phases import phase
 
 AttnImpl = Literal["sdpa", "flash", "flex", "dense"]
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "flash", "flex", "dense")
@@ -55,7 +56,20 @@ def packed_attention(
     scale None: D^-0.5; softcap None: no cap. "flex" may raise FlexCompileError (the caller
     falls back for that model).
     """
-    window = layout.effective_window(window)
+    with phase("attention"):
+        return _dispatch(q, k, v, layout, layout.effective_window(window), impl, scale, softcap)
+
+
+def _dispatch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: PackedLayout,
+    window: int | None,
+    impl: AttnImpl,
+    scale: float | None,
+    softcap: float | None,
+) -> torch.Tensor:
     if impl == "flash" and flash_applies(q, layout, window, softcap):
         layout.ran["flash"] += 1
         return flash_attention(q, k, v, layout, scale)
