@@ -1,4 +1,4 @@
-"""`python -m rmbench_fast {run,sweep,report}`."""
+"""`python -m rmbench_fast {run,sweep,report,compare}`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import RMBenchError
+from .errors import RMBenchError, UsageError
 from .types import DOMAINS
 
 if TYPE_CHECKING:
@@ -74,6 +74,27 @@ def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     )
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_stats_args(p, allow_zero=True)
+
+
+def _add_stats_args(p: argparse.ArgumentParser, *, allow_zero: bool) -> None:
+    off = "; 0 leaves the intervals out" if allow_zero else ""
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=10000,
+        metavar="R",
+        help=f"bootstrap resamples for the 95%% intervals (default 10000{off})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+
+
+def _check_stats_args(args: argparse.Namespace, *, allow_zero: bool) -> None:
+    least = 0 if allow_zero else 1
+    if args.resamples < least:
+        raise UsageError(f"--resamples must be >= {least}, got {args.resamples}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,9 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
         "the reference model's log-probs",
     )
     _add_run_args(sw, sweep=True)
-    rep = sub.add_parser("report", help="re-print the tables of a finished run")
-    rep.add_argument("out", help="the --out directory of a run")
-    rep.add_argument("--plot", action="store_true", help="also write a PNG heatmap per domain")
+    rep = sub.add_parser("report", help="re-print the tables of a finished run or sweep")
+    rep.add_argument("out", help="the --out directory of a run (metrics.json) or a sweep (sweep.json)")
+    rep.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write a PNG heatmap per domain (a run) or accuracy against checkpoint (a sweep)",
+    )
+    rep.add_argument(
+        "--leaderboard",
+        action="store_true",
+        help="place the run among the published RM-Bench results shipped with the package",
+    )
+    cmp = sub.add_parser(
+        "compare",
+        help="paired comparison of runs on the same records: differences, 95%% intervals, p-values",
+    )
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="two or more --out directories of runs")
+    cmp.add_argument("--json", metavar="OUT", help="also write the full comparison as JSON to this file")
+    _add_stats_args(cmp, allow_zero=False)
     return parser
 
 
@@ -118,6 +155,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
+        resamples=args.resamples,
+        seed=args.seed,
     )
 
 
@@ -126,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .pipeline import run_and_report
 
+    _check_stats_args(args, allow_zero=True)
     run_and_report(_config(args), Console(stderr=False))
     return 0
 
@@ -135,19 +175,64 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from .sweep import run_sweep
 
+    _check_stats_args(args, allow_zero=True)
     run_sweep(list(args.models), _config(args), Console(stderr=False))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import plot_matrices, print_report, read_metrics
+    from rich.console import Console
+
+    from .report import METRICS_FILE, plot_matrices, print_report, read_metrics
+    from .sweep import SWEEP_FILE
 
     out = Path(args.out)
+    console = Console()
+    is_sweep_dir = out.is_dir() and not (out / METRICS_FILE).exists() and (out / SWEEP_FILE).exists()
+    if is_sweep_dir or (out.is_file() and out.name == SWEEP_FILE):
+        return _report_sweep(args, out if out.is_dir() else out.parent, console)
     metrics = read_metrics(out)
-    print_report(metrics)
+    print_report(metrics, console)
+    if args.leaderboard:
+        from .leaderboard import place, print_placement
+
+        console.print()
+        print_placement(place(metrics), console)
     if args.plot:
         for path in plot_matrices(metrics, out if out.is_dir() else out.parent):
-            print(f"wrote {path}")
+            console.print(f"wrote {path}", soft_wrap=True)
+    return 0
+
+
+def _report_sweep(args: argparse.Namespace, out: Path, console: Any) -> int:
+    from .sweep import plot_sweep, print_sweep, read_sweep
+
+    if args.leaderboard:
+        raise UsageError(
+            f"{out} is a sweep; --leaderboard places one run: pass one of its NN-<name>/ directories"
+        )
+    doc = read_sweep(out)
+    print_sweep(doc["models"], console)
+    if args.plot:
+        console.print(f"wrote {plot_sweep(doc, out)}", soft_wrap=True)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .compare import compare_runs, print_comparison
+    from .report import write_json_atomic
+
+    _check_stats_args(args, allow_zero=False)
+    if len(args.runs) < 2:
+        raise UsageError("compare needs at least two run directories")
+    result = compare_runs([Path(r) for r in args.runs], resamples=args.resamples, seed=args.seed)
+    console = Console()
+    print_comparison(result, console)
+    if args.json:
+        write_json_atomic(Path(args.json), result)
+        console.print(f"wrote {args.json}", soft_wrap=True)
     return 0
 
 
@@ -158,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "compare":
+            return _compare(args)
         return _report(args)
     except RMBenchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .stats import bootstrap_intervals, record_wins
 from .types import METRIC_DOMAINS, N_STYLES, Record, metric_domain
 
 
@@ -53,14 +54,30 @@ def domain_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
     }
 
 
-def compute_metrics(records: Sequence[Record], scores: np.ndarray) -> dict[str, Any]:
-    """Per-domain metrics and leaderboard totals.
+def compute_metrics(
+    records: Sequence[Record], scores: np.ndarray, *, resamples: int = 10000, seed: int = 0
+) -> dict[str, Any]:
+    """Per-domain metrics, leaderboard totals and their 95% bootstrap intervals.
 
     records: N records; scores: [N, 6] in slot order (chosen 0..2, rejected 0..2).
     Domains group by prefix: safety-refuse and safety-response are pooled into 'safety'.
     Totals: overall = mean of domain scores; hard/normal/easy = mean over domains. The total
     says which domains it covers and whether it is complete (all four present).
+
+    Intervals (rmbench_fast.stats; `resamples=0` leaves them out): records are resampled with
+    replacement within each domain (pooled safety as one domain), `resamples` times, from a
+    stream keyed by (`seed`, domain); a total's replicate is the mean over domains of their
+    independent replicates. Each is a percentile interval widened to contain its point estimate.
+    They sit beside the figures they belong to:
+
+        domains.<d>.ci.{hard, normal, easy, score} = {"lo", "hi", "level": 0.95,
+                                                      "method": "bootstrap", "resamples", "seed"}
+        total.ci.{overall, hard, normal, easy}      = (the same)
+
+    The point estimates do not depend on `resamples` or `seed`.
     """
+    if resamples < 0:
+        raise ValueError(f"resamples must be >= 0, got {resamples}")
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(records), 2 * N_STYLES):
         raise ValueError(f"scores must be [{len(records)}, 6], got {scores.shape}")
@@ -73,15 +90,19 @@ def compute_metrics(records: Sequence[Record], scores: np.ndarray) -> dict[str, 
         key: float(np.mean([domains[d][key] for d in order])) for key in ("score", "hard", "normal", "easy")
     }
     missing = [d for d in METRIC_DOMAINS if d not in domains]
-    return {
-        "domains": domains,
-        "total": {
-            "overall": total["score"],
-            "hard": total["hard"],
-            "normal": total["normal"],
-            "easy": total["easy"],
-            "domains": order,
-            "missing_domains": missing,
-            "complete": not missing,
-        },
+    out_total: dict[str, Any] = {
+        "overall": total["score"],
+        "hard": total["hard"],
+        "normal": total["normal"],
+        "easy": total["easy"],
+        "domains": order,
+        "missing_domains": missing,
+        "complete": not missing,
     }
+    if resamples > 0:
+        wins = {d: record_wins(scores[groups[d], :N_STYLES], scores[groups[d], N_STYLES:]) for d in order}
+        domain_ci, total_ci = bootstrap_intervals(wins, domains, out_total, resamples=resamples, seed=seed)
+        for d in order:
+            domains[d]["ci"] = domain_ci[d]
+        out_total["ci"] = total_ci
+    return {"domains": domains, "total": out_total}

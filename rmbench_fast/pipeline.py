@@ -196,6 +196,26 @@ def _tokenize_record(
     return [encode_classifier(tok, text, add_eos=add_eos, pad_id=pad_id) for text in fulls]
 
 
+def head_pooling(seqs: list[list[TokSeq]], head: Any, pad_id: int | None) -> list[list[TokSeq]]:
+    """A custom reward head's own pooled token and BOS masking (modelio.NativeHead), as its
+    official pipeline scores it: "last_token" (GRM) reads len(ids) - 1; "first_pad" (INF-ORM)
+    reads (first pad) - 1, transformers 4.43.4's rule written into the head's forward; a
+    duplicated BOS is masked only where that pipeline masks it."""
+    from dataclasses import replace
+
+    from .tokenize import legacy_pool_index
+
+    def one(s: TokSeq) -> TokSeq:
+        pool = s.pool_index
+        if head.pooling == "last_token":
+            pool = len(s.ids) - 1
+        elif head.pooling == "first_pad":
+            pool = legacy_pool_index(s.ids, pad_id)
+        return replace(s, pool_index=pool, mask_first=s.mask_first and head.mask_double_bos)
+
+    return [[one(s) for s in group] for group in seqs]
+
+
 def legacy_pooling_diffs(
     records: Sequence[Record], seqs: Sequence[Sequence[TokSeq]], pad_id: int | None
 ) -> list[dict[str, Any]]:
@@ -275,6 +295,13 @@ def _make_scorer(
                 f"the native engine does not support this model: {reason}", file=str(model.model_dir)
             )
         log(f"native engine: {reason}; falling back to the hf backend")
+    head = model.info.native_head
+    if head is not None and model.info.needs_remote_code and not cfg.trust_remote_code:
+        raise ModelError(
+            f"model directory {model.model_dir} needs remote code on the hf backend ({head.reason}); "
+            "the native engine runs it without (--backend native), or pass --trust-remote-code",
+            file=str(model.model_dir),
+        )
     from .backends.hf import HFScorer
 
     return "hf", HFScorer(model.model_dir, settings, ref_model_dir=ref_dir)
@@ -482,10 +509,14 @@ def tokenize_run(
     add_eos = kind == "classifier" and not formatter.uses_chat_template
     pad_id = classifier_pad_id(model.info, tok) if kind == "classifier" else None
     fingerprint = tokenizer_fingerprint(model.model_dir)
-    key = ("tokens", data.key, fingerprint, cfg.chat_template, kind, add_eos, pad_id)
-    seqs = cache.get(
-        key, lambda: tokenize_records(data.records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
-    )
+    head = model.info.native_head if kind == "classifier" else None
+    key = ("tokens", data.key, fingerprint, cfg.chat_template, kind, add_eos, pad_id, head)
+
+    def tokenize() -> list[list[TokSeq]]:
+        seqs = tokenize_records(data.records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
+        return seqs if head is None else head_pooling(seqs, head, pad_id)
+
+    seqs = cache.get(key, tokenize)
     legacy = legacy_pooling_diffs(data.records, seqs, pad_id) if kind == "classifier" else []
     if legacy:
         log(
@@ -585,6 +616,7 @@ def run_meta(
         "ref_model": cfg.ref_model,
         "demo_model": model.demo,
         "kind": kind,
+        "native_head": model.info.native_head.name if model.info.native_head is not None else None,
         "reward": "ref" if cfg.ref_model else (model.ref_free if kind == "dpo" else "classifier-logit"),
         "backend": scored.backend,
         "device": model.device,
@@ -645,7 +677,7 @@ def run_evaluation(
         toks = tokenize_run(cfg, data, model, cache, log)
     scored = score_run(cfg, model, toks, cache, log, progress, set_total, sweep=sweep)
     with phase("metrics"):
-        result = compute_metrics(data.records, scored.scores)
+        result = compute_metrics(data.records, scored.scores, resamples=cfg.resamples, seed=cfg.seed)
     result["meta"] = run_meta(cfg, data, model, toks, scored, time.perf_counter() - t0)
     result["rows"] = json_safe_rows(score_rows(data.records, scored.scores))
     return result

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .types import N_STYLES, STYLES, Record
+from .types import N_STYLES, Record
 
 SCORES_FILE = "scores.json"
 METRICS_FILE = "metrics.json"
@@ -61,37 +61,72 @@ def read_metrics(out_dir: Path) -> dict[str, Any]:
         raise DataError(f"invalid JSON: {e.msg} (line {e.lineno})", file=str(path)) from None
 
 
+SHORT_STYLES = ("concise", "detailed", "markdown")  # STYLES without the "detailed_" prefixes
+
+
+def interval(ci: dict[str, Any]) -> str:
+    """`[58.1, 64.3]`: an interval record (fractions) in percent."""
+    return f"[{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]"
+
+
+def fmt_pct(value: float, ci: dict[str, Any] | None = None, digits: int = 2) -> str:
+    """`61.24 [58.1, 64.3]`: a fraction as percent, with its interval (percent, 1 decimal) if any."""
+    text = f"{100 * value:.{digits}f}"
+    return f"{text} {interval(ci)}" if ci else text
+
+
+def ci_note(metrics: dict[str, Any]) -> str | None:
+    """One line saying what the bracketed intervals are, or None when the run has none."""
+    ci = (metrics.get("total", {}).get("ci") or {}).get("overall")
+    if not ci:
+        return None
+    return (
+        f"[lo, hi] = {100 * ci.get('level', 0.95):.0f}% {ci['method']} CI "
+        f"({ci['resamples']} record resamples per domain, seed {ci['seed']})"
+    )
+
+
 def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
-    """The 3x3 matrices and accuracies as rich tables."""
+    """The 3x3 matrices and accuracies as rich tables, with intervals where metrics.json has them."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
-    short = ["concise", "detailed", "markdown"]
     for name, d in metrics["domains"].items():
         t = Table(title=f"{name} (n={d['n']}): rows chosen, cols rejected", title_justify="left")
         t.add_column("")
-        for s in short:
+        for s in SHORT_STYLES:
             t.add_column(s, justify="right")
         for i, row in enumerate(d["matrix"]):
-            t.add_row(short[i], *[f"{100 * x:.1f}" for x in row])
+            t.add_row(SHORT_STYLES[i], *[f"{100 * x:.1f}" for x in row])
         console.print(t)
-        console.print(
-            f"  hard {100 * d['hard']:.2f}   normal {100 * d['normal']:.2f}   easy {100 * d['easy']:.2f}"
-            f"   [bold]score {100 * d['score']:.2f}[/bold]\n"
-        )
+        ci = d.get("ci") or {}
+        parts = [f"{k} {escape(fmt_pct(d[k], ci.get(k)))}" for k in ("hard", "normal", "easy")]
+        console.print("  " + "  ".join(parts))
+        console.print(f"  [bold]score {escape(fmt_pct(d['score'], ci.get('score')))}[/bold]\n")
     total = metrics["total"]
     t = Table(title="RM-Bench accuracy (%)", title_justify="left")
     for col in ("domain", "hard", "normal", "easy", "score"):
         t.add_column(col, justify="right" if col != "domain" else "left")
+
+    def cell(value: float, ci: dict[str, Any] | None) -> str:
+        # the interval on a second line keeps the table inside 80 columns
+        return f"{100 * value:.2f}" + (f"\n[dim]{escape(interval(ci))}[/dim]" if ci else "")
+
     for name, d in metrics["domains"].items():
-        t.add_row(name, *[f"{100 * d[k]:.2f}" for k in ("hard", "normal", "easy", "score")])
-    label = "total" if total.get("complete") else f"total ({'+'.join(total['domains'])} only)"
+        ci = d.get("ci") or {}
+        t.add_row(name, *[cell(d[k], ci.get(k)) for k in ("hard", "normal", "easy", "score")])
+    label = "total" if total.get("complete") else f"total\n(no {', '.join(total['missing_domains'])})"
+    tci = total.get("ci") or {}
     t.add_row(
         f"[bold]{label}[/bold]",
-        *[f"[bold]{100 * total[k]:.2f}[/bold]" for k in ("hard", "normal", "easy", "overall")],
+        *[f"[bold]{cell(total[k], tci.get(k))}[/bold]" for k in ("hard", "normal", "easy", "overall")],
     )
     console.print(t)
+    note = ci_note(metrics)
+    if note:
+        console.print(escape(note))
     if not total.get("complete"):
         console.print(
             f"[yellow]note:[/yellow] the total covers {', '.join(total['domains'])}; missing "
@@ -99,8 +134,7 @@ def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
         )
 
 
-def plot_matrices(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
-    """One PNG heatmap per domain; returns the paths written."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -108,23 +142,44 @@ def plot_matrices(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise DataError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def matrix_figure(name: str, d: dict[str, Any]) -> Any:
+    """The heatmap of one domain's matrix as a matplotlib Figure (the caller saves and closes it).
+
+    Constrained layout (nothing overlaps or is cut), short style names, and the accuracies (with
+    their intervals when metrics.json has them) in a two-line figure title.
+    """
+    plt = _pyplot()
+    m = np.asarray(d["matrix"]) * 100
+    fig, ax = plt.subplots(figsize=(6.0, 4.9), layout="constrained")
+    im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
+    ax.set_xticks(range(N_STYLES), SHORT_STYLES)
+    ax.set_yticks(range(N_STYLES), SHORT_STYLES)
+    ax.set_xlabel("rejected response style")
+    ax.set_ylabel("chosen response style")
+    for i in range(N_STYLES):
+        for j in range(N_STYLES):
+            ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w" if m[i, j] < 60 else "k")
+    ci = d.get("ci") or {}
+    parts = [f"{k} {fmt_pct(d[k], ci.get(k), 1)}" for k in ("hard", "normal", "easy")]
+    acc = "  ·  ".join(parts)
+    if len(acc) > 66:  # three-digit figures and bounds: a line would overrun the figure's width
+        acc = "  ·  ".join(parts[:2]) + "\n" + parts[2]
+    # a figure-level title: constrained layout reserves its height over the axes and the colorbar
+    fig.suptitle(f"{name} (n={d['n']}): score {fmt_pct(d['score'], ci.get('score'), 1)}\n{acc}", fontsize=9.5)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.85)
+    cbar.set_label("chosen beats rejected (%)")
+    return fig
+
+
+def plot_matrices(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """One PNG heatmap per domain (OUT/matrix_<domain>.png, see matrix_figure); returns the paths."""
+    plt = _pyplot()
     paths = []
     for name, d in metrics["domains"].items():
-        m = np.asarray(d["matrix"]) * 100
-        fig, ax = plt.subplots(figsize=(4.2, 3.6))
-        im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
-        ax.set_xticks(range(N_STYLES), STYLES, rotation=20)
-        ax.set_yticks(range(N_STYLES), STYLES)
-        ax.set_xlabel("rejected style")
-        ax.set_ylabel("chosen style")
-        for i in range(N_STYLES):
-            for j in range(N_STYLES):
-                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w" if m[i, j] < 60 else "k")
-        ax.set_title(
-            f"{name}: hard {100 * d['hard']:.1f} / normal {100 * d['normal']:.1f} / easy {100 * d['easy']:.1f}"
-        )
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
+        fig = matrix_figure(name, d)
         path = out_dir / f"matrix_{name}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)

@@ -10,13 +10,16 @@ nothing already computed.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .pipeline import EvalCache, RunConfig, run_and_report
 from .report import write_json_atomic
+
+if TYPE_CHECKING:  # pipeline pulls in torch; `report SWEEP_OUT` does not need it
+    from .pipeline import RunConfig
 
 SWEEP_FILE = "sweep.json"
 DEFAULT_SWEEP_OUT = "rmbench_sweep"
@@ -43,14 +46,21 @@ def check_model(model: str, base: RunConfig) -> None:
 
 
 def _summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """One sweep.json row. `total` and each `domains.<d>` carry their figures and, when the run
+    computed them, the same `ci` records as metrics.json (total.ci.overall, domains.<d>.ci.score, ...)."""
     meta = result["meta"]
+
+    def pick(m: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        row = {k: m[k] for k in keys}
+        if m.get("ci"):
+            row["ci"] = {k: m["ci"][k] for k in keys}
+        return row
+
     return {
         "model": model,
         "out": str(out_dir),
-        "total": {k: result["total"][k] for k in ("overall", "hard", "normal", "easy")},
-        "domains": {
-            d: {k: m[k] for k in ("score", "hard", "normal", "easy")} for d, m in result["domains"].items()
-        },
+        "total": pick(result["total"], ("overall", "hard", "normal", "easy")),
+        "domains": {d: pick(m, ("score", "hard", "normal", "easy")) for d, m in result["domains"].items()},
         "backend": meta["backend"],
         "reference_sums": meta.get("reference_sums"),
         "seconds": meta["seconds"],
@@ -59,6 +69,8 @@ def _summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str,
 
 def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str, Any]]:
     """Evaluate each model with `base`'s options; returns sweep.json's rows."""
+    from .pipeline import EvalCache, run_and_report
+
     if not models:
         raise UsageError("sweep needs at least one model directory")
     for m in models:  # fail on a bad model or option now, not after hours of scoring
@@ -78,17 +90,147 @@ def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str
     return rows
 
 
+def read_sweep(out: Path) -> dict[str, Any]:
+    """OUT/sweep.json's content ({"models": rows, ...}); exit 2 on a missing or bad file."""
+    import json
+
+    from .errors import DataError
+
+    path = out / SWEEP_FILE if out.is_dir() else out
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("no sweep.json here; pass the --out directory of a sweep", file=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg} (line {e.lineno})", file=str(path)) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list) or not doc["models"]:
+        raise DataError('expected {"models": [...]} with at least one row', file=str(path))
+    return doc
+
+
+def _domain_order(rows: list[dict[str, Any]]) -> list[str]:
+    """The domains of any row, in RM-Bench's order (chat, math, code, safety), others after."""
+    from .types import METRIC_DOMAINS
+
+    seen = {d for r in rows for d in r["domains"]}
+    return [d for d in METRIC_DOMAINS if d in seen] + sorted(seen - set(METRIC_DOMAINS))
+
+
+def _checkpoint_label(model: str) -> str:
+    return Path(model).name or model
+
+
 def print_sweep(rows: list[dict[str, Any]], console: Any) -> None:
-    """One line per model: overall, hard / normal / easy, and each domain's score (percent)."""
+    """One line per model: overall ± the larger half of its 95% interval, hard / normal / easy,
+    and each domain's score (percent)."""
     from rich.table import Table
 
-    domains = sorted({d for r in rows for d in r["domains"]})
-    table = Table(title="RM-Bench sweep")
-    for col in ("model", "overall", "hard", "normal", "easy", *domains):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    domains = _domain_order(rows)
+    table = Table(title="RM-Bench sweep", caption="± : 95% interval, larger side (sweep.json has lo, hi)")
+    table.add_column("model", overflow="fold")
+    for col in ("overall", "hard", "normal", "easy", *domains):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         t = r["total"]
-        cells = [f"{100 * t[k]:.1f}" for k in ("overall", "hard", "normal", "easy")]
+        ci = (t.get("ci") or {}).get("overall")
+        half = f" ±{100 * max(ci['hi'] - t['overall'], t['overall'] - ci['lo']):.1f}" if ci else ""
+        cells = [f"{100 * t['overall']:.1f}{half}"] + [
+            f"{100 * t[k]:.1f}" for k in ("hard", "normal", "easy")
+        ]
         cells += [f"{100 * r['domains'][d]['score']:.1f}" if d in r["domains"] else "-" for d in domains]
-        table.add_row(Path(r["model"]).name, *cells)
+        table.add_row(_checkpoint_label(r["model"]), *cells)
     console.print(table)
+
+
+def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
+    """Accuracy against checkpoint (in sweep order) with 95% interval bands, as a Figure.
+
+    Panels: overall; the totals' hard / normal / easy; then each domain's score. x = position
+    of the checkpoint in the sweep (labels: directory names); y = accuracy (%); the band is
+    [ci.lo, ci.hi] where the rows have intervals.
+    """
+    import numpy as np
+
+    from .report import _pyplot
+
+    plt = _pyplot()
+    x = np.arange(len(rows))
+    labels = [_checkpoint_label(r["model"]) for r in rows]
+    domains = _domain_order(rows)
+    panels: list[tuple[str, list[tuple[str, str, str | None]]]] = [
+        ("overall", [("overall", "total", "overall")]),
+        ("hard / normal / easy (total)", [(k, "total", k) for k in ("hard", "normal", "easy")]),
+    ] + [(f"{d} score", [(d, d, "score")]) for d in domains]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), sharex=True, squeeze=False, layout="constrained"
+    )
+    colors = {
+        "overall": "black",
+        "hard": "tab:red",
+        "normal": "tab:blue",
+        "easy": "tab:green",
+        "chat": "tab:purple",
+        "math": "tab:brown",
+        "code": "tab:cyan",
+        "safety": "tab:olive",
+    }
+
+    def series(where: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y, lo, hi = (np.full(len(rows), np.nan) for _ in range(3))
+        for i, r in enumerate(rows):
+            m = r["total"] if where == "total" else r["domains"].get(where)
+            if m is None:
+                continue
+            y[i] = 100 * m[key]
+            ci = (m.get("ci") or {}).get(key)
+            if ci:
+                lo[i], hi[i] = 100 * ci["lo"], 100 * ci["hi"]
+        return y, lo, hi
+
+    for ax, (name, lines) in zip(axes.flat, panels):
+        for label, where, key in lines:
+            y, lo, hi = series(where, key)
+            color = colors.get(label, "tab:gray")
+            ax.plot(x, y, marker="o", ms=4, color=color, label=label)
+            if np.isfinite(lo).any():
+                ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=8, loc="best")
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("checkpoint (sweep order)")
+    for ax in axes.flat:
+        ax.set_xticks(
+            x, labels, rotation=30 if len(rows) > 3 or max(map(len, labels)) > 10 else 0, ha="right"
+        )
+        ax.tick_params(axis="x", labelbottom=True, labelsize=8)
+    cis = [(r["total"].get("ci") or {}).get("overall") for r in rows]
+    ci = next((c for c in cis if c), None)
+    band = (
+        f"bands: 95% bootstrap intervals ({ci['resamples']} resamples, seed {ci['seed']})"
+        if ci
+        else "no intervals"
+    )
+    # wrapped to the figure's width (≈ 30 characters per panel column at this size), so nothing is cut
+    head = textwrap.fill(title or "RM-Bench sweep", width=30 * ncols)
+    fig.suptitle(f"{head}\naccuracy by checkpoint, in sweep order; {band}", fontsize=10)
+    return fig
+
+
+def plot_sweep(doc: dict[str, Any], out_dir: Path, title: str | None = None) -> Path:
+    """Write OUT/sweep_plot.png (see sweep_figure); returns its path."""
+    from .report import _pyplot
+
+    plt = _pyplot()
+    fig = sweep_figure(doc["models"], title)
+    path = out_dir / "sweep_plot.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -162,13 +162,13 @@ def test_report_missing_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_python_m_from_the_repository_root() -> None:
     """`python -m rmbench_fast` in a checkout imports the source tree first (cwd on sys.path);
-    the built `_core` and the `kernels/` mapping must still be found."""
+    the built `_core` and the `kernels/` mapping must still be found (editable install)."""
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
     code = (
-        "import rmbench_fast.kernels, rmbench_fast.logprobs, rmbench_fast.engine.runner;"
+        "import rmbench_fast.kernels, rmbench_fast.logprobs, rmbench_fast.engine.scorer;"
         "from rmbench_fast.plan import have_cpp; assert have_cpp(), 'C++ core not importable'"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
@@ -181,3 +181,148 @@ def test_python_m_from_the_repository_root() -> None:
         timeout=120,
     )
     assert proc.returncode == 0 and "--ref-model" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_resamples_and_seed_options_reach_the_run_config() -> None:
+    from rmbench_fast.cli import _config, build_parser
+
+    args = build_parser().parse_args(["run", "--resamples", "500", "--seed", "7"])
+    cfg = _config(args)
+    assert (cfg.resamples, cfg.seed) == (500, 7)
+    args = build_parser().parse_args(["sweep", "m1", "m2", "--resamples", "0"])
+    assert (_config(args).resamples, _config(args).seed) == (0, 0)
+    defaults = _config(build_parser().parse_args(["run"]))
+    assert (defaults.resamples, defaults.seed) == (10000, 0)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--resamples", "-1"), ("--seed", "-3")])
+def test_bad_resamples_or_seed(
+    tmp_path: Path, good_data: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    rc, err = _run(capsys, "--data", str(good_data), "--model", str(tmp_path / "unused"), flag, value)
+    _assert_one_line_error(rc, err, flag)
+
+
+def _fixture_metrics(tmp_path: Path) -> Path:
+    """A run directory with metrics.json computed from synthetic scores (no model)."""
+    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.report import score_rows, write_outputs
+    from rmbench_fast.types import Record
+
+    recs = [
+        Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")
+        for d, n in {"chat": 40, "code": 50, "safety-response": 30}.items()
+        for i in range(n)
+    ]
+    scores = np.random.default_rng(0).normal(size=(len(recs), 6))
+    out = tmp_path / "run"
+    write_outputs(out, score_rows(recs, scores), compute_metrics(recs, scores, resamples=1000))
+    return out
+
+
+def test_report_prints_intervals_and_writes_heatmaps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    out = _fixture_metrics(tmp_path)
+    m = json.loads((out / "metrics.json").read_text())
+    assert main(["report", str(out), "--plot"]) == 0
+    printed = capsys.readouterr().out
+    ci = m["domains"]["chat"]["ci"]["score"]
+    assert f"[{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]" in printed
+    assert "1000 record resamples per domain, seed 0" in printed
+    assert "(no math)" in printed
+    for d in ("chat", "code", "safety"):
+        png = out / f"matrix_{d}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _boxes_overlap(a: Any, b: Any) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_heatmap_layout_nothing_overlaps_or_is_cut(tmp_path: Path) -> None:
+    """Every text lies inside the figure; the title clears the matrix and the colorbar; tick
+    labels clear the colorbar (the cramped layout cut 'easy 83' and ran a tick label into it)."""
+    pytest.importorskip("matplotlib")
+
+    from rmbench_fast.report import matrix_figure
+
+    out = _fixture_metrics(tmp_path)
+    m = json.loads((out / "metrics.json").read_text())
+    d = m["domains"]["safety"]
+    d["n"] = 441
+    for case in ("as computed", "widest"):
+        if case == "widest":  # every figure and bound at 100.0: the longest title there can be
+            for k in ("hard", "normal", "easy", "score"):
+                d[k] = 1.0
+                d["ci"][k].update(lo=1.0, hi=1.0)
+        _check_heatmap_layout(matrix_figure("safety", d))
+
+
+def _check_heatmap_layout(fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    ax, cax = fig.axes
+    fig_box = fig.bbox
+    texts = [t for t in fig.findobj(lambda a: type(a).__name__ == "Text") if t.get_text() and t.get_visible()]
+    for t in texts:
+        b = t.get_window_extent(r)
+        assert fig_box.x0 <= b.x0 and b.x1 <= fig_box.x1 and fig_box.y0 <= b.y0 and b.y1 <= fig_box.y1, (
+            t.get_text()
+        )
+    title = fig._suptitle.get_window_extent(r)
+    assert "easy" in fig._suptitle.get_text() and "[" in fig._suptitle.get_text()
+    assert not _boxes_overlap(title, ax.get_window_extent(r))
+    assert not _boxes_overlap(title, cax.get_tightbbox(r))
+    for t in ax.get_xticklabels() + ax.get_yticklabels():
+        assert not _boxes_overlap(t.get_window_extent(r), cax.get_tightbbox(r)), t.get_text()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["concise", "detailed", "markdown"]
+    plt.close(fig)
+
+
+def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
+    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.report import write_json_atomic
+    from rmbench_fast.sweep import SWEEP_FILE, _summary_row
+    from rmbench_fast.types import Record
+
+    recs = [
+        Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")
+        for d, n in {"chat": 30, "math": 30, "code": 30, "safety-refuse": 30}.items()
+        for i in range(n)
+    ]
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(n_models):
+        scores = rng.normal(size=(len(recs), 6))
+        scores[:, :3] += 0.2 * k  # later checkpoints get better
+        result = compute_metrics(recs, scores, resamples=500)
+        result["meta"] = {"backend": "native", "seconds": {"total": 1.0}}
+        rows.append(_summary_row(f"ckpt/step-{100 * (k + 1)}", tmp_path / f"{k:02d}", result))
+    out = tmp_path / "sweep"
+    write_json_atomic(out / SWEEP_FILE, {"models": rows, "cache_reuses": {}})
+    return out
+
+
+def test_report_on_a_sweep_prints_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    out = _fixture_sweep(tmp_path)
+    assert main(["report", str(out), "--plot"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "RM-Bench sweep" in printed
+        and "step-300" in printed
+        and "95% interval" in printed
+        and " ±" in printed
+    )
+    png = out / "sweep_plot.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_bad_sweep_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "sweep.json").write_text('{"models": []}')
+    rc = main(["report", str(tmp_path)])
+    _assert_one_line_error(rc, capsys.readouterr().err, "sweep.json", "at least one row")

@@ -103,3 +103,25 @@ def test_shape_errors() -> None:
         style_matrix(np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError):
         compute_metrics([_rec(0, "chat")], np.zeros((2, 6)))
+
+
+def test_intervals_sit_beside_each_figure() -> None:
+    """metrics.json layout: domains.<d>.ci.{hard,normal,easy,score} and total.ci.{overall,hard,
+    normal,easy}, each {"lo", "hi", "level", "method", "resamples", "seed"} around its figure."""
+    rng = np.random.default_rng(2)
+    recs = [
+        _rec(i, d) for i, d in enumerate(["chat", "math", "code", "safety-refuse", "safety-response"] * 12)
+    ]
+    out = compute_metrics(recs, rng.normal(size=(len(recs), 6)), resamples=400, seed=5)
+    for d, m in out["domains"].items():
+        assert set(m["ci"]) == {"hard", "normal", "easy", "score"}, d
+        for key, ci in m["ci"].items():
+            assert ci["lo"] <= m[key] <= ci["hi"] and 0.0 <= ci["lo"] and ci["hi"] <= 1.0
+            assert (ci["method"], ci["resamples"], ci["seed"], ci["level"]) == ("bootstrap", 400, 5, 0.95)
+    assert set(out["total"]["ci"]) == {"overall", "hard", "normal", "easy"}
+    for key, ci in out["total"]["ci"].items():
+        assert ci["lo"] <= out["total"][key] <= ci["hi"]
+        # a mean over four domains is more precise than a single domain's figure
+        col = "score" if key == "overall" else key
+        widest = max(m["ci"][col]["hi"] - m["ci"][col]["lo"] for m in out["domains"].values())
+        assert ci["hi"] - ci["lo"] < widest

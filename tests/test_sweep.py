@@ -66,7 +66,7 @@ def test_sweep_with_reference_matches_separate_runs(
     monkeypatch.setattr(
         pipeline,
         "_native_sums",
-        lambda cfg, model_dir, *a: ref_passes.append(model_dir) or real(cfg, model_dir, *a),
+        lambda cfg, model_dir, *a, **kw: ref_passes.append(model_dir) or real(cfg, model_dir, *a, **kw),
     )
     models = [str(checkpoints["step-100"]), str(checkpoints["step-200"])]
     out = tmp_path / "sweep"
@@ -231,3 +231,53 @@ def test_tokenizer_fingerprint_tracks_every_tokenization_file(tmp_path: Path) ->
         fp = tokenizer_fingerprint(a)
         assert fp not in seen, name
         seen.add(fp)
+
+
+def test_sweep_rows_carry_the_intervals_and_plot(tmp_path: Path) -> None:
+    """sweep.json rows carry metrics.json's `ci` records beside each figure (none with
+    --resamples 0), and the sweep plot draws one band per series in checkpoint order."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.sweep import _summary_row, sweep_figure
+    from rmbench_fast.types import Record
+
+    recs = [
+        Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")
+        for d, n in {"chat": 25, "code": 25, "safety-refuse": 25}.items()
+        for i in range(n)
+    ]
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, resamples in enumerate([300, 300, 0]):
+        result = compute_metrics(recs, rng.normal(size=(len(recs), 6)), resamples=resamples)
+        result["meta"] = {"backend": "native", "seconds": {"total": 1.0}}
+        rows.append(_summary_row(f"ckpt/step-{k}", tmp_path / f"{k:02d}", result))
+        if resamples:
+            assert rows[-1]["total"]["ci"] == result["total"]["ci"]
+            for d in ("chat", "code", "safety"):
+                assert rows[-1]["domains"][d]["ci"] == result["domains"][d]["ci"]
+                assert rows[-1]["domains"][d]["score"] == result["domains"][d]["score"]
+        else:
+            assert "ci" not in rows[-1]["total"] and "ci" not in rows[-1]["domains"]["chat"]
+    fig = sweep_figure(rows)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["overall", "hard / normal / easy (total)", "chat score", "code score", "safety score"]
+    overall = fig.axes[0]
+    (line,) = overall.get_lines()
+    assert list(line.get_xdata()) == [0, 1, 2]
+    assert np.allclose(line.get_ydata(), [100 * r["total"]["overall"] for r in rows])
+    assert [t.get_text() for t in overall.get_xticklabels()] == ["step-0", "step-1", "step-2"]
+    (band,) = overall.collections  # one interval band (NaN where a row has no interval)
+    assert band.get_paths()
+    plt.close(fig)
+    # a long title is wrapped: the title and every panel (with its tick labels) stay inside the figure
+    fig = sweep_figure(rows, title="a long title for the sweep of a family of checkpoints " * 4)
+    fig.canvas.draw()
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    drawn = [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_visible()]
+    for b in [fig._suptitle.get_window_extent(renderer), *drawn]:
+        assert box.x0 <= b.x0 and b.x1 <= box.x1 and box.y0 <= b.y0 and b.y1 <= box.y1, b
+    assert "\n" in fig._suptitle.get_text()
+    plt.close(fig)

@@ -1,0 +1,26 @@
+"""A custom reward head's pooled token and BOS masking follow its official pipeline."""
+
+from __future__ import annotations
+
+from rmbench_fast.modelio import NativeHead
+from rmbench_fast.pipeline import head_pooling
+from rmbench_fast.types import TokSeq
+
+PAD = 2
+
+
+def _seq(ids: list[int], mask_first: bool = False) -> TokSeq:
+    return TokSeq(ids=ids, label_start=len(ids), pool_index=len(ids) - 2, mask_first=mask_first)
+
+
+def test_last_token_first_pad_and_bos_masking() -> None:
+    grm = NativeHead(name="grm", reason="test", pooling="last_token", mask_double_bos=False)
+    inform = NativeHead(name="inform", reason="test", pooling="first_pad", mask_double_bos=True)
+    group = [_seq([1, 1, 5, 6, PAD, 7, 8], mask_first=True), _seq([1, 5, 6, 7])] + [_seq([1, 9])] * 4
+    (g,) = head_pooling([group], grm, PAD)
+    assert [s.pool_index for s in g[:2]] == [6, 3]  # len(ids) - 1
+    assert not g[0].mask_first  # GRMPipeline does not mask a duplicated BOS
+    (i,) = head_pooling([group], inform, PAD)
+    assert i[0].pool_index == 3 and i[0].mask_first  # (first pad) - 1, inside the text
+    assert i[1].pool_index == 3  # no pad: -1 modulo the length, the last token
+    assert [s.ids for s in i] == [s.ids for s in group]
