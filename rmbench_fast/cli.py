@@ -1,4 +1,4 @@
-"""`python -m rmbench_fast {run,sweep,report,compare}`."""
+"""`python -m rmbench_fast {run,sweep,report,compare,cache}`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,19 @@ DEFAULT_OUT = "rmbench_out"
 def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     if sweep:
         p.add_argument("models", nargs="+", metavar="MODEL", help="model directories (e.g. checkpoints)")
+        p.add_argument(
+            "--ray",
+            metavar="ADDRESS",
+            help="run each checkpoint as a Ray task: local (start a cluster here), auto (join the running one) "
+            "or a cluster address; needs the [ray] extra",
+        )
+        p.add_argument(
+            "--gpus-per-model",
+            type=int,
+            default=1,
+            metavar="K",
+            help="with --ray: GPUs per checkpoint (default 1)",
+        )
     else:
         p.add_argument("--model", help="model directory (default: the embedded SmolLM2-135M-Instruct demo)")
     ref = p.add_mutually_exclusive_group()
@@ -62,6 +75,12 @@ def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     )
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget per packed batch (native)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per batch (hf backend)")
+    p.add_argument(
+        "--device-map",
+        choices=["auto"],
+        help="hf backend: spread the model's layers over the visible GPUs with accelerate (the slow path "
+        "for architectures the native engine does not cover)",
+    )
     out = "rmbench_sweep" if sweep else DEFAULT_OUT
     p.add_argument("--out", default=out, help=f"output directory (default ./{out})")
     p.add_argument(
@@ -74,6 +93,45 @@ def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     )
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    eng = p.add_argument_group("native engine")
+    eng.add_argument(
+        "--attn",
+        default="auto",
+        choices=["auto", "flash", "flex", "sdpa", "dense"],
+        help="attention backend (auto: flash on CUDA, flex for Gemma-2's soft-cap, sdpa on the CPU)",
+    )
+    eng.add_argument(
+        "--lm-head",
+        default="auto",
+        choices=["auto", "torch", "fused"],
+        help="DPO log-probs: torch (logits in the model dtype, official) or fused (kernel B, fp32 logits); auto = torch",
+    )
+    eng.add_argument(
+        "--ref-mode",
+        default="auto",
+        choices=["auto", "together", "reference-first"],
+        help="with --ref-model: both models on each batch (fused ratio) or the reference's pass first "
+        "(one model in memory); auto: together when both fit on the GPU, and never in a sweep",
+    )
+    store = p.add_argument_group("results store (resume, reuse across runs)")
+    store.add_argument(
+        "--cache-dir",
+        metavar="PATH",
+        help="the results store: a directory or a .sqlite file (default ~/.cache/rmbench_fast/results.sqlite)",
+    )
+    store.add_argument("--no-cache", action="store_true", help="do not read or write the results store")
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        metavar="K",
+        help="tensor-parallel size under torchrun (torchrun --nproc-per-node N: N/K data-parallel replicas)",
+    )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="exit 0 even when a score is NaN or inf (it loses every comparison); default: exit 3",
+    )
     _add_stats_args(p, allow_zero=True)
 
 
@@ -122,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="place the run among the published RM-Bench results shipped with the package",
     )
+    cache = sub.add_parser("cache", help="the results store: its size and entries per model, or clear it")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.add_argument("--cache-dir", metavar="PATH", help="the store (default: the user cache)")
+    cache.add_argument("--model", metavar="FINGERPRINT", help="clear: only this model (a fingerprint prefix)")
     cmp = sub.add_parser(
         "compare",
         help="paired comparison of runs on the same records: differences, 95%% intervals, p-values",
@@ -157,6 +219,14 @@ def _config(args: argparse.Namespace) -> RunConfig:
         progress=not args.no_progress,
         resamples=args.resamples,
         seed=args.seed,
+        attn=args.attn,
+        lm_head=args.lm_head,
+        ref_mode=args.ref_mode,
+        cache_dir=args.cache_dir,
+        no_cache=args.no_cache,
+        allow_nonfinite=args.allow_nonfinite,
+        device_map=args.device_map,
+        tp=getattr(args, "tp", 1),
     )
 
 
@@ -176,6 +246,17 @@ def _sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     _check_stats_args(args, allow_zero=True)
+    if args.ray:
+        from .ray_sweep import run_ray_sweep
+
+        rows = run_ray_sweep(
+            list(args.models),
+            _config(args),
+            Console(stderr=False),
+            address=args.ray,
+            gpus_per_model=args.gpus_per_model,
+        )
+        return 0 if all("error" not in r for r in rows) else 1
     run_sweep(list(args.models), _config(args), Console(stderr=False))
     return 0
 
@@ -236,6 +317,21 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .store import cache_command
+
+    return cache_command(args.action, args.cache_dir, Console(), model=args.model)
+
+
+def _rank_prefix() -> str:
+    """ "rank N: " under torchrun with several processes, else ""."""
+    import os
+
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -245,10 +341,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "cache":
+            return _cache(args)
         return _report(args)
     except RMBenchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_rank_prefix()}{e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        if not _rank_prefix():
+            raise
+        # Under torchrun: one line naming the rank; torchrun then stops the other ranks.
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: {_rank_prefix()}{type(e).__name__}: {first}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -63,6 +63,10 @@ class RunConfig:
     no_cache: bool = False
     # Keep going (exit 0) when a score is NaN or inf; such a score loses every comparison.
     allow_nonfinite: bool = False
+    # hf backend: "auto" spreads an unsupported architecture over the visible GPUs (accelerate).
+    device_map: str | None = None
+    # Tensor-parallel size under torchrun (the world is DP x TP ranks; rmbench_fast.distributed).
+    tp: int = 1
 
 
 class EvalCache:
@@ -124,13 +128,43 @@ def resolve_data(data: str | None) -> tuple[Path, str]:
 
 
 def resolve_device(device: str) -> str:
+    """The run's device; under torchrun a CUDA device is this rank's own GPU (cuda:LOCAL_RANK)."""
     import torch
 
+    from .distributed import local_device
+
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device} asked for, but torch sees no CUDA device (use --device cpu)")
-    return device
+    return str(local_device(device))
+
+
+def join_world(cfg: RunConfig) -> Any:
+    """torchrun's world (DP x TP ranks), or one process; --tp > 1 needs torchrun."""
+    from . import distributed
+
+    if not distributed.launched():
+        if cfg.tp != 1:
+            raise UsageError(
+                f"--tp {cfg.tp} needs torchrun: torchrun --nproc-per-node {cfg.tp} -m rmbench_fast run ..."
+            )
+        return distributed.world()
+    device = "cuda" if (cfg.device in ("auto", "cuda") or cfg.device.startswith("cuda")) else cfg.device
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "cpu"
+    return distributed.init(tp_size=cfg.tp, device=device)
+
+
+def data_shard() -> Any:
+    """This rank's data-parallel replica for the engine's scheduler, or None in one replica."""
+    from . import distributed
+    from .engine.scheduler import DataShard
+
+    w = distributed.world()
+    return DataShard(w.dp_rank, w.dp_size, w.dp_group) if w.dp_size > 1 else None
 
 
 def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
@@ -267,6 +301,7 @@ def score_settings(
         pad_token_id=pad_id,
         attn_impl=cfg.attn,
         lm_head=cfg.lm_head,
+        device_map=cfg.device_map,
         **budget,
     )
 
@@ -282,14 +317,20 @@ def _make_scorer(
     """The scorer for --backend: native where it supports the model(s) (auto), else hf."""
     ref_dir = Path(cfg.ref_model) if (with_ref and cfg.ref_model) else None
     ref_info = model.ref_info if with_ref else None
-    if cfg.backend in ("auto", "native"):
+    if cfg.device_map is not None and cfg.backend == "native":
+        raise UsageError(
+            "--device-map spreads a model with the hf backend; it does not apply to --backend native"
+        )
+    if cfg.backend in ("auto", "native") and cfg.device_map is None:
         from .engine.scorer import NativeScorer, native_supports
 
         reason = native_supports(model.info.config) or (
             native_supports(ref_info.config) if ref_info else None
         )
         if reason is None:
-            return "native", NativeScorer(model.model_dir, settings, ref_model_dir=ref_dir, log=log)
+            scorer = NativeScorer(model.model_dir, settings, ref_model_dir=ref_dir, log=log)
+            scorer.shard = data_shard()
+            return "native", scorer
         if cfg.backend == "native":
             raise ModelError(
                 f"the native engine does not support this model: {reason}", file=str(model.model_dir)
@@ -302,6 +343,10 @@ def _make_scorer(
             "the native engine runs it without (--backend native), or pass --trust-remote-code",
             file=str(model.model_dir),
         )
+    if data_shard() is not None:
+        raise UsageError(
+            "data parallelism under torchrun runs the native engine; the hf backend is one process"
+        )
     from .backends.hf import HFScorer
 
     return "hf", HFScorer(model.model_dir, settings, ref_model_dir=ref_dir)
@@ -309,7 +354,7 @@ def _make_scorer(
 
 def _ref_sums_cacheable(cfg: RunConfig, model: ModelChoice) -> bool:
     """DPO with a reference model that the native engine runs for both models."""
-    if not cfg.ref_model or model.ref_info is None or cfg.backend == "hf":
+    if not cfg.ref_model or model.ref_info is None or cfg.backend == "hf" or cfg.device_map is not None:
         return False
     from .engine.scorer import native_supports
 
@@ -343,6 +388,7 @@ def _native_sums(
 
     log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
     scorer = NativeScorer(model_dir, settings.with_kind_dpo_sum(), log=log)
+    scorer.shard = data_shard()
     batch_cache = store.batch_cache(scorer, [model_dir], seqs) if store is not None else None
     stats = scorer.score_stats(seqs, progress=progress, replay=replay, cache=batch_cache)
     scorer.stats["store"] = batch_cache.summary() if batch_cache is not None else None
@@ -370,7 +416,7 @@ class Store:
 
 def open_run_store(cfg: RunConfig, model: ModelChoice, toks: Tokenized) -> Store | None:
     """The results store for a native run, or None (--no-cache, or the hf backend)."""
-    if cfg.no_cache or cfg.backend == "hf":
+    if cfg.no_cache or cfg.backend == "hf" or cfg.device_map is not None:
         return None
     from .store import open_store
 
@@ -563,7 +609,7 @@ def score_run(
         scores = np.asarray(scores, dtype=np.float64)
         return Scored(backend, scorer, scores, None, mode, time.perf_counter() - t0)
     ref_dir = Path(cfg.ref_model)  # type: ignore[arg-type]
-    ref_key = ("ref_sums", str(ref_dir.resolve()), toks.key, model.device, model.dtype, cfg.batch_tokens)
+    ref_key = reference_key(cfg, model, toks)
     fresh = ref_key not in cache
     if set_total is not None:
         set_total(n * (2 if fresh else 1))  # the bar covers both passes
@@ -593,6 +639,29 @@ def json_safe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("score_chosen", "score_rejected"):
             row[key] = [x if math.isfinite(x) else None for x in row[key]]
     return rows
+
+
+def reference_key(cfg: RunConfig, model: ModelChoice, toks: Tokenized) -> tuple[Any, ...]:
+    """The EvalCache key of a reference model's sums: the reference, the tokens, device, dtype, budget."""
+    ref = str(Path(cfg.ref_model).resolve())  # type: ignore[arg-type]
+    return ("ref_sums", ref, toks.key, model.device, model.dtype, cfg.batch_tokens)
+
+
+def prepare_reference(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[tuple[Any, ...], Any]:
+    """The reference pass of a sweep on its own (a Ray sweep runs it as one task): steps 1-3 for
+    `cfg`'s model, then Σ log π_ref. Returns EvalCache entries to seed every checkpoint's run
+    with, so they share one set of reference sums (and batches), exactly as a local sweep does.
+    Empty when `cfg` has no reference model the native engine runs."""
+    cache = EvalCache()
+    data = load_data(cfg, cache)
+    model = choose_models(cfg, log)
+    if not _ref_sums_cacheable(cfg, model) or reference_mode(cfg, model, sweep=True) != "reference-first":
+        return {}
+    toks = tokenize_run(cfg, data, model, cache, log)
+    settings = score_settings(cfg, model.kind, model.ref_free, model.device, model.dtype, toks.pad_id)
+    store = open_run_store(cfg, model, toks)
+    key = reference_key(cfg, model, toks)
+    return {key: _native_sums(cfg, Path(cfg.ref_model), toks.seqs, settings, log, store=store)}  # type: ignore[arg-type]
 
 
 def nonfinite_scores(records: Sequence[Record], scores: np.ndarray) -> list[dict[str, Any]]:
@@ -669,6 +738,7 @@ def run_evaluation(
     """
     cache = cache or EvalCache()
     t0 = time.perf_counter()
+    world = join_world(cfg)
     with phase("data_tokenize"):
         data = load_data(cfg, cache)
     with phase("load"):
@@ -679,12 +749,18 @@ def run_evaluation(
     with phase("metrics"):
         result = compute_metrics(data.records, scored.scores, resamples=cfg.resamples, seed=cfg.seed)
     result["meta"] = run_meta(cfg, data, model, toks, scored, time.perf_counter() - t0)
+    result["meta"]["distributed"] = {
+        "world_size": world.world_size,
+        "tp": world.tp_size,
+        "dp": world.dp_size,
+        "backend": world.backend,
+    }
     result["rows"] = json_safe_rows(score_rows(data.records, scored.scores))
     return result
 
 
 def run_and_report(
-    cfg: RunConfig, console: Any, *, cache: EvalCache | None = None, tables: bool = True
+    cfg: RunConfig, console: Any, *, cache: EvalCache | None = None, tables: bool = True, sweep: bool = False
 ) -> dict[str, Any]:
     """`python -m rmbench_fast run`: evaluate with a progress bar, write the outputs, print tables
     (`tables=False`: only the closing line; `cache`: see EvalCache)."""
@@ -705,7 +781,7 @@ def run_and_report(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not cfg.progress,
+        disable=not cfg.progress or not _is_main(),
         transient=True,
     ) as bar:
         task = bar.add_task("scoring", total=None)
@@ -716,9 +792,15 @@ def run_and_report(
             set_total=lambda n: bar.update(task, total=n),
             log=console.print,
             cache=cache,
+            sweep=sweep,
         )
     rows = result.pop("rows")
     out_dir = Path(cfg.out or "rmbench_out")
+    from .distributed import is_main
+
+    if not is_main():  # rank 0 alone writes and reports; every rank has the whole result
+        check_finite(result)
+        return result
     write_outputs(out_dir, rows, result)
     check_finite(result)
     if tables:
@@ -754,6 +836,13 @@ def evaluate(model: str | None = None, **options: Any) -> dict[str, Any]:
         write_outputs(Path(out), rows, {k: v for k, v in result.items() if k != "rows"})
     check_finite(result)
     return result
+
+
+def _is_main() -> bool:
+    """Rank 0 under torchrun (read from the environment: the world is joined later), else True."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def check_finite(result: dict[str, Any]) -> None:

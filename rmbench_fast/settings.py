@@ -26,6 +26,7 @@ class ScoreSettings:
     attn_impl: str | None = None  # native: auto | flash | flex | sdpa | dense; None = auto
     lm_head: str = "auto"  # native DPO: auto (= torch) | torch | fused (kernel B, fp32 logits)
     pad_token_id: int | None = None  # hf classifiers: the pad id run_rm.py ends up with
+    device_map: str | None = None  # hf: "auto" spreads layers over the GPUs (accelerate)
 
     def with_kind_dpo_sum(self) -> ScoreSettings:
         """The settings of a pass that only needs Σ log π (a reference model, or a policy whose

@@ -80,8 +80,9 @@ def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str
     rows: list[dict[str, Any]] = []
     for i, (model, out_dir) in enumerate(zip(models, run_dirs(models, out))):
         console.print(f"[bold]sweep {i + 1}/{len(models)}:[/bold] {model}")
+        # sweep=True: the reference's sums come first, once, and are shared by every checkpoint.
         result = run_and_report(
-            replace(base, model=model, out=str(out_dir)), console, cache=cache, tables=False
+            replace(base, model=model, out=str(out_dir)), console, cache=cache, tables=False, sweep=True
         )
         rows.append(_summary_row(model, out_dir, result))
         write_json_atomic(out / SWEEP_FILE, {"models": rows, "cache_reuses": dict(cache.hits)})

@@ -49,9 +49,18 @@ def _hf_major_minor() -> tuple[int, int]:
 
 
 def _load(
-    info: ModelInfo, dtype: torch.dtype, device: str, trust_remote_code: bool, allow_pickle: bool
+    info: ModelInfo,
+    dtype: torch.dtype,
+    device: str,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    device_map: str | None = None,
 ) -> Any:
-    """Load with the Auto class for the model's kind; safetensors only unless pickle is allowed."""
+    """Load with the Auto class for the model's kind; safetensors only unless pickle is allowed.
+
+    `device_map` ("auto"): spread the layers over the visible GPUs with accelerate, as the
+    official scripts do for models too large for one device (one GPU busy at a time: the slow
+    path, for architectures the native engine does not cover)."""
     try:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     except ImportError:
@@ -62,12 +71,20 @@ def _load(
     kwargs: dict[str, Any] = {dtype_kw: dtype, "use_safetensors": None if allow_pickle else True}
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
+    if device_map is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            raise UsageError("--device-map needs accelerate: pip install 'rmbench_fast[hf]'")
+        kwargs["device_map"] = device_map
     try:
         model = auto.from_pretrained(str(info.path), **kwargs)
     except (OSError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model directory {info.path}: cannot load with transformers ({msg})") from None
-    return model.to(device).eval().requires_grad_(False)
+    if device_map is None:
+        model = model.to(device)
+    return model.eval().requires_grad_(False)
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -112,14 +129,18 @@ class HFScorer:
         self.info = inspect_model_dir(
             model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, kind=kind
         )
-        self.model = _load(self.info, self.dtype, device, trust_remote_code, allow_pickle)
+        self.model = _load(self.info, self.dtype, device, trust_remote_code, allow_pickle, st.device_map)
+        if st.device_map is not None:  # inputs go where the embeddings are
+            self.device = str(self.model.get_input_embeddings().weight.device)
         self.ref_info: ModelInfo | None = None
         self.ref_model: Any = None
         if ref_model_dir is not None:
             self.ref_info = inspect_model_dir(
                 ref_model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, kind="dpo"
             )
-            self.ref_model = _load(self.ref_info, self.dtype, device, trust_remote_code, allow_pickle)
+            self.ref_model = _load(
+                self.ref_info, self.dtype, device, trust_remote_code, allow_pickle, st.device_map
+            )
         self.pad_id = self._setup_pad(st.pad_token_id)
         self._keep_ok = kind == "dpo" and all(
             _accepts_logits_to_keep(m) for m in (self.model, self.ref_model) if m is not None

@@ -20,7 +20,7 @@ import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -56,6 +56,33 @@ class Schedule:
             a.budget == b.budget and np.array_equal(a.records, b.records)
             for a, b in zip(self.batches, other.batches)
         )
+
+
+@dataclass(frozen=True)
+class DataShard:
+    """This process's replica among `size` data-parallel replicas (a torch.distributed group)."""
+
+    rank: int
+    size: int
+    group: Any = None
+
+    def merge(self, out: np.ndarray, schedule: Schedule) -> np.ndarray:
+        """Every replica's values for the sequences it scored, gathered into one [n, 6, k]."""
+        import torch.distributed as dist
+
+        recs = [b.records for b in schedule.batches]
+        records = np.concatenate(recs) if recs else np.zeros(0, dtype=np.int64)  # [M]
+        slots = np.concatenate([np.arange(len(r)) % N_SLOTS for r in recs]) if recs else records
+        mine = (records, slots, out[records, slots])  # values [M, k]
+        parts: list[Any] = [None] * self.size
+        dist.all_gather_object(parts, mine, group=self.group)
+        width = (
+            max(p[2].shape[1] for p in parts if len(p[0])) if any(len(p[0]) for p in parts) else out.shape[2]
+        )
+        merged = np.full((out.shape[0], N_SLOTS, width), np.nan)
+        for r, j, values in parts:
+            merged[r, j] = values
+        return merged
 
 
 class BatchCache(Protocol):
@@ -185,6 +212,7 @@ class BatchScheduler:
         progress: Progress | None = None,
         replay: Schedule | None = None,
         cache: BatchCache | None = None,
+        shard: DataShard | None = None,
     ) -> np.ndarray:
         """Values [n_records, 6, k] float64 (NaN where nothing was scored).
 
@@ -193,9 +221,18 @@ class BatchScheduler:
         has no device->host sync. `replay`: run exactly these batches first (another pass's
         schedule); an out-of-memory error while replaying re-plans the rest as usual, and
         `self.schedule` then differs. `cache`: batches whose values are stored are not run.
+        `shard` (data parallelism): this replica runs the planned batches i with
+        i mod size == rank (a replayed schedule is already this replica's own), then the
+        replicas exchange values, so every rank returns the whole array and each batch is
+        computed exactly as in one process.
         """
         collector = _Collector(len(self.seqs), progress, cache)
-        queue = list(replay.batches) if replay is not None else self._plan(list(range(len(self.seqs))))
+        if replay is not None:
+            queue = list(replay.batches)
+        else:
+            queue = self._plan(list(range(len(self.seqs))))
+            if shard is not None:
+                queue = queue[shard.rank :: shard.size]
         while queue:
             failed_at: int | None = None
             for i, sb in enumerate(queue):
@@ -216,7 +253,8 @@ class BatchScheduler:
             self._back_off()  # outside the except block: the failed batch's tensors are gone
             left = {int(r) for sb in queue[failed_at:] for r in sb.records}
             queue = self._plan(sorted(left))
-        return collector.finish()
+        out = collector.finish()
+        return out if shard is None else shard.merge(out, self.schedule)
 
     def stats(self) -> dict[str, object]:
         return {

@@ -27,7 +27,7 @@ from rmbench_fast.engine.attention import ATTN_IMPLS, FlexCompileError, PackedLa
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
 from rmbench_fast.engine.loader import load_model, resolve_dtype
-from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, Progress, Schedule
+from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
 from rmbench_fast.phases import phase
 from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
@@ -112,6 +112,8 @@ class NativeScorer:
         self.stats: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.schedule = Schedule()
+        # Data parallelism under torchrun: this replica's share of the batches (None: all of them).
+        self.shard: DataShard | None = None
 
     def _load(self, model_dir: str | Path, cfg: EngineConfig) -> torch.nn.Module:
         s = self.settings
@@ -152,6 +154,7 @@ class NativeScorer:
         progress: Progress | None = None,
         replay: Schedule | None = None,
         cache: BatchCache | None = None,
+        shard: DataShard | None = None,
     ) -> np.ndarray:
         """Per-sequence stats [n_records, 6, k] float64: DPO (S, N, Q), then the reference's
         (S, N, Q) when it is loaded too; classifier (score, NaN, NaN). The batches run are kept
@@ -165,7 +168,7 @@ class NativeScorer:
             device=self.device,
             log=self.log,
         )
-        out = sched.run(self.score_batch, progress, replay, cache)
+        out = sched.run(self.score_batch, progress, replay, cache, shard or self.shard)
         self.schedule = sched.schedule
         wall = time.perf_counter() - t0
         self.stats = {
