@@ -72,10 +72,13 @@ def _score_checkpoint(cfg_dict: dict[str, Any], seed_entries: dict[tuple[Any, ..
     for key, value in seed_entries.items():
         cache.put(key, value)
     result = run_evaluation(cfg, log=lambda _m: None, cache=cache, sweep=True)
+    import torch
+
     result["meta"]["ray"] = {
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "node": os.uname().nodename,
         "pid": os.getpid(),
+        "cpu_threads": torch.get_num_threads(),  # CPU scores' last bits follow it
     }
     if seed_entries:
         result["meta"]["reference_sums"] = "computed once by the sweep's reference task"

@@ -53,9 +53,18 @@ def _scores(run_dir: Path) -> np.ndarray:
 def test_ray_sweep_matches_local_sweep(
     cluster: Any, checkpoints: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path
 ) -> None:
+    import torch
+
     models = [str(checkpoints["step-1"]), str(checkpoints["step-2"])]
     ref = ["--ref-model", str(checkpoints["ref"])]
-    assert main(["sweep", *models, *ref, *_opts(rm_bench_data_dir, tmp_path / "local")]) == 0
+    # Ray's workers run one CPU thread each (OMP_NUM_THREADS=1); a CPU GEMM's rounding follows
+    # its thread count, so the local sweep runs with one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["sweep", *models, *ref, *_opts(rm_bench_data_dir, tmp_path / "local")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert main(["sweep", *models, *ref, "--ray", "auto", *_opts(rm_bench_data_dir, tmp_path / "ray")]) == 0
     local = json.loads((tmp_path / "local" / "sweep.json").read_text())["models"]
     remote = json.loads((tmp_path / "ray" / "sweep.json").read_text())["models"]
