@@ -111,7 +111,12 @@ _RUN_FROM_TREE = (
 
 
 def _run(tree: Path, args: list[str], out: Path, limit: int) -> None:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # A fresh results store per job (commits that have one): no reuse between the jobs.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "RMBENCH_FAST_STORE": str(out.parent / f".{out.name}.sqlite"),
+    }
     cmd = [sys.executable, "-c", _RUN_FROM_TREE, "run", *args, "--limit", str(limit), "--device", "cpu"]
     cmd += ["--dtype", "float32", "--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=900)
