@@ -121,6 +121,20 @@ def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     )
     store.add_argument("--no-cache", action="store_true", help="do not read or write the results store")
     p.add_argument(
+        "--max-length",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="truncate sequences to N tokens (official: 2048; another value is marked official: false)",
+    )
+    p.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=128,
+        metavar="N",
+        help="DPO: prompts cut to their last N tokens when a pair is too long (official: 128)",
+    )
+    p.add_argument(
         "--tp",
         type=int,
         default=1,
@@ -227,6 +241,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         allow_nonfinite=args.allow_nonfinite,
         device_map=args.device_map,
         tp=getattr(args, "tp", 1),
+        max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length,
     )
 
 

@@ -65,6 +65,10 @@ class RunConfig:
     allow_nonfinite: bool = False
     # hf backend: "auto" spreads an unsupported architecture over the visible GPUs (accelerate).
     device_map: str | None = None
+    # Truncation (SPEC §4/§5). The official scripts use 2048 and, for DPO prompts, 128; another
+    # value is marked official: false in meta.settings (Skywork-Reward-V2 recommends 16384).
+    max_length: int = 2048
+    max_prompt_length: int = 128
     # Tensor-parallel size under torchrun (the world is DP x TP ranks; rmbench_fast.distributed).
     tp: int = 1
 
@@ -201,6 +205,8 @@ def tokenize_records(
     *,
     add_eos: bool = False,
     pad_id: int | None = None,
+    max_length: int = 2048,
+    max_prompt_length: int = 128,
 ) -> list[list[TokSeq]]:
     """Six TokSeqs per record in slot order (chosen 0..2, rejected 0..2).
 
@@ -210,7 +216,17 @@ def tokenize_records(
     out: list[list[TokSeq]] = []
     for rec in records:
         try:
-            out.append(_tokenize_record(rec, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id))
+            out.append(
+                _tokenize_record(
+                    rec,
+                    formatter,
+                    tok,
+                    kind,
+                    add_eos=add_eos,
+                    pad_id=pad_id,
+                    lengths=(max_length, max_prompt_length),
+                )
+            )
         except DataError as e:
             # Name the record: the tokenizer only knows the text.
             raise DataError(str(e), file=rec.source, record=rec.index, record_id=rec.id) from None
@@ -218,16 +234,36 @@ def tokenize_records(
 
 
 def _tokenize_record(
-    rec: Record, formatter: Any, tok: Any, kind: str, *, add_eos: bool, pad_id: int | None
+    rec: Record,
+    formatter: Any,
+    tok: Any,
+    kind: str,
+    *,
+    add_eos: bool,
+    pad_id: int | None,
+    lengths: tuple[int, int] = (2048, 128),
 ) -> list[TokSeq]:
     from .tokenize import encode_classifier, encode_dpo_pair
 
     prompt_text = formatter.prompt_text(rec.prompt)
     fulls = [formatter.full_text(rec.prompt, rec.response(s)) for s in range(2 * N_STYLES)]
+    max_length, max_prompt = lengths
     if kind == "dpo":
-        pairs = [encode_dpo_pair(tok, prompt_text, fulls[k], fulls[N_STYLES + k]) for k in range(N_STYLES)]
+        pairs = [
+            encode_dpo_pair(
+                tok,
+                prompt_text,
+                fulls[k],
+                fulls[N_STYLES + k],
+                max_length=max_length,
+                max_prompt_length=max_prompt,
+            )
+            for k in range(N_STYLES)
+        ]
         return [p[0] for p in pairs] + [p[1] for p in pairs]
-    return [encode_classifier(tok, text, add_eos=add_eos, pad_id=pad_id) for text in fulls]
+    return [
+        encode_classifier(tok, text, add_eos=add_eos, pad_id=pad_id, max_length=max_length) for text in fulls
+    ]
 
 
 def head_pooling(seqs: list[list[TokSeq]], head: Any, pad_id: int | None) -> list[list[TokSeq]]:
@@ -556,10 +592,20 @@ def tokenize_run(
     pad_id = classifier_pad_id(model.info, tok) if kind == "classifier" else None
     fingerprint = tokenizer_fingerprint(model.model_dir)
     head = model.info.native_head if kind == "classifier" else None
-    key = ("tokens", data.key, fingerprint, cfg.chat_template, kind, add_eos, pad_id, head)
+    lengths = (cfg.max_length, cfg.max_prompt_length)
+    key = ("tokens", data.key, fingerprint, cfg.chat_template, kind, add_eos, pad_id, head, lengths)
 
     def tokenize() -> list[list[TokSeq]]:
-        seqs = tokenize_records(data.records, formatter, tok, kind, add_eos=add_eos, pad_id=pad_id)
+        seqs = tokenize_records(
+            data.records,
+            formatter,
+            tok,
+            kind,
+            add_eos=add_eos,
+            pad_id=pad_id,
+            max_length=cfg.max_length,
+            max_prompt_length=cfg.max_prompt_length,
+        )
         return seqs if head is None else head_pooling(seqs, head, pad_id)
 
     seqs = cache.get(key, tokenize)
@@ -697,7 +743,11 @@ def run_meta(
             "sha256": data.sha256,
             "n_records": len(data.records),
         },
-        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "settings": {
+            **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+            # The official scripts' truncation: 2048 tokens, DPO prompts cut to their last 128.
+            "official": cfg.max_length == 2048 and cfg.max_prompt_length == 128,
+        },
         "chat_template": "model" if toks.formatter.uses_chat_template else toks.formatter.template_name,
         "classifier_add_eos": tok.eos_switch("current").describe() if add_eos else None,
         "classifier_add_eos_4_43_4": tok.eos_switch("4.43.4").describe() if add_eos else None,
@@ -738,6 +788,11 @@ def run_evaluation(
     """
     cache = cache or EvalCache()
     t0 = time.perf_counter()
+    if cfg.max_length < 2 or not 0 < cfg.max_prompt_length < cfg.max_length:
+        raise UsageError(
+            f"--max-length {cfg.max_length} and --max-prompt-length {cfg.max_prompt_length}: need "
+            "0 < max-prompt-length < max-length"
+        )
     world = join_world(cfg)
     with phase("data_tokenize"):
         data = load_data(cfg, cache)

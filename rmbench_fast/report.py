@@ -127,6 +127,13 @@ def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
     note = ci_note(metrics)
     if note:
         console.print(escape(note))
+    settings = (metrics.get("meta") or {}).get("settings") or {}
+    if settings.get("official") is False:
+        console.print(
+            f"[yellow]note:[/yellow] truncation differs from the official scripts' (max length "
+            f"{settings.get('max_length')}, prompt {settings.get('max_prompt_length')}; official 2048 and 128): "
+            "not leaderboard-comparable."
+        )
     if not total.get("complete"):
         console.print(
             f"[yellow]note:[/yellow] the total covers {', '.join(total['domains'])}; missing "

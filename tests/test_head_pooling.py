@@ -24,3 +24,20 @@ def test_last_token_first_pad_and_bos_masking() -> None:
     assert i[0].pool_index == 3 and i[0].mask_first  # (first pad) - 1, inside the text
     assert i[1].pool_index == 3  # no pad: -1 modulo the length, the last token
     assert [s.ids for s in i] == [s.ids for s in group]
+
+
+def test_max_length_is_applied_and_marked_unofficial(smollm2_dir: object, rm_bench_data_dir: object) -> None:
+    from pathlib import Path
+
+    from rmbench_fast import evaluate
+
+    data = str(Path(str(rm_bench_data_dir)) / "chat_filtered.json")
+    common = dict(data=data, limit=2, device="cpu", dtype="float32", no_cache=True, resamples=0, ids=None)
+    short = evaluate(None, max_length=64, max_prompt_length=16, **common)  # type: ignore[arg-type]
+    assert short["meta"]["settings"]["official"] is False
+    assert short["meta"]["tokens"]["total"] <= 2 * 6 * 64
+    full = evaluate(None, **common)  # type: ignore[arg-type]
+    assert (
+        full["meta"]["settings"]["official"] is True
+        and full["meta"]["tokens"]["total"] > short["meta"]["tokens"]["total"]
+    )
