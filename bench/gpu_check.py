@@ -282,8 +282,8 @@ def stage_speed(device: str, data: Path, per_domain: int, dry: bool) -> dict[str
     from rmbench_fast.engine import NativeScorer
 
     config = dict(SHAPE_8B)
-    if dry:
-        config.update(TINY, head_dim=16, vocab_size=49152)
+    if dry:  # tiny, with ids inside the SmolLM2 tokenizer's vocabulary
+        config.update(TINY, head_dim=16, vocab_size=49152, bos_token_id=1, eos_token_id=2)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     _, seqs = load_seqs(data, per_domain)
     warm, timed = seqs[:2], seqs

@@ -114,18 +114,13 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Checkpoint tensor names -> shapes, from the engine's own model built on the meta device
-    (so every family the engine supports is covered, with HF's parameter names)."""
+    """Checkpoint tensor names -> shapes (HF names: q/k/v and gate/up separate, a tied LM head
+    omitted), from the engine's own model built on the meta device, so every family the engine
+    supports is covered."""
     from rmbench_fast.engine.config import EngineConfig
-    from rmbench_fast.engine.loader import model_class
+    from rmbench_fast.engine.loader import checkpoint_shapes
 
-    ecfg = EngineConfig.from_dict(cfg)
-    with torch.device("meta"):
-        model = model_class(ecfg)(ecfg)
-    out = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    if ecfg.tie_word_embeddings:
-        out.pop("lm_head.weight", None)
-    return out
+    return checkpoint_shapes(EngineConfig.from_dict(cfg))
 
 
 def write_random_model(

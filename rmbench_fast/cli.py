@@ -121,6 +121,12 @@ def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     )
     store.add_argument("--no-cache", action="store_true", help="do not read or write the results store")
     p.add_argument(
+        "--reward",
+        metavar="causal-logit:ID",
+        help="score a causal LM by one logit: token ID's logit after the prompt and response (the chat template "
+        "with its generation prompt), as Llama-3.1-Nemotron-70B-Reward-HF defines its reward",
+    )
+    p.add_argument(
         "--max-length",
         type=int,
         default=2048,
@@ -243,6 +249,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         tp=getattr(args, "tp", 1),
         max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
+        reward=args.reward,
     )
 
 

@@ -178,8 +178,14 @@ def _generation_extension() -> Any:
     return Generation
 
 
-def render_chat_template(source: str, messages: list[Message], special_tokens: dict[str, str]) -> str:
-    """transformers' apply_chat_template(messages, tokenize=False, add_generation_prompt=False)."""
+def render_chat_template(
+    source: str,
+    messages: list[Message],
+    special_tokens: dict[str, str],
+    *,
+    add_generation_prompt: bool = False,
+) -> str:
+    """transformers' apply_chat_template(messages, tokenize=False, add_generation_prompt=...)."""
     import jinja2
 
     template = compile_chat_template(source)
@@ -189,7 +195,7 @@ def render_chat_template(source: str, messages: list[Message], special_tokens: d
                 messages=[dict(m) for m in messages],
                 tools=None,
                 documents=None,
-                add_generation_prompt=False,
+                add_generation_prompt=add_generation_prompt,
                 **special_tokens,
             )
         )
@@ -225,13 +231,22 @@ class Formatter:
     def prompt_text(self, prompt: str) -> str:
         return self._render([("user", prompt)])
 
-    def full_text(self, prompt: str, response: str) -> str:
-        return self._render([("user", prompt), ("assistant", response)])
+    def full_text(self, prompt: str, response: str, *, generation_prompt: bool = False) -> str:
+        """The user turn and the assistant's response; `generation_prompt` appends the template's
+        next-assistant-turn header after it (a causal-logit reward model reads the logit there)."""
+        return self._render([("user", prompt), ("assistant", response)], generation_prompt=generation_prompt)
 
-    def _render(self, turns: list[tuple[str, str]]) -> str:
+    def _render(self, turns: list[tuple[str, str]], *, generation_prompt: bool = False) -> str:
         if self.chat_template is not None:
             messages = [{"role": role, "content": text} for role, text in turns]
-            return render_chat_template(self.chat_template, messages, dict(self.special_tokens))
+            return render_chat_template(
+                self.chat_template,
+                messages,
+                dict(self.special_tokens),
+                add_generation_prompt=generation_prompt,
+            )
+        if generation_prompt:
+            raise TemplateError("a causal-logit reward needs the model's own chat template (none was found)")
         render = NAMED_TEMPLATES[self.template_name or ""]
         return render([(0 if role == "user" else 1, text) for role, text in turns])
 

@@ -69,6 +69,9 @@ class RunConfig:
     # value is marked official: false in meta.settings (Skywork-Reward-V2 recommends 16384).
     max_length: int = 2048
     max_prompt_length: int = 128
+    # "causal-logit:<token_id>": a causal LM's logit of that token after the prompt and response
+    # (the chat template with its generation prompt), as Llama-3.1-Nemotron-70B-Reward-HF scores.
+    reward: str | None = None
     # Tensor-parallel size under torchrun (the world is DP x TP ranks; rmbench_fast.distributed).
     tp: int = 1
 
@@ -171,8 +174,26 @@ def data_shard() -> Any:
     return DataShard(w.dp_rank, w.dp_size, w.dp_group) if w.dp_size > 1 else None
 
 
+def causal_logit_token(cfg: RunConfig) -> int | None:
+    """The token id of `--reward causal-logit:<id>`, or None for the kind's usual reward."""
+    if cfg.reward is None:
+        return None
+    name, _, tid = cfg.reward.partition(":")
+    if name != "causal-logit" or not tid.isdigit():
+        raise UsageError(f"unknown --reward {cfg.reward!r}; use causal-logit:<token_id>")
+    return int(tid)
+
+
 def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
-    """The model kind and the reference-free mode, with the option conflicts rejected."""
+    """The model kind and the reference-free mode, with the option conflicts rejected.
+
+    "causal-logit": a causal LM scored by one logit (`--reward causal-logit:<id>`)."""
+    if causal_logit_token(cfg) is not None:
+        if info.kind != "dpo":
+            raise UsageError(f"--reward causal-logit needs a causal LM, but {info.path} is a {info.kind}")
+        if cfg.ref_model or cfg.ref_free:
+            raise UsageError("--reward causal-logit takes no --ref-model or --ref-free")
+        return "causal-logit", None
     kind = info.kind if cfg.kind == "auto" else cfg.kind
     if kind == "classifier":
         if cfg.ref_model:
@@ -243,8 +264,14 @@ def _tokenize_record(
     pad_id: int | None,
     lengths: tuple[int, int] = (2048, 128),
 ) -> list[TokSeq]:
-    from .tokenize import encode_classifier, encode_dpo_pair
+    from .tokenize import encode_causal_logit, encode_classifier, encode_dpo_pair
 
+    if kind == "causal-logit":
+        texts = [
+            formatter.full_text(rec.prompt, rec.response(s), generation_prompt=True)
+            for s in range(2 * N_STYLES)
+        ]
+        return [encode_causal_logit(tok, t, max_length=lengths[0]) for t in texts]
     prompt_text = formatter.prompt_text(rec.prompt)
     fulls = [formatter.full_text(rec.prompt, rec.response(s)) for s in range(2 * N_STYLES)]
     max_length, max_prompt = lengths
@@ -323,7 +350,10 @@ def _versions() -> dict[str, str]:
 def score_settings(
     cfg: RunConfig, kind: str, ref_free: str | None, device: str, dtype: str, pad_id: int | None
 ) -> ScoreSettings:
-    """The run's options, as the scorers take them."""
+    """The run's options, as the scorers take them (a causal-logit run scores like a classifier
+    whose head is one row of the LM head)."""
+    logit = causal_logit_token(cfg) if kind == "causal-logit" else None
+    kind = "classifier" if kind == "causal-logit" else kind
     budget = {} if cfg.batch_tokens is None else {"batch_tokens": cfg.batch_tokens}
     return ScoreSettings(
         kind=kind,  # type: ignore[arg-type]
@@ -338,6 +368,8 @@ def score_settings(
         attn_impl=cfg.attn,
         lm_head=cfg.lm_head,
         device_map=cfg.device_map,
+        causal_logit_token=logit,
+        tp_size=cfg.tp,
         **budget,
     )
 
@@ -457,7 +489,8 @@ def open_run_store(cfg: RunConfig, model: ModelChoice, toks: Tokenized) -> Store
     from .store import open_store
 
     tok = f"{tokenizer_fingerprint(model.model_dir)}:{cfg.chat_template}:{toks.add_eos}:{toks.pad_id}"
-    return Store(open_store(cfg.cache_dir), tok, model.kind)
+    kind = cfg.reward if model.kind == "causal-logit" else model.kind  # the token id is part of it
+    return Store(open_store(cfg.cache_dir), tok, str(kind))
 
 
 def _both_fit(model: ModelChoice, cfg: RunConfig) -> bool:
@@ -732,7 +765,13 @@ def run_meta(
         "demo_model": model.demo,
         "kind": kind,
         "native_head": model.info.native_head.name if model.info.native_head is not None else None,
-        "reward": "ref" if cfg.ref_model else (model.ref_free if kind == "dpo" else "classifier-logit"),
+        "reward": "ref"
+        if cfg.ref_model
+        else (
+            model.ref_free
+            if kind == "dpo"
+            else (cfg.reward if kind == "causal-logit" else "classifier-logit")
+        ),
         "backend": scored.backend,
         "device": model.device,
         "dtype": model.dtype,

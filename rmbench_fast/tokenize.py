@@ -371,6 +371,14 @@ def encode_classifier(
     return TokSeq(ids=ids, label_start=len(ids), pool_index=pool_index(ids, pad_id), mask_first=mask_first)
 
 
+def encode_causal_logit(tok: Tokenizer, text: str, *, max_length: int = 2048) -> TokSeq:
+    """A causal-logit reward sequence: the chat template's text (its own special tokens
+    included, so none are added, as apply_chat_template(tokenize=True) does), left-truncated
+    to max_length, read at its last token (the next token's logits)."""
+    ids = tok.encode(text, add_special_tokens=False)[-max_length:]
+    return TokSeq(ids=ids, label_start=len(ids), pool_index=len(ids) - 1, mask_first=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # DPO path (SPEC §5)
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,31 @@ def test_dp2_is_bit_identical_to_one_process(model: Path, rm_bench_data_dir: Pat
     assert one["domains"] == dp["domains"] and one["total"] == dp["total"]
 
 
+def test_tp2_through_the_cli_matches_one_process(
+    model: Path, rm_bench_data_dir: Path, tmp_path: Path
+) -> None:
+    """`torchrun --nproc-per-node 2 ... run --tp 2`: one TP group of 2 ranks, fp32 scores within
+    1e-5 of one process (TP reduces in another order) and the same matrices."""
+    import numpy as np
+
+    assert main(["run", *_args(model, rm_bench_data_dir), "--out", str(tmp_path / "one")]) == 0
+    proc = _torchrun([*_args(model, rm_bench_data_dir), "--tp", "2"], tmp_path / "tp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def scores(d: Path) -> np.ndarray:
+        rows = json.loads((d / "scores.json").read_text())
+        return np.array([r["score_chosen"] + r["score_rejected"] for r in rows])
+
+    a, b = scores(tmp_path / "one"), scores(tmp_path / "tp")
+    assert np.all(np.abs(a - b) <= 1e-5 * (1 + np.abs(a)))
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    tp = json.loads((tmp_path / "tp" / "metrics.json").read_text())
+    assert [one["domains"][d]["matrix"] for d in one["domains"]] == [
+        tp["domains"][d]["matrix"] for d in tp["domains"]
+    ]
+    assert tp["meta"]["distributed"] == {"world_size": 2, "tp": 2, "dp": 1, "backend": "gloo"}
+
+
 def test_a_failing_rank_fails_the_job_in_one_line(
     model: Path, rm_bench_data_dir: Path, tmp_path: Path
 ) -> None:

@@ -317,3 +317,23 @@ def test_dynamic_rope_equals_default_within_max_positions_and_refuses_beyond(
     with pytest.raises(ModelError, match="dynamic RoPE") as exc:
         NativeScorer(short, kind="dpo").score(seqs)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("case", ["llama3-gqa-untied-avg", "gemma2-tied-window-avg", "qwen2-classifier"])
+def test_loading_from_in_memory_tensors_is_loading_from_the_directory(
+    case: str, models: dict[str, Path]
+) -> None:
+    """load_model_from_tensors(cfg, hf_model.state_dict().items()) (bench/gpu_check.py's path)
+    builds the same parameters as load_model(dir): one loading path."""
+    import torch
+
+    from rmbench_fast.engine.config import EngineConfig
+    from rmbench_fast.engine.loader import load_model, load_model_from_tensors
+
+    path = models[case]
+    want = load_model(path, dtype="float32")
+    hf = _hf(path, CASES[case][1])
+    got = load_model_from_tensors(EngineConfig.from_model_dir(path), hf.state_dict().items(), dtype="float32")
+    a, b = want.state_dict(), got.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -227,7 +227,7 @@ def test_flash_decomposition_matches_dense(monkeypatch: pytest.MonkeyPatch, api:
             [
                 TokSeq(
                     ids=(ids := head + torch.randint(3, 90, (n,), generator=g).tolist()),
-                    label_start=len(ids) - 1,
+                    label_start=len(ids),
                 )
                 for n in lens
             ]

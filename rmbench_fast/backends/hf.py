@@ -124,10 +124,14 @@ class HFScorer:
         if ref_model_dir is None and kind == "dpo":
             check_ref_free_mode(ref_free_mode)
         self.kind, self.ref_free_mode, self.batch_size = kind, ref_free_mode, batch_size
+        self.causal_logit = st.causal_logit_token
         self.device, self.fp32_scores = device, st.fp32_scores
         self.dtype = parse_dtype("float32" if st.dtype == "auto" else st.dtype)
         self.info = inspect_model_dir(
-            model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, kind=kind
+            model_dir,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            kind="dpo" if st.causal_logit_token is not None else kind,  # a causal LM
         )
         self.model = _load(self.info, self.dtype, device, trust_remote_code, allow_pickle, st.device_map)
         if st.device_map is not None:  # inputs go where the embeddings are
@@ -157,7 +161,7 @@ class HFScorer:
         `resolve_classifier_pad_id`) and replaces the config's; else the config's is used.
         """
         cfg_pad = getattr(self.model.config, "pad_token_id", None)
-        if self.kind == "classifier":
+        if self.kind == "classifier" and self.causal_logit is None:
             pad = pad_token_id if pad_token_id is not None else cfg_pad
             if pad is None:
                 raise ModelError(
@@ -201,6 +205,18 @@ class HFScorer:
             )
         self._check_pooling(batch, ids)
         return logits[:, 0].float().cpu().tolist()
+
+    def _causal_logit_batch(self, batch: Sequence[TokSeq]) -> list[float]:
+        """--reward causal-logit: HF's logits[b, last token, id] (model dtype) -> float."""
+        ids, mask = self._pad_batch(batch)  # [B, T]
+        logits = self.model(input_ids=ids, attention_mask=mask).logits  # [B, T, V]
+        rows = torch.tensor([len(s.ids) - 1 for s in batch], device=logits.device)
+        return (
+            logits[torch.arange(len(batch), device=logits.device), rows, self.causal_logit]
+            .float()
+            .cpu()
+            .tolist()
+        )
 
     def _check_pooling(self, batch: Sequence[TokSeq], ids: torch.Tensor) -> None:
         """HF pools at the rightmost id != pad; that must be where the tokenizer said (pool_index)."""
@@ -263,6 +279,8 @@ class HFScorer:
         done = [0] * len(seqs)  # sequences scored per record, for progress in whole records
         t0, tokens, padded, n_batches = time.perf_counter(), 0, 0, 0
         run = self._classifier_batch if self.kind == "classifier" else self._dpo_batch
+        if self.causal_logit is not None:
+            run = self._causal_logit_batch
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = [flat[i][2] for i in idx]

@@ -8,7 +8,8 @@ What differs from the Llama family (all from config.json, see EngineConfig):
   * attention scores scaled by query_pre_attn_scalar^-0.5 and soft-capped (cap * tanh(s / cap));
   * tanh-approximated GELU in the gated MLP;
   * alternating sliding-window layers (even layers slide by default);
-  * a final logit soft-cap on the LM head, applied by the runner where the head is applied.
+  * a final logit soft-cap on the LM head, applied by the runner where the head is applied
+    (per vocabulary shard under tensor parallelism: the cap is elementwise).
 Parameter names equal the HF checkpoint names (packed projections as in llama.py).
 """
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rmbench_fast.distributed import TPInfo
 from rmbench_fast.engine.attention import AttnImpl, PackedLayout, packed_attention
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.layers import (
@@ -29,6 +30,7 @@ from rmbench_fast.engine.layers import (
     rope_cos_sin,
     rope_inv_freq,
 )
+from rmbench_fast.engine.parallel import VocabShard, vocab_shard
 from rmbench_fast.engine.reward_heads import RewardHead, build_reward_head
 from rmbench_fast.errors import ModelError
 
@@ -142,9 +144,12 @@ class LlamaForScoring(nn.Module):
     The head is not applied in forward: the runner applies it only at the rows it needs
     (label positions / pooled positions), which is the main saving over full [T, V] logits.
     A tied LM head is the embedding Parameter itself, so `parameters()` counts it once.
+    Under tensor parallelism (`parallel.parallelize`, called by the loader) `tp` is this rank's
+    TPInfo and the LM head holds this rank's vocabulary rows (`vocab_shard`).
     """
 
     body_cls: ClassVar[type[nn.Module]] = LlamaModel
+    tp: TPInfo | None = None  # set on the instance by parallel.parallelize
 
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__()
@@ -173,12 +178,17 @@ class LlamaForScoring(nn.Module):
         return head
 
     def head_weight(self) -> torch.Tensor:
-        """The LM head [V, H] (causal), or the plain classifier's `score` weight [num_labels, H]."""
+        """The LM head [V, H] (causal; under tensor parallelism this rank's [ceil(V/K), H] rows),
+        or the plain classifier's `score` weight [num_labels, H]."""
         if self.cfg.head == "causal":
             return self.lm_head.weight
         if self.reward_head is not None:
             raise ModelError(f"the {self.cfg.reward_head.name} head is not one linear layer")  # type: ignore[union-attr]
         return self.score.weight
+
+    def vocab_shard(self) -> VocabShard | None:
+        """This rank's vocabulary slice under tensor parallelism (for heads.dpo_stats(tp=)), else None."""
+        return None if self.tp is None else vocab_shard(self.cfg.vocab_size, self.tp)
 
     def classify(self, h: torch.Tensor, fp32: bool = False, gate: torch.Tensor | None = None) -> torch.Tensor:
         """The classifier head at the pooled rows: h [S, H] -> scores [S, num_labels].

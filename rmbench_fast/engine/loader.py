@@ -9,22 +9,32 @@ loader), so nothing is concatenated or copied after loading, and at most one che
 is held on the host at a time. Pickle weights (*.bin / *.pt) are refused unless
 `allow_pickle=True` (then loaded with `torch.load(weights_only=True)`). Nothing from the model
 directory is ever imported or executed.
+
+One loading path: `load_model(dir)` streams the directory's tensors into
+`load_model_from_tensors(cfg, pairs)`, which also takes in-memory (HF name, tensor) pairs.
+Under tensor parallelism (`tp=`) the meta model is first cut to this rank's shard
+(`parallel.parallelize`); each module that places tensors itself (`layers.ShardLoader`: packed
+rows, row-parallel columns, vocabulary rows) says which part of the checkpoint tensor it holds,
+and only that part is read (`get_slice`: a rank never reads, or holds, the whole checkpoint).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from rmbench_fast.distributed import TPInfo
 from rmbench_fast.dtypes import model_dtype
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.gemma2 import Gemma2ForScoring
-from rmbench_fast.engine.layers import PackedLinear, rope_inv_freq
+from rmbench_fast.engine.layers import PackedLinear, ShardLoader, rope_inv_freq
 from rmbench_fast.engine.llama import LlamaForScoring
+from rmbench_fast.engine.parallel import parallelize
 from rmbench_fast.engine.qwen3 import Qwen3ForScoring
 from rmbench_fast.engine.reward_heads import RewardHead
 from rmbench_fast.errors import ModelError
@@ -40,13 +50,26 @@ PACKED_SHARDS: dict[str, tuple[str, str]] = {
 WHOLE = ""  # the shard id of a tensor that fills its whole parameter
 
 
+class TensorSlice(Protocol):
+    """A lazily read checkpoint tensor (safetensors' `safe_open(...).get_slice(name)`)."""
+
+    def get_shape(self) -> list[int]: ...
+
+    def __getitem__(self, index: Any) -> torch.Tensor: ...
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, cfg: EngineConfig) -> torch.dtype:
     """'auto'/None -> the config's torch_dtype (fp32 if absent); names or torch dtypes pass through."""
     return model_dtype(dtype, cfg.torch_dtype)
 
 
-def _checkpoint_tensors(model_dir: Path, allow_pickle: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs from the directory's weights, one tensor in memory at a time."""
+def _checkpoint_tensors(
+    model_dir: Path, allow_pickle: bool, *, lazy: bool = False
+) -> Iterator[tuple[str, torch.Tensor | TensorSlice]]:
+    """(name, tensor) pairs from the directory's weights, one tensor in memory at a time.
+
+    lazy: safetensors tensors come as `get_slice` handles (nothing read until indexed), so a
+    tensor-parallel rank reads only its part; pickle weights are memory-mapped either way."""
     from safetensors import safe_open
 
     index = model_dir / "model.safetensors.index.json"
@@ -67,7 +90,7 @@ def _checkpoint_tensors(model_dir: Path, allow_pickle: bool) -> Iterator[tuple[s
                 raise ModelError("weight shard listed in the index is missing", file=str(path))
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key in f.keys():
-                    yield key, f.get_tensor(key)
+                    yield key, (f.get_slice(key) if lazy else f.get_tensor(key))
         return
     pickles = sorted(p for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
     if not pickles:
@@ -133,21 +156,29 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> N
 
 
 def _shard_shape(model: nn.Module, pname: str, shard: str, param: torch.Tensor) -> tuple[int, ...]:
-    """The shape a checkpoint tensor for (parameter, shard) must have."""
-    if shard == WHOLE:
-        return tuple(param.shape)
+    """The shape a checkpoint tensor for (parameter, shard) must have (the full checkpoint
+    tensor's, also under tensor parallelism)."""
     owner_name, _, leaf = pname.rpartition(".")
     owner = model.get_submodule(owner_name)
-    assert isinstance(owner, PackedLinear)
-    return owner.shard_shape(leaf, shard)
+    if isinstance(owner, ShardLoader):
+        return owner.shard_shape(leaf, shard)
+    assert shard == WHOLE
+    return tuple(param.shape)
+
+
+def _shard_slice(model: nn.Module, pname: str, shard: str) -> tuple[int, int, int] | None:
+    """The (dim, start, length) part of the checkpoint tensor this rank reads (None: all)."""
+    owner_name, _, leaf = pname.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    return owner.shard_slice(leaf, shard) if isinstance(owner, ShardLoader) else None
 
 
 def _write(model: nn.Module, pname: str, shard: str, tensor: torch.Tensor) -> None:
-    """Copy a checkpoint tensor into its parameter (or its packed row slice)."""
+    """Copy a checkpoint tensor (or this rank's slice of it) into its parameter, packed row
+    slice or tensor-parallel shard."""
     owner_name, _, leaf = pname.rpartition(".")
     owner = model.get_submodule(owner_name)
-    if shard != WHOLE:
-        assert isinstance(owner, PackedLinear)
+    if isinstance(owner, ShardLoader):
         owner.load_shard(leaf, tensor, shard)
         return
     target = owner._parameters[leaf] if leaf in owner._parameters else owner._buffers[leaf]
@@ -185,48 +216,98 @@ def load_model(
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
     cfg: EngineConfig | None = None,
+    tp: TPInfo | None = None,
 ) -> LlamaForScoring:
     """Build the model on meta, allocate it on `device`, and stream the checkpoint into place;
     returns it in eval mode, without gradients. Every parameter must be written exactly once
-    (each packed shard once); unknown, misshapen or missing tensors raise ModelError."""
+    (each packed shard once); unknown, misshapen or missing tensors raise ModelError.
+
+    `tp` (tensor parallelism): this rank's shard of the model (`parallel.parallelize`); each
+    sharded tensor is read as its slice only (`safe_open(...).get_slice`), so a rank never
+    holds the whole checkpoint. None: the single-process model, read tensor by tensor.
+    """
     model_dir = Path(model_dir)
     cfg = cfg or EngineConfig.from_model_dir(model_dir)
+    return load_model_from_tensors(
+        cfg,
+        _checkpoint_tensors(model_dir, allow_pickle, lazy=tp is not None),
+        dtype=dtype,
+        device=device,
+        tp=tp,
+        source=str(model_dir),
+    )
+
+
+def load_model_from_tensors(
+    cfg: EngineConfig,
+    tensors: Iterable[tuple[str, torch.Tensor | TensorSlice]],
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+    tp: TPInfo | None = None,
+    source: str | None = None,
+) -> LlamaForScoring:
+    """`load_model` from (HF checkpoint name, tensor) pairs instead of a directory, e.g.
+    `hf_model.state_dict().items()`: the one loading path (load_model streams its files here).
+
+    Tensors may be torch tensors or lazy slices (`get_shape()` + indexing, as safetensors'
+    `get_slice` returns); under `tp` only this rank's part of each is read. `source` names the
+    origin in error messages.
+    """
     tdtype = resolve_dtype(dtype, cfg)
     device = torch.device(device)
     with torch.device("meta"):
         model = model_class(cfg)(cfg)
+        if tp is not None:
+            parallelize(model, cfg, tp)
     materialize(model, device, tdtype)
     params = _targets(model)
     need = _required_shards(model, params)
     loaded: dict[str, set[str]] = {name: set() for name in params}
-    for raw_name, tensor in _checkpoint_tensors(model_dir, allow_pickle):
+    for raw_name, tensor in tensors:
         name = _canonical(raw_name, cfg, model.reward_head)
         if name is None:
             continue
         pname, shard = parameter_target(name)
         if pname not in params or (shard != WHOLE and shard not in need[pname]):
             raise ModelError(
-                f"unexpected weight {raw_name!r} for {cfg.architecture}; use --backend hf",
-                file=str(model_dir),
+                f"unexpected weight {raw_name!r} for {cfg.architecture}; use --backend hf", file=source
+            )
+        if tp is not None and shard == WHOLE and need[pname] != {WHOLE}:
+            raise ModelError(
+                f"weight {raw_name!r} is stored packed, which tensor parallelism cannot split; "
+                "run it with --tp 1",
+                file=source,
             )
         want = _shard_shape(model, pname, shard, params[pname])
-        if tuple(tensor.shape) != want:
-            raise ModelError(
-                f"weight {raw_name!r} has shape {tuple(tensor.shape)}, config says {want}",
-                file=str(model_dir),
-            )
+        shape = _shape_of(tensor)
+        if shape != want:
+            raise ModelError(f"weight {raw_name!r} has shape {shape}, config says {want}", file=source)
         shards = need.get(pname, {WHOLE}) if shard == WHOLE else {shard}  # a packed tensor may come whole
         if shards & loaded[pname]:
-            raise ModelError(f"weight {raw_name!r} appears twice in the checkpoint", file=str(model_dir))
-        _write(model, pname, shard, tensor)
+            raise ModelError(f"weight {raw_name!r} appears twice in the checkpoint", file=source)
+        _write(model, pname, shard, _read(tensor, _shard_slice(model, pname, shard)))
         loaded[pname] |= shards
     missing = sorted(n for n in need if loaded[n] != need[n])
     if missing:
-        raise ModelError(
-            f"weights missing from the checkpoint: {', '.join(missing[:3])}", file=str(model_dir)
-        )
+        raise ModelError(f"weights missing from the checkpoint: {', '.join(missing[:3])}", file=source)
     model.inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim).to(device)
     return model.eval().requires_grad_(False)
+
+
+def _shape_of(tensor: torch.Tensor | TensorSlice) -> tuple[int, ...]:
+    return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else tuple(tensor.get_shape())
+
+
+def _read(tensor: torch.Tensor | TensorSlice, part: tuple[int, int, int] | None) -> torch.Tensor:
+    """The tensor, or its (dim, start, length) part; a lazy slice reads only that part."""
+    if isinstance(tensor, torch.Tensor):
+        return tensor if part is None else tensor.narrow(*part)
+    if part is None:
+        return tensor[:]
+    dim, start, length = part
+    index = (slice(None),) * dim + (slice(start, start + length),)
+    return tensor[index]
 
 
 def model_class(cfg: EngineConfig) -> type[LlamaForScoring]:

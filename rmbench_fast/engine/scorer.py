@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rmbench_fast import distributed
 from rmbench_fast.engine.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
@@ -42,6 +43,31 @@ def native_supports(config: dict[str, Any]) -> str | None:
     except ModelError as exc:
         return str(exc)
     return None
+
+
+def causal_logit_stats(
+    model: torch.nn.Module, hidden: torch.Tensor, pool: torch.Tensor, token: int
+) -> torch.Tensor:
+    """(z_token, NaN, NaN) float64 [n_seq, 3]: one LM-head row at the pooled rows, in the model
+    dtype, with the final soft-cap where the model has one (what HF's logits[..., token] holds)."""
+    with phase("lm_head"):
+        if not 0 <= token < model.cfg.vocab_size:
+            raise UsageError(
+                f"--reward causal-logit:{token}: the vocabulary has {model.cfg.vocab_size} tokens"
+            )
+        rows, w, cap = hidden.index_select(0, pool), model.head_weight(), model.cfg.final_softcap
+        shard = model.vocab_shard()
+        if shard is not None:  # the row lives on one rank's vocabulary shard
+            from rmbench_fast.engine.parallel import vocab_parallel_token_logit
+
+            z = vocab_parallel_token_logit(rows, w, token, shard, cap)  # [n_seq, 1]
+        else:
+            z = torch.nn.functional.linear(rows, w[token : token + 1])  # [n_seq, 1]
+            if cap is not None:
+                z = torch.tanh(z / cap) * cap
+        s = z[:, 0].float().double()
+        nan = torch.full_like(s, float("nan"))
+        return torch.stack([s, nan, nan], dim=-1)
 
 
 class NativeScorer:
@@ -90,13 +116,16 @@ class NativeScorer:
         auto = s.attn_impl in (None, "auto")
         self.attn_impl = default_impl(self.device, self.cfg.attn_softcap) if auto else s.attn_impl
         self.attention_calls: Counter[str] = Counter()  # per backend that actually ran
-        want = "causal" if s.kind == "dpo" else "classifier"
+        self.causal_logit_token = s.causal_logit_token
+        want = "causal" if (s.kind == "dpo" or s.causal_logit_token is not None) else "classifier"
         if self.cfg.head != want:
             raise ModelError(
                 f"{self.cfg.architecture} is not a {'causal LM' if s.kind == 'dpo' else 'sequence classifier'}",
                 file=str(model_dir),
                 field="architectures",
             )
+        # Tensor parallelism under torchrun (--tp K): this rank holds 1/K of each layer.
+        self.tp = distributed.tp_info() if s.tp_size > 1 else None
         self.model = model if model is not None else self._load(model_dir, self.cfg)  # type: ignore[arg-type]
         self.ref_model: torch.nn.Module | None = None
         if ref_model_dir is not None:
@@ -104,7 +133,9 @@ class NativeScorer:
             if ref_cfg.head != "causal":
                 raise ModelError(f"{ref_cfg.architecture} is not a causal LM", file=str(ref_model_dir))
             self.ref_model = self._load(ref_model_dir, ref_cfg)
-        self.chunk_rows = logit_chunk_rows(self.vocab_size, self.device, self.dtype)
+        self.chunk_rows = logit_chunk_rows(
+            self.vocab_size, self.device, self.dtype, tp=self.model.vocab_shard()
+        )
         if s.lm_head not in ("auto", *LM_HEADS):
             raise UsageError(f"unknown LM head {s.lm_head!r}; use auto, torch or fused")
         # auto = torch: kernel B's fp32 logits round differently from the official ones.
@@ -119,7 +150,12 @@ class NativeScorer:
         s = self.settings
         with phase("load"):
             return load_model(
-                model_dir, dtype=self.dtype, device=self.device, allow_pickle=s.allow_pickle, cfg=cfg
+                model_dir,
+                dtype=self.dtype,
+                device=self.device,
+                allow_pickle=s.allow_pickle,
+                cfg=cfg,
+                tp=self.tp,
             )
 
     @property
@@ -197,6 +233,7 @@ class NativeScorer:
             "lm_head": self.lm_head,
             "fp32_scores": self.fp32_scores,
             "share_prefix": self.share_prefix,
+            "tp": self.tp.size if self.tp is not None else 1,  # TP rounds differently from one process
         }
 
     def attention_used(self) -> str:
@@ -238,13 +275,16 @@ class NativeScorer:
                 if (np.asarray(batch.pool_pos) < 0).any():  # host arrays: no sync
                     raise ValueError("classifier batch without pooled positions (pool_pos = -1)")
                 hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
+                if self.causal_logit_token is not None:
+                    return causal_logit_stats(self.model, hidden, layout.pool_pos, self.causal_logit_token)
                 return classifier_stats(self.model, hidden, layout.pool_pos, self.fp32_scores)
             labels = (layout.label_pos, layout.label_ids, layout.label_seq)
             hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
-            ref = None
+            ref, ref_tp = None, None
             if self.ref_model is not None:  # the same batch through the reference, one fused head pass
                 ref_hidden = self.ref_model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
                 ref = (ref_hidden, self.ref_model.head_weight(), self.ref_model.cfg.final_softcap)
+                ref_tp = self.ref_model.vocab_shard()
             return dpo_stats(
                 hidden,
                 self.model.head_weight(),
@@ -254,4 +294,6 @@ class NativeScorer:
                 self.model.cfg.final_softcap,
                 lm_head=self.lm_head,
                 ref=ref,
+                tp=self.model.vocab_shard(),
+                ref_tp=ref_tp,
             )
