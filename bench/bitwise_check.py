@@ -130,6 +130,7 @@ def main() -> int:
     ap.add_argument("--after", default="HEAD")
     ap.add_argument("--limit", type=int, default=3, help="records per domain")
     ap.add_argument("--out", type=Path, default=None, help="keep outputs here (default: a temp dir)")
+    ap.add_argument("--jobs", nargs="+", default=None, help="only these jobs (default: all)")
     args = ap.parse_args()
     core = [
         "csrc/core_bindings.cpp",
@@ -148,6 +149,11 @@ def main() -> int:
     try:
         models = _tiny_models(root / "models")
         jobs = _jobs(models, ensure_smollm2())
+        if args.jobs:
+            unknown = set(args.jobs) - set(jobs)
+            if unknown:
+                raise SystemExit(f"unknown jobs {sorted(unknown)}; known: {sorted(jobs)}")
+            jobs = {k: v for k, v in jobs.items() if k in args.jobs}
         report: dict[str, bool] = {}
         for name, job in jobs.items():
             outs = []
