@@ -43,7 +43,10 @@ def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
         help="reference-free DPO reward: mean, sum or -L2 norm of the answer log-probs (default avg)",
     )
     p.add_argument(
-        "--kind", choices=["auto", "classifier", "dpo"], default="auto", help="default: from config.json"
+        "--kind",
+        choices=["auto", "classifier", "dpo", "generative"],
+        default="auto",
+        help="default: from config.json; generative: a judge model reached through --judge-endpoint or --judge-engine",
     )
     p.add_argument(
         "--data",
@@ -153,6 +156,10 @@ def _add_run_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
         help="exit 0 even when a score is NaN or inf (it loses every comparison); default: exit 3",
     )
     _add_stats_args(p, allow_zero=True)
+    if not sweep:
+        from .judge.cli import add_judge_args
+
+        add_judge_args(p)
 
 
 def _add_stats_args(p: argparse.ArgumentParser, *, allow_zero: bool) -> None:
@@ -256,6 +263,10 @@ def _config(args: argparse.Namespace) -> RunConfig:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    if args.kind == "generative":
+        from .judge.cli import run_judge
+
+        return run_judge(args, Console(stderr=False))
     from .pipeline import run_and_report
 
     _check_stats_args(args, allow_zero=True)

