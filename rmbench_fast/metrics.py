@@ -44,13 +44,18 @@ def accuracies(matrix: np.ndarray) -> dict[str, float]:
 
 def domain_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
     """Matrix, accuracies and `score` = mean(hard, normal, easy) for one group of records."""
-    m = style_matrix(chosen, rejected)
+    return matrix_metrics(style_matrix(chosen, rejected), len(chosen))
+
+
+def matrix_metrics(m: np.ndarray, n: int) -> dict[str, Any]:
+    """A domain's figures from its 3x3 matrix M [3, 3] over n records: hard / normal / easy
+    (accuracies) and score = mean(hard, normal, easy). Scalar and generative runs share it."""
     acc = accuracies(m)
     return {
         "matrix": m.tolist(),
         **acc,
         "score": (acc["hard"] + acc["normal"] + acc["easy"]) / 3,
-        "n": len(chosen),
+        "n": n,
     }
 
 

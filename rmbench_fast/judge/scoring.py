@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import accuracies
+from ..metrics import matrix_metrics
 from ..stats import bootstrap_intervals
 from ..types import METRIC_DOMAINS, N_STYLES, Record, metric_domain
 from .prompt import WINNER, order_score
@@ -60,14 +60,8 @@ def _record_sums(q: np.ndarray) -> np.ndarray:
 
 
 def _domain(q: np.ndarray) -> dict[str, Any]:
-    m = q.sum(axis=0) / (QUARTERS * len(q))
-    acc = accuracies(m)
-    return {
-        "matrix": m.tolist(),
-        **acc,
-        "score": (acc["hard"] + acc["normal"] + acc["easy"]) / 3,
-        "n": len(q),
-    }
+    """q [N, 3, 3] quarter units -> the domain's figures (M = mean pair score)."""
+    return matrix_metrics(q.sum(axis=0) / (QUARTERS * len(q)), len(q))
 
 
 def generative_metrics(
