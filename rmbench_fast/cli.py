@@ -1,4 +1,4 @@
-"""`python -m rmbench_fast {run,sweep,report,compare,cache}`."""
+"""`python -m rmbench_fast {run,sweep,report,compare,cache,profile,bench}`."""
 
 from __future__ import annotations
 
@@ -207,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="place the run among the published RM-Bench results shipped with the package",
     )
+    from .benchmark import add_bench_args
+    from .profile import add_profile_args
+
+    prof = sub.add_parser(
+        "profile", help="where the time of a run goes, by phase (torch.profiler); writes OUT/profile.json"
+    )
+    _add_run_args(prof)
+    add_profile_args(prof)
+    bench = sub.add_parser(
+        "bench",
+        help="the same records through the official-style, native and vLLM paths: times, tokens, memory, agreement",
+    )
+    _add_run_args(bench)
+    add_bench_args(bench)
     cache = sub.add_parser("cache", help="the results store: its size and entries per model, or clear it")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", metavar="PATH", help="the store (default: the user cache)")
@@ -377,6 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command in ("profile", "bench"):
+            from rich.console import Console
+
+            if args.command == "profile":
+                from .profile import run_profile
+
+                return run_profile(args, Console())
+            from .benchmark import run_bench
+
+            return run_bench(args, Console())
         return _report(args)
     except RMBenchError as e:
         print(f"error: {_rank_prefix()}{e}", file=sys.stderr)
