@@ -78,6 +78,10 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 
 def test_default_store_path_follows_the_demo_cache_dir(monkeypatch, tmp_path: Path) -> None:
+    # $RMBENCH_FAST_STORE (which tests/conftest.py sets for every test) wins over the cache dir.
+    monkeypatch.setenv("RMBENCH_FAST_STORE", str(tmp_path / "own.sqlite"))
+    assert default_store_path() == tmp_path / "own.sqlite"
+    monkeypatch.delenv("RMBENCH_FAST_STORE")
     monkeypatch.setenv("RMBENCH_FAST_CACHE", str(tmp_path / "c"))
     assert default_store_path() == tmp_path / "c" / "results.sqlite"
     monkeypatch.delenv("RMBENCH_FAST_CACHE")
