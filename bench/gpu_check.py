@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from make_random_model import SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
 # git-ignored: what travels to the GPU machine besides the checkout ($RMBF_GPU_DATA overrides)
@@ -91,30 +92,7 @@ def load_seqs(data: Path, per_domain: int) -> tuple[list[Any], list[list[Any]]]:
 
 
 # --- models made in memory --------------------------------------------------------------------
-SHAPE_8B = {  # Llama-3.1-8B's config.json fields the engine and transformers read
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-    "max_position_embeddings": 131072,
-    "vocab_size": 128256,
-    "tie_word_embeddings": False,
-    "bos_token_id": 128000,
-    "eos_token_id": 128009,
-}
+SHAPE_8B = SHAPES["llama-3.1-8b"]  # the published config fields (bench/make_random_model.py)
 
 
 def hf_model(config: dict[str, Any], device: str, dtype: Any, seed: int) -> Any:
