@@ -265,12 +265,22 @@ def _weight_files(path: Path, allow_pickle: bool) -> tuple[WeightFormat, list[st
     raise ModelError(f"model directory {path} has no weights (no *.safetensors, pytorch_model*.bin or *.pt)")
 
 
-def _detect_kind(path: Path, archs: list[str]) -> ModelKind:
+def _detect_kind(path: Path, archs: list[str], model_type: Any, hint: ModelKind | None) -> ModelKind:
+    """The kind from `architectures`; a config without them (e.g. one transformers saved after
+    loading a GGUF) takes `hint`, the kind the options imply, as the official scripts' Auto
+    classes would load it by its model_type."""
     if any(a.endswith(_CLASSIFIER_SUFFIXES) for a in archs):
         return "classifier"
     if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs):
         return "dpo"
-    shown = archs if archs else "none"
+    if not archs:
+        if hint is not None:
+            return hint
+        raise ModelError(
+            f"model directory {path}: config.json has no architectures (model_type {model_type!r}); "
+            "pass --kind classifier or --kind dpo (--ref-model and --ref-free also mean dpo)"
+        )
+    shown = archs
     raise ModelError(
         f"model directory {path}: config.json architectures {shown} name neither a "
         "...ForSequenceClassification nor a ...ForCausalLM / LMHeadModel class"
@@ -328,10 +338,12 @@ def inspect_model_dir(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     kind: ModelKind | None = None,
+    kind_hint: ModelKind | None = None,
 ) -> ModelInfo:
     """Read `path`'s config.json and file listing; raise ModelError (one line) if it can't be used.
 
-    `kind` overrides the auto-detection from `architectures`. A recognised custom reward head
+    `kind` overrides the auto-detection from `architectures`; `kind_hint` (what the options
+    imply) is used only when config.json has no `architectures`. A recognised custom reward head
     (`detect_native_head`) makes the kind "classifier" and needs no --trust-remote-code, since the
     native engine runs it without the repository's code; `needs_remote_code` still says whether
     the transformers backend would need it.
@@ -349,7 +361,9 @@ def inspect_model_dir(
     if kind is not None:
         model_kind: ModelKind = kind
     else:
-        model_kind = "classifier" if head is not None else _detect_kind(p, archs)
+        model_kind = (
+            "classifier" if head is not None else _detect_kind(p, archs, cfg.get("model_type"), kind_hint)
+        )
     reason = _remote_code(cfg, archs)
     if reason is not None and not trust_remote_code and head is None:
         raise ModelError(

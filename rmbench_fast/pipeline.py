@@ -209,6 +209,16 @@ def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
     return kind, (None if cfg.ref_model else (cfg.ref_free or "avg"))
 
 
+def kind_hint(cfg: RunConfig) -> str | None:
+    """The kind the options imply, for a config.json without `architectures`: --kind, else DPO
+    when --ref-model, --ref-free or --reward causal-logit is given, else None (ask for --kind)."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    if cfg.ref_model or cfg.ref_free or causal_logit_token(cfg) is not None:
+        return "dpo"
+    return None
+
+
 def classifier_pad_id(info: Any, tok: Any) -> int | None:
     """The pad id run_rm.py leaves in `model.config.pad_token_id`, which the classifier pools
     with: a tokenizer without a pad token gets pad = EOS, which also overrides the config's
@@ -392,8 +402,9 @@ def _make_scorer(
     if cfg.backend in ("auto", "native") and cfg.device_map is None:
         from .engine.scorer import NativeScorer, native_supports
 
-        reason = native_supports(model.info.config) or (
-            native_supports(ref_info.config) if ref_info else None
+        want_head = "classifier" if model.kind == "classifier" else "causal"
+        reason = native_supports(model.info.config, want_head) or (
+            native_supports(ref_info.config, "causal") if ref_info else None
         )
         if reason is None:
             scorer = NativeScorer(model.model_dir, settings, ref_model_dir=ref_dir, log=log)
@@ -504,7 +515,7 @@ def _both_fit(model: ModelChoice, cfg: RunConfig) -> bool:
     from .engine.loader import model_class
 
     def n_params(d: Path) -> int:
-        cfg = EngineConfig.from_model_dir(d)
+        cfg = EngineConfig.from_model_dir(d, head_hint="causal")
         with torch.device("meta"):  # shapes only, no memory
             return sum(p.numel() for p in model_class(cfg)(cfg).parameters())
 
@@ -601,11 +612,15 @@ def choose_models(cfg: RunConfig, log: Callable[[str], None]) -> ModelChoice:
     else:
         model_dir = Path(cfg.model)  # type: ignore[arg-type]
     trust, pickle_ok = cfg.trust_remote_code, cfg.allow_pickle
-    info = inspect_model_dir(model_dir, trust_remote_code=trust, allow_pickle=pickle_ok)
+    hint = kind_hint(cfg)
+    info = inspect_model_dir(model_dir, trust_remote_code=trust, allow_pickle=pickle_ok, kind_hint=hint)
     kind, ref_free = _check_kind(cfg, info)
     ref_info = None
     if cfg.ref_model:
-        ref_info = inspect_model_dir(Path(cfg.ref_model), trust_remote_code=trust, allow_pickle=pickle_ok)
+        ref_dir = Path(cfg.ref_model)
+        ref_info = inspect_model_dir(
+            ref_dir, trust_remote_code=trust, allow_pickle=pickle_ok, kind_hint="dpo"
+        )
     device = resolve_device(cfg.device)
     return ModelChoice(model_dir, demo, info, ref_info, kind, ref_free, device, run_dtype(cfg.dtype, device))
 

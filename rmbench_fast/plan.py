@@ -474,6 +474,39 @@ def branch_bounds(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray]:
     return bo[:-1], end
 
 
+def gating_rows(batch: PackedBatch, pattern: Sequence[int]) -> np.ndarray:
+    """Flat index of each sequence's gating token: int64 [S*6].
+
+    The gating token of sequence j is the start of the *last* occurrence of `pattern` in its ids
+    (ArmoRM's and QRM's `find_token_for_gating`). Position t of sequence j sits at flat index
+    seg_offsets[s] + t inside its segment's prefix (t < P), else at branch_start[j] + t - P.
+    Raises ValueError naming the record and slot when the pattern does not occur (the official
+    forward raises too: the model needs its Llama-3 chat template).
+    """
+    ids = np.asarray(batch.input_ids)
+    starts, ends = branch_bounds(batch)
+    want = np.asarray(pattern, dtype=ids.dtype)
+    k = len(want)
+    out = np.empty(len(starts), dtype=np.int64)
+    for j in range(len(starts)):
+        s = j // N_SLOTS
+        a, p = int(batch.seg_offsets[s]), int(batch.prefix_len[s])
+        seq = np.concatenate([ids[a : a + p], ids[starts[j] : ends[j]]])  # [len_j]
+        if len(seq) >= k:
+            windows = np.lib.stride_tricks.sliding_window_view(seq, k)  # [len_j - k + 1, k]
+            hits = np.flatnonzero((windows == want).all(axis=1))
+        else:
+            hits = np.empty(0, dtype=np.int64)
+        if hits.size == 0:
+            raise ValueError(
+                f"record {int(batch.seq_record[j])} slot {j % N_SLOTS}: the gating token pattern "
+                f"{list(pattern)} does not occur (the head needs its Llama-3 chat template)"
+            )
+        t = int(hits[-1])
+        out[j] = a + t if t < p else int(starts[j]) + t - p
+    return out
+
+
 def seq_lengths(batch: PackedBatch) -> np.ndarray:
     """Unpadded length of every sequence j (prefix + its branch): int64 [S*6]."""
     start, end = branch_bounds(batch)

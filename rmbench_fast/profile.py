@@ -296,7 +296,7 @@ def model_shape(model_dir: Path) -> dict[str, Any] | None:
     from .errors import ModelError
 
     try:
-        cfg = EngineConfig.from_model_dir(model_dir)
+        cfg = EngineConfig.from_model_dir(model_dir, head_hint="causal")  # the body is the same
     except (ModelError, OSError, ValueError):
         return None
     with torch.device("meta"):

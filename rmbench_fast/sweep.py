@@ -35,11 +35,14 @@ def check_model(model: str, base: RunConfig) -> None:
     code), the kind against the reward options, and the chat template."""
     from .format import Formatter
     from .modelio import inspect_model_dir
-    from .pipeline import _check_kind
+    from .pipeline import _check_kind, kind_hint
 
     cfg = replace(base, model=model)
     info = inspect_model_dir(
-        Path(model), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
+        Path(model),
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
+        kind_hint=kind_hint(cfg),
     )
     _check_kind(cfg, info)
     Formatter.from_model_dir(Path(model), cfg.chat_template)

@@ -33,6 +33,7 @@ from _official import official_head_model  # noqa: E402
 from _tiny import hf_reference_scores, make_tiny_head_dir, synthetic_records  # noqa: E402
 
 from rmbench_fast.engine import EngineConfig, NativeScorer, native_supports, reward_heads  # noqa: E402
+from rmbench_fast.errors import ModelError  # noqa: E402
 from rmbench_fast.modelio import inspect_model_dir  # noqa: E402
 from rmbench_fast.types import TokSeq  # noqa: E402
 
@@ -182,7 +183,7 @@ def test_remote_code_in_the_directory_is_never_imported(heads: dict[str, Path], 
     assert sentinel.read_text() == "imported"
 
 
-# -- gating heads (ArmoRM, QRM): model level; the scorer does not pass the gating row yet ---------
+# -- gating heads (ArmoRM, QRM): the gate reads the hidden state at the gating token ---------------
 PATTERN = [128009, 128006, 78191, 128007, 271]  # <|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n
 GATE_VOCAB = 128256
 N_OBJ = N_Q = (
@@ -394,10 +395,33 @@ def test_gating_head_matches_reference(head: str, gating_dirs: dict[str, Path]) 
 
 
 @pytest.mark.parametrize("head", ["qrm", "armorm"])
-def test_gating_heads_recognised_but_not_run_by_the_scorer(head: str, gating_dirs: dict[str, Path]) -> None:
-    """Until the scorer passes the gating rows, `--backend auto` keeps these on the hf backend."""
-    info = inspect_model_dir(gating_dirs[head])
+def test_scorer_runs_gating_heads(head: str, gating_dirs: dict[str, Path]) -> None:
+    """`--backend auto` picks the native engine, and NativeScorer finds each sequence's gating
+    row itself (the last pattern occurrence; every third record has two) over packed batches."""
+    info = inspect_model_dir(gating_dirs[head])  # no --trust-remote-code
     assert info.native_head is not None and info.native_head.name == head
     assert info.native_head.gating_pattern == tuple(PATTERN)
-    reason = native_supports(json.loads((gating_dirs[head] / "config.json").read_text()))
-    assert reason is not None and "gate" in reason
+    assert native_supports(json.loads((gating_dirs[head] / "config.json").read_text())) is None
+    seqs, gates = _gating_records(7, seed=3)
+    want = (
+        _qrm_reference(gating_dirs[head], seqs)
+        if head == "qrm"
+        else _armorm_reference(gating_dirs[head], seqs, gates)
+    )
+    scorer = NativeScorer(gating_dirs[head], kind="classifier", dtype="float32", batch_tokens=200)
+    got = scorer.score(seqs)
+    assert len(scorer.schedule.batches) > 1
+    assert np.all(np.abs(got - want) <= _tol(want, 1e-4)), np.abs(got - want).max()
+    # the first occurrence instead of the last would move the two-pattern records
+    first = [[g[0] - 3 - len(PATTERN)] * 6 if r % 3 == 0 else g for r, g in enumerate(gates)]
+    if head == "armorm":
+        moved = _armorm_reference(gating_dirs[head], seqs, first)
+        assert np.all(np.abs(moved[::3] - want[::3]) > _tol(want[::3], 1e-4))
+
+
+def test_gating_pattern_missing_is_one_line(gating_dirs: dict[str, Path]) -> None:
+    seqs, _ = _gating_records(2)
+    bad = [TokSeq(ids=[1, 5, 6, 7, 2], label_start=5, pool_index=3)] * 6
+    scorer = NativeScorer(gating_dirs["armorm"], kind="classifier", dtype="float32")
+    with pytest.raises(ModelError, match=r"record 1 slot 0: the gating token pattern .* does not occur"):
+        scorer.score([seqs[0], bad])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,11 +48,10 @@ ACTIVATIONS = {
     "qwen3": ("silu",),
     "gemma2": ("gelu_pytorch_tanh",),
 }
-# Custom reward heads the scorer runs natively (engine/reward_heads.py). ArmoRM and QRM are
-# implemented there too, but their gate reads a second row (the gating token's hidden state),
-# which the scorer does not pass yet: until it does they are recognised and refused (hf backend).
-NATIVE_HEADS: tuple[NativeHeadName, ...] = ("inform", "grm")
+# Custom reward heads the scorer runs natively (engine/reward_heads.py). The gating heads also
+# read a second row per sequence, the hidden state at the gating token (plan.gating_rows).
 GATING_HEADS: tuple[NativeHeadName, ...] = ("qrm", "armorm")
+NATIVE_HEADS: tuple[NativeHeadName, ...] = ("inform", "grm", *GATING_HEADS)
 SUPPORTED_ROPE = ("default", "linear", "llama3", "yarn", "dynamic")
 HINT = "use --backend hf"
 
@@ -103,6 +102,8 @@ class RewardHeadConfig:
     gating_hidden_dim: int = 1024
     gating_n_hidden: int = 3
     gating_temperature: float = 10.0
+    # qrm / armorm: the token ids whose last occurrence in a sequence is its gating position
+    gating_pattern: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,10 @@ class EngineConfig:
     reward_head: RewardHeadConfig | None = None  # a custom classifier head (INF-ORM, GRM, ...)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path) -> EngineConfig:
+    def from_model_dir(cls, model_dir: str | Path, *, head_hint: Head | None = None) -> EngineConfig:
         """config.json of `model_dir`; the checkpoint's tensor names (read from the safetensors
-        headers, no weights) also let a custom reward head be recognised by its layout."""
+        headers, no weights) also let a custom reward head be recognised by its layout.
+        head_hint: the head a config without `architectures` gets (see `from_dict`)."""
         from rmbench_fast.modelio import checkpoint_tensor_names
 
         path = Path(model_dir) / "config.json"
@@ -154,7 +156,8 @@ class EngineConfig:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot parse config.json ({exc})", file=str(path)) from None
-        return cls.from_dict(raw, source=str(path), tensor_names=checkpoint_tensor_names(model_dir))
+        names = checkpoint_tensor_names(model_dir)
+        return cls.from_dict(raw, source=str(path), tensor_names=names, head_hint=head_hint)
 
     @classmethod
     def from_dict(
@@ -164,12 +167,15 @@ class EngineConfig:
         source: str = "config.json",
         tensor_names: list[str] | None = None,
         heads: tuple[NativeHeadName, ...] = NATIVE_HEADS,
+        head_hint: Head | None = None,
     ) -> EngineConfig:
         """Map an HF config dict; raise ModelError for anything the engine does not implement.
 
         tensor_names (optional): the checkpoint's tensor names, to recognise a custom reward head
         by its weights when config.json does not name it. heads: the custom heads to accept
-        (default: those the scorer runs; the model-level tests also pass GATING_HEADS).
+        (default: those the scorer runs). head_hint: for a config whose `architectures` is null
+        or empty (transformers saves one after loading a GGUF), the head the run asks for; the
+        family then comes from `model_type`, as the Auto classes of the official scripts do it.
         """
 
         def fail(msg: str, field: str | None = None) -> ModelError:
@@ -182,16 +188,23 @@ class EngineConfig:
         if native_head is not None and native_head.name in heads:
             family, head = MODEL_TYPES[raw["model_type"]], "classifier"
             arch = next((a for a in archs if a not in ARCHITECTURES), None) or native_head.name
-            reward_head = _reward_head(raw, native_head.name)
-        elif native_head is not None:
-            why = (
-                "its gate needs a second pooled row"
-                if native_head.name in GATING_HEADS
-                else "not implemented"
+            reward_head = replace(
+                _reward_head(raw, native_head.name), gating_pattern=native_head.gating_pattern
             )
-            raise fail(f"the {native_head.name} reward head does not run natively ({why})", "architectures")
+        elif native_head is not None:
+            raise fail(f"the {native_head.name} reward head is not accepted here", "architectures")
+        elif not archs and raw.get("model_type") in MODEL_TYPES and head_hint is not None:
+            family, head = MODEL_TYPES[raw["model_type"]], head_hint
+            arch = next(a for a, fh in ARCHITECTURES.items() if fh == (family, head))
+        elif not archs and head_hint is None:
+            raise ModelError(
+                "config.json has no architectures; pass --kind classifier or --kind dpo",
+                file=source,
+                field="architectures",
+            )
         elif arch is None:
-            raise fail(f"architecture {archs!r} is not supported by the native engine", "architectures")
+            shown = archs or f"none (model_type {raw.get('model_type')!r})"
+            raise fail(f"architecture {shown!r} is not supported by the native engine", "architectures")
         else:
             family, head = ARCHITECTURES[arch]
         for key in (

@@ -183,11 +183,17 @@ def dpo_stats(
 
 
 def classifier_stats(
-    model: torch.nn.Module, hidden: torch.Tensor, pool: torch.Tensor, fp32: bool
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    pool: torch.Tensor,
+    fp32: bool,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sequence (score, NaN, NaN) float64 [n_seq, 3]: the head at the pooled rows [n_seq]."""
+    """Per-sequence (score, NaN, NaN) float64 [n_seq, 3]: the head at the pooled rows [n_seq].
+    gate [n_seq] (ArmoRM / QRM): the rows of each sequence's gating token, read by the gate."""
     with phase("classifier_head"):
-        score = model.classify(hidden.index_select(0, pool), fp32)  # [n_seq, 1]
+        gate_h = None if gate is None else hidden.index_select(0, gate)  # [n_seq, H]
+        score = model.classify(hidden.index_select(0, pool), fp32, gate_h)  # [n_seq, 1]
         s = score[:, 0].float().double()
         nan = torch.full_like(s, float("nan"))
         return torch.stack([s, nan, nan], dim=-1)

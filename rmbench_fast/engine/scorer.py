@@ -31,15 +31,17 @@ from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
 from rmbench_fast.phases import phase
+from rmbench_fast.plan import gating_rows
 from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
 from rmbench_fast.settings import ScoreSettings
 from rmbench_fast.types import PackedBatch, TokSeq
 
 
-def native_supports(config: dict[str, Any]) -> str | None:
-    """None if the native engine can run a model with this config.json dict, else the reason."""
+def native_supports(config: dict[str, Any], head_hint: str | None = None) -> str | None:
+    """None if the native engine can run a model with this config.json dict, else the reason.
+    head_hint ("causal" / "classifier"): the head for a config without `architectures`."""
     try:
-        EngineConfig.from_dict(config)
+        EngineConfig.from_dict(config, head_hint=head_hint)  # type: ignore[arg-type]
     except ModelError as exc:
         return str(exc)
     return None
@@ -105,19 +107,19 @@ class NativeScorer:
         self.batch_tokens, self.share_prefix = int(s.batch_tokens), s.share_prefix
         self.flex_failure: str | None = None  # set when flex failed to compile for this model
         self.log = log or (lambda _msg: None)
+        want = "causal" if (s.kind == "dpo" or s.causal_logit_token is not None) else "classifier"
         if model is not None:
             self.cfg = model.cfg
             self.dtype = next(model.parameters()).dtype
         else:
             if model_dir is None:
                 raise ValueError("NativeScorer needs a model directory or a loaded model")
-            self.cfg = EngineConfig.from_model_dir(model_dir)
+            self.cfg = EngineConfig.from_model_dir(model_dir, head_hint=want)
             self.dtype = resolve_dtype(s.dtype, self.cfg)
         auto = s.attn_impl in (None, "auto")
         self.attn_impl = default_impl(self.device, self.cfg.attn_softcap) if auto else s.attn_impl
         self.attention_calls: Counter[str] = Counter()  # per backend that actually ran
         self.causal_logit_token = s.causal_logit_token
-        want = "causal" if (s.kind == "dpo" or s.causal_logit_token is not None) else "classifier"
         if self.cfg.head != want:
             raise ModelError(
                 f"{self.cfg.architecture} is not a {'causal LM' if s.kind == 'dpo' else 'sequence classifier'}",
@@ -129,7 +131,7 @@ class NativeScorer:
         self.model = model if model is not None else self._load(model_dir, self.cfg)  # type: ignore[arg-type]
         self.ref_model: torch.nn.Module | None = None
         if ref_model_dir is not None:
-            ref_cfg = EngineConfig.from_model_dir(ref_model_dir)
+            ref_cfg = EngineConfig.from_model_dir(ref_model_dir, head_hint="causal")
             if ref_cfg.head != "causal":
                 raise ModelError(f"{ref_cfg.architecture} is not a causal LM", file=str(ref_model_dir))
             self.ref_model = self._load(ref_model_dir, ref_cfg)
@@ -268,6 +270,18 @@ class NativeScorer:
         finally:
             self.attention_calls.update(layout.ran)
 
+    def _gating_rows(self, batch: PackedBatch) -> torch.Tensor | None:
+        """[n_seq] int64 on the device: each sequence's gating-token row (ArmoRM / QRM), found
+        on the host arrays (no sync), or None for a head without a gate."""
+        spec = self.cfg.reward_head
+        if spec is None or spec.gating_pattern is None:
+            return None
+        try:
+            rows = gating_rows(batch, spec.gating_pattern)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+        return torch.from_numpy(rows).to(self.device, non_blocking=True)
+
     def _forward(self, batch: PackedBatch, layout: PackedLayout) -> torch.Tensor:
         ids, n_seq = layout.input_ids, len(batch.seq_record)
         with torch.inference_mode():
@@ -277,7 +291,8 @@ class NativeScorer:
                 hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
                 if self.causal_logit_token is not None:
                     return causal_logit_stats(self.model, hidden, layout.pool_pos, self.causal_logit_token)
-                return classifier_stats(self.model, hidden, layout.pool_pos, self.fp32_scores)
+                gate = self._gating_rows(batch)
+                return classifier_stats(self.model, hidden, layout.pool_pos, self.fp32_scores, gate)
             labels = (layout.label_pos, layout.label_ids, layout.label_seq)
             hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
             ref, ref_tp = None, None
