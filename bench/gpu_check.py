@@ -92,7 +92,8 @@ def load_seqs(data: Path, per_domain: int) -> tuple[list[Any], list[list[Any]]]:
 
 
 # --- models made in memory --------------------------------------------------------------------
-SHAPE_8B = SHAPES["llama-3.1-8b"]  # the published config fields (bench/make_random_model.py)
+SHAPE_8B = "llama-3.1-8b"  # the published config fields (bench/make_random_model.py SHAPES)
+SPEED_SHAPES = ("llama-3.1-8b", "qwen3-8b", "qwen2-7b", "gemma-2-9b")
 
 
 def hf_model(config: dict[str, Any], device: str, dtype: Any, seed: int) -> Any:
@@ -174,19 +175,22 @@ def stage_correctness(device: str, data: Path, per_domain: int) -> dict[str, Any
 
     _, seqs = load_seqs(data, per_domain)
     out: dict[str, Any] = {}
-    for arch in ("llama", "qwen2", "gemma2"):
+    classes = {
+        "llama": "LlamaForCausalLM",
+        "qwen2": "Qwen2ForCausalLM",
+        "qwen3": "Qwen3ForCausalLM",
+        "gemma2": "Gemma2ForCausalLM",
+    }
+    for arch, cls in classes.items():
         config = {
-            "architectures": [
-                {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma2": "Gemma2ForCausalLM"}[
-                    arch
-                ]
-            ],
+            "architectures": [cls],
             "model_type": arch,
             "vocab_size": 49152,
             "max_position_embeddings": 8192,
             "rms_norm_eps": 1e-5,
             **TINY,
             **({"head_dim": 16, "query_pre_attn_scalar": 16} if arch == "gemma2" else {}),
+            **({"head_dim": 16} if arch == "qwen3" else {}),
         }
         hf_cpu = hf_model(config, "cpu", torch.float32, seed=1)
         ref_model = native_from_hf(hf_cpu, config, "cpu", torch.float32)
@@ -253,15 +257,16 @@ def kernel_checks(device: str) -> list[dict[str, Any]]:
     return rows
 
 
-def stage_speed(device: str, data: Path, per_domain: int, dry: bool) -> dict[str, Any]:
+def stage_speed(device: str, data: Path, per_domain: int, dry: bool, shape: str = SHAPE_8B) -> dict[str, Any]:
     import torch
     from e2e import official_style_scores
 
     from rmbench_fast.engine import NativeScorer
 
-    config = dict(SHAPE_8B)
+    config = dict(SHAPES[shape])
     if dry:  # tiny, with ids inside the SmolLM2 tokenizer's vocabulary
         config.update(TINY, head_dim=16, vocab_size=49152, bos_token_id=1, eos_token_id=2)
+        config.update({"max_window_layers": 2} if "max_window_layers" in config else {})
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     _, seqs = load_seqs(data, per_domain)
     warm, timed = seqs[:2], seqs
@@ -303,7 +308,7 @@ def stage_speed(device: str, data: Path, per_domain: int, dry: bool) -> dict[str
     peak_rate = matmul_rate(device, 8192 if device.startswith("cuda") else 256)
     mfu = flops / native_s / peak_rate
     return {
-        "shape": "llama-3.1-8b" if not dry else "tiny (dry run)",
+        "shape": shape if not dry else f"tiny {config['model_type']} (dry run)",
         "dtype": str(dtype).removeprefix("torch."),
         "records": len(timed),
         "useful_tokens": st["useful_tokens"],
@@ -356,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA_DIR)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--per-domain", type=int, default=None)
+    ap.add_argument("--shape", choices=SPEED_SHAPES, default=SHAPE_8B, help="the speed stage's model shape")
     args = ap.parse_args(argv)
     if args.prepare:
         print(f"prepared {prepare(args.data)}")
@@ -388,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         "correctness",
         lambda: stage_correctness(device, args.data, max(1, per_domain // 8) if not dry else 1),
     )
-    _stage(report, "speed", lambda: stage_speed(device, args.data, per_domain, dry))
+    _stage(report, "speed", lambda: stage_speed(device, args.data, per_domain, dry, args.shape))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gpu-{gpu}.json"
+    suffix = "" if args.shape == SHAPE_8B else f"-{args.shape}"
+    path = args.out / f"gpu-{gpu}{suffix}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     failed = [

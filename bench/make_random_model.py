@@ -1,6 +1,7 @@
 """Write a random-weight model directory at a real model's shape, for GPU benchmarks.
 
-    python bench/make_random_model.py --shape {llama-3.1-8b,qwen2-7b,gemma-2-9b,tiny} --out DIR [--dtype bfloat16] \
+    python bench/make_random_model.py --shape {llama-3.1-8b,qwen2-7b,qwen3-8b,gemma-2-9b,tiny,tiny-qwen3} \
+        --out DIR [--dtype bfloat16] [--classifier] \
         [--tokenizer-from DIR]   # a dir with tokenizer.json + tokenizer_config.json
 
 Random weights time the same as trained ones. The config follows the real model's config.json
@@ -92,6 +93,29 @@ SHAPES: dict[str, dict[str, Any]] = {
         "bos_token_id": 2,
         "eos_token_id": 1,
     },
+    # Qwen3-8B, the base of Skywork-Reward-V2-Qwen3-8B (per-head q/k RMSNorm, no qkv bias).
+    "qwen3-8b": {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 40960,
+        "vocab_size": 151936,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": 36,
+        "hidden_act": "silu",
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+    },
     # A few-MB stand-in with the same code path, to test this script on a CPU.
     "tiny": {
         "architectures": ["LlamaForCausalLM"],
@@ -111,6 +135,31 @@ SHAPES: dict[str, dict[str, Any]] = {
         "eos_token_id": 2,
     },
 }
+# The Qwen3 code path at a few MB (q/k norms included), for CPU tests of Qwen3 benchmarks.
+SHAPES["tiny-qwen3"] = dict(
+    SHAPES["qwen3-8b"],
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_window_layers=2,
+    vocab_size=49152,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def shape_config(shape: str, *, classifier: bool = False) -> dict[str, Any]:
+    """The config.json of a shape; `classifier` makes it the ...ForSequenceClassification of the
+    same body with one reward logit (as Skywork-Reward-V2 ships its Qwen3 and Llama models)."""
+    cfg = dict(SHAPES[shape])
+    if classifier:
+        cfg["architectures"] = [cfg["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")]
+        cfg["num_labels"] = 1
+        cfg["pad_token_id"] = cfg["eos_token_id"]
+    return cfg
 
 
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -132,10 +181,11 @@ def write_random_model(
     shard_bytes: int = 2 << 30,
     device: str | None = None,
     tokenizer_from: Path | None = None,
+    classifier: bool = False,
 ) -> Path:
     from safetensors.torch import save_file
 
-    cfg = dict(SHAPES[shape], torch_dtype=dtype)
+    cfg = dict(shape_config(shape, classifier=classifier), torch_dtype=dtype)
     tdtype = getattr(torch, dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -184,9 +234,17 @@ def main() -> None:
         default=None,
         help="a directory with tokenizer.json + tokenizer_config.json (default: the SmolLM2 demo's)",
     )
+    ap.add_argument(
+        "--classifier", action="store_true", help="a sequence classifier (one reward logit) on the same body"
+    )
     args = ap.parse_args()
     path = write_random_model(
-        args.shape, args.out, dtype=args.dtype, seed=args.seed, tokenizer_from=args.tokenizer_from
+        args.shape,
+        args.out,
+        dtype=args.dtype,
+        seed=args.seed,
+        tokenizer_from=args.tokenizer_from,
+        classifier=args.classifier,
     )
     print(f"wrote {path}")
 

@@ -110,6 +110,28 @@ def test_bench_classifier_in_process(tmp_path: Path, tiny_models: dict[str, Path
     assert doc["agreement"]["official"]["decisive_pairs"]["agreement"] == 1.0
 
 
+@pytest.mark.parametrize("classifier", [False, True], ids=["dpo", "classifier"])
+def test_e2e_on_a_qwen3_random_model(tmp_path: Path, smollm2_dir: Path, classifier: bool) -> None:
+    """bench/e2e.py runs a Qwen3 model (make_random_model's Qwen3 shape: q/k norms, no qkv bias)
+    as it runs Llama, so the same command times Skywork-Reward-V2-Qwen3 shapes on a GPU."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(REPO / "bench"))
+    import e2e
+    import make_random_model as mrm
+
+    model = mrm.write_random_model(
+        "tiny-qwen3", tmp_path / "q3", dtype="float32", device="cpu", classifier=classifier
+    )
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(model), *ONE_RECORD, "--paths", "official", "native", "--in-process"]
+    assert e2e.main([*argv, "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    _check_doc(doc, ["official", "native"])
+    assert doc["kind"] == ("classifier" if classifier else "dpo")
+    assert doc["agreement"]["official"]["matrices_identical"]
+    assert doc["agreement"]["official"]["max_abs_diff"] < 1e-3
+
+
 def test_bench_without_transformers_is_one_line_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

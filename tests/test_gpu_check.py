@@ -33,10 +33,23 @@ def test_gpu_check_dry_run(tmp_path: Path, rm_bench_data_dir: Path, smollm2_dir:
     report = json.loads((out / "gpu-cpu-dry-run.json").read_text())
     for stage in ("build", "correctness", "speed"):
         assert "error" not in report[stage], report[stage]
-    for arch in ("llama", "qwen2", "gemma2"):
+    for arch in ("llama", "qwen2", "qwen3", "gemma2"):
         assert report["correctness"][arch]["float32"]["within_tol"]
         assert report["correctness"][arch]["bfloat16"]["decisive_pairs"] > 0
     assert all(k["ok"] for k in report["correctness"]["kernels"])
     speed = report["speed"]
     assert speed["native_s"] > 0 and speed["official_s"] > 0 and 0 < speed["mfu"]
+    assert speed["decisive_agreement_vs_official"]["agreement"] > 0.9
+
+
+def test_speed_stage_on_the_qwen3_shape(tmp_path: Path, rm_bench_data_dir: Path, smollm2_dir: Path) -> None:
+    """`--shape qwen3-8b` (Skywork-Reward-V2-Qwen3's body) takes the same path, tiny on the CPU."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+
+    data = gpu_check.prepare(tmp_path / "data", per_domain=2)
+    speed = gpu_check.stage_speed("cpu", data, 1, True, "qwen3-8b")
+    assert speed["shape"] == "tiny qwen3 (dry run)"
+    assert speed["native_s"] > 0 and speed["official_s"] > 0
     assert speed["decisive_agreement_vs_official"]["agreement"] > 0.9

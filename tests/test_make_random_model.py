@@ -14,10 +14,17 @@ import make_random_model as mrm  # noqa: E402
 
 
 @pytest.mark.parametrize(
-    ("shape", "billions"), [("llama-3.1-8b", 8.03), ("qwen2-7b", 7.62), ("gemma-2-9b", 9.24)]
+    ("shape", "billions", "classifier"),
+    [
+        ("llama-3.1-8b", 8.03, False),
+        ("qwen2-7b", 7.62, False),
+        ("gemma-2-9b", 9.24, False),
+        ("qwen3-8b", 8.19, False),
+        ("qwen3-8b", 7.57, True),  # Skywork-Reward-V2-Qwen3-8B: no LM head, a [1, H] score
+    ],
 )
-def test_shapes_match_the_published_parameter_counts(shape: str, billions: float) -> None:
-    shapes = mrm.tensor_shapes(mrm.SHAPES[shape])
+def test_shapes_match_the_published_parameter_counts(shape: str, billions: float, classifier: bool) -> None:
+    shapes = mrm.tensor_shapes(mrm.shape_config(shape, classifier=classifier))
     n = sum(math.prod(s) for s in shapes.values())
     assert round(n / 1e9, 2) == billions
 
