@@ -1,4 +1,5 @@
-"""Custom reward heads natively (INF-ORM, GRM) against the official model classes, fp32 CPU.
+"""Custom reward heads natively (INF-ORM, GRM, QRM, ArmoRM) against the official model classes
+(ArmoRM: its published forward written out), fp32 CPU.
 
 The oracle is the rewardbench wheel's own code: `INFORMForSequenceClassification` (Linear-ReLU-
 Linear score head) and `GRewardModel` (GRM's value head, MLP or linear), which also write the
