@@ -1,12 +1,15 @@
 """Sweep vs separate runs: K checkpoints of one policy, DPO with a shared reference model.
 
-    python bench/bench_sweep.py [--model DIR] [--checkpoints 3] [--limit 4] --out bench/results/sweep-cpu.json
+    python bench/bench_sweep.py [--model DIR] [--checkpoints 3] [--limit 4] --out bench/results/sweep-cpu.json \
+        [--keep DIR] [--plot docs/sweep_plot.png]
 
 The checkpoints are seeded perturbed copies of --model (default: the SmolLM2-135M-Instruct demo),
 the reference another one. Timed in the same process, same data: (a) `evaluate(...)` once per
 checkpoint, as a loop of `python -m rmbench_fast run` calls would do (minus process start-up and
 model-independent imports, which favours the loop), (b) one `run_sweep(...)`. The sweep runs the
 reference once instead of K times and tokenizes once; its scores must equal (a)'s bit for bit.
+`--keep DIR` keeps the sweep's output (sweep.json and each checkpoint's files); `--plot FILE` writes
+the sweep's accuracy-by-checkpoint plot with its interval bands (`report DIR --plot`) to FILE.
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ def perturbed_copy(src: Path, dst: Path, seed: int, rel: float = 0.02) -> Path:
     return dst
 
 
+def _plot_title(args: argparse.Namespace) -> str:
+    return (
+        f"bench/bench_sweep.py: {args.checkpoints} perturbed checkpoints of {Path(args.model).name} (DPO with a "
+        f"reference), {args.limit} records per domain"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--domains", nargs="+", default=["chat", "code", "safety-refuse"])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--keep", type=Path, default=None, help="copy the sweep's output directory here")
+    ap.add_argument("--plot", type=Path, default=None, help="write the sweep plot (PNG) here")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -101,6 +113,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             for row, sep in zip(rows, separate)
         )
+        if args.keep is not None:
+            shutil.copytree(root / "sweep", args.keep, dirs_exist_ok=True)
+        if args.plot is not None:
+            from rmbench_fast.sweep import plot_sweep, read_sweep
+
+            png = plot_sweep(read_sweep(root / "sweep"), root / "sweep", title=_plot_title(args))
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(png, args.plot)
     result = {
         "benchmark": "sweep vs separate runs (DPO with a shared reference, native engine)",
         "command": shlex.join(

@@ -287,12 +287,25 @@ def _detect_kind(path: Path, archs: list[str], model_type: Any, hint: ModelKind 
     )
 
 
+# Classes every supported transformers release defines (the native engine's families): asking
+# transformers about them would import their modeling module, seconds of start-up per run.
+_HF_CLASSES = frozenset(
+    f"{family}{head}"
+    for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma")
+    for head in ("ForCausalLM", "ForSequenceClassification")
+)
+
+
 def _known_to_transformers(arch: str) -> bool | None:
     """True/False if transformers is installed and does/doesn't define `arch`; None if it is absent."""
-    try:
-        import transformers
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
         return None
+    if arch in _HF_CLASSES:
+        return True
+    import transformers
+
     try:
         return hasattr(transformers, arch)
     except Exception:  # a lazy import of that model module failed: treat as unknown

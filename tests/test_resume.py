@@ -42,14 +42,21 @@ def _meta(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())["meta"]
 
 
+@pytest.fixture(scope="module")
+def cold(tiny: dict[str, Path], rm_bench_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run's output directory (shared by the kill points)."""
+    root = tmp_path_factory.mktemp("cold")
+    run = _run(tiny["policy"], rm_bench_data_dir, root / "out", root / "cold.sqlite")
+    assert run.returncode == 0, run.stderr[-2000:]
+    n_batches = _meta(root / "out")["scorer_stats"]["n_batches"]
+    assert n_batches >= 6 and _meta(root / "out")["data"]["n_records"] >= 24
+    return root / "out"
+
+
 @pytest.mark.parametrize("point", ["load", "after_batch:3", "in_txn:4"])
 def test_sigkill_then_rerun_is_byte_identical(
-    tiny: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path, point: str
+    tiny: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path, point: str, cold: Path
 ) -> None:
-    cold = _run(tiny["policy"], rm_bench_data_dir, tmp_path / "cold", tmp_path / "cold.sqlite")
-    assert cold.returncode == 0, cold.stderr[-2000:]
-    n_batches = _meta(tmp_path / "cold")["scorer_stats"]["n_batches"]
-    assert n_batches >= 6 and _meta(tmp_path / "cold")["data"]["n_records"] >= 30
 
     store = tmp_path / "store.sqlite"
     killed = _run(tiny["policy"], rm_bench_data_dir, tmp_path / "warm", store, point)
@@ -57,9 +64,7 @@ def test_sigkill_then_rerun_is_byte_identical(
     assert not (tmp_path / "warm" / "scores.json").exists()
     again = _run(tiny["policy"], rm_bench_data_dir, tmp_path / "warm", store)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert (tmp_path / "warm" / "scores.json").read_bytes() == (
-        tmp_path / "cold" / "scores.json"
-    ).read_bytes()
+    assert (tmp_path / "warm" / "scores.json").read_bytes() == (cold / "scores.json").read_bytes()
     found = _meta(tmp_path / "warm")["scorer_stats"]["store"]["batches_found"]
     want = {"load": 0, "after_batch:3": 3, "in_txn:4": 3}[point]  # the batch in flight is not kept
     assert found == want
