@@ -169,6 +169,16 @@ CREATE TABLE file_hashes (
 ) WITHOUT ROWID;
 PRAGMA application_id = {APPLICATION_ID};
 """
+# Generative judges' answers (judge/runner.py): added to schema 1 stores on first open (an
+# additive table; older rmbench_fast versions ignore it).
+_JUDGMENTS = """
+CREATE TABLE IF NOT EXISTS judgments (
+    key BLOB PRIMARY KEY,
+    judge TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created REAL NOT NULL
+) WITHOUT ROWID
+"""
 
 
 class StoreError(UsageError):
@@ -291,6 +301,13 @@ def seq_key_of(seq: Any) -> str:
         pool_index=getattr(seq, "pool_index", -1),
         mask_first=getattr(seq, "mask_first", False),
     )
+
+
+def judge_key(store_identity: str, request_key: str) -> str:
+    """The store key of one judge request: sha256 of the judge's store identity (content-derived
+    where it can be: the in-process model's fingerprint and dtype; for a server its URL and
+    served model name) and the request's own key (prompt and decoding settings)."""
+    return hashlib.sha256(f"{store_identity}\0{request_key}".encode()).hexdigest()
 
 
 def batch_key(seq_keys: Sequence[str], layout: Any = None) -> str:
@@ -424,6 +441,7 @@ class StoreInfo:
     schema_version: int
     file_hashes: int
     scopes: tuple[ScopeInfo, ...] = field(default_factory=tuple)
+    judgments: int = 0  # generative judges' stored answers
 
     @property
     def batches(self) -> int:
@@ -660,6 +678,9 @@ class ResultStore:
             )
         if missing:
             raise self._foreign(f"missing tables: {', '.join(sorted(missing))}")
+        if "judgments" not in tables:
+            with self._write():
+                db.execute(_JUDGMENTS)
 
     # -- scopes --------------------------------------------------------------------------------
 
@@ -859,6 +880,43 @@ class ResultStore:
                 )
         return digest
 
+    # -- generative judges ---------------------------------------------------------------------
+
+    def put_judgment(self, key: str, judge: str, response: Mapping[str, Any]) -> bool:
+        """Store one judge answer under `key` (a 64-hex request key made with the judge's store
+        identity, see `judge_key`), in its own transaction. The first stored answer wins: writing
+        a key again changes nothing and returns False."""
+        blob = _key_bytes(key, "judgment key")
+        text = json.dumps(dict(response), ensure_ascii=False, sort_keys=True)
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO judgments (key, judge, response, created) VALUES (?, ?, ?, ?)",
+                (blob, judge, text, time.time()),
+            )
+            return cur.rowcount == 1
+
+    def get_judgments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored answers among `keys`: key -> the response dict given to `put_judgment`."""
+        blobs = {_key_bytes(k, "judgment key"): k for k in keys}
+        found: dict[str, dict[str, Any]] = {}
+        items = list(blobs)
+        with self._read() as db:
+            for i in range(0, len(items), _IN_CHUNK):
+                chunk = items[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for blob, text in db.execute(
+                    f"SELECT key, response FROM judgments WHERE key IN ({marks})", chunk
+                ):
+                    try:
+                        found[blobs[bytes(blob)]] = json.loads(text)
+                    except json.JSONDecodeError:
+                        continue  # unreadable: asked again
+        return found
+
+    def judgment_count(self) -> int:
+        with self._read() as db:
+            return int(db.execute("SELECT count(*) FROM judgments").fetchone()[0])
+
     # -- maintenance ---------------------------------------------------------------------------
 
     def size_bytes(self) -> int:
@@ -880,6 +938,7 @@ class ResultStore:
                 "GROUP BY c.id ORDER BY c.id"
             ).fetchall()
             n_files = int(db.execute("SELECT count(*) FROM file_hashes").fetchone()[0])
+            n_judged = int(db.execute("SELECT count(*) FROM judgments").fetchone()[0])
         scopes = []
         for key, model, kind, parts, label, created, used, nb, ns in rows:
             try:
@@ -887,7 +946,7 @@ class ResultStore:
             except json.JSONDecodeError:
                 parts_dict = {}
             scopes.append(ScopeInfo(key, model, kind, parts_dict, label, int(nb), int(ns), created, used))
-        return StoreInfo(self.path, self.size_bytes(), SCHEMA_VERSION, n_files, tuple(scopes))
+        return StoreInfo(self.path, self.size_bytes(), SCHEMA_VERSION, n_files, tuple(scopes), n_judged)
 
     def clear(self, model_fingerprint: str | None = None) -> tuple[int, int]:
         """Delete the results of one model (its fingerprint, or a unique prefix of it), or everything
@@ -895,7 +954,7 @@ class ResultStore:
         with self._write() as db:
             if model_fingerprint is None:
                 nb, ns = db.execute("SELECT count(*), coalesce(sum(n), 0) FROM batches").fetchone()
-                for table in ("seqs", "batches", "scopes", "file_hashes"):
+                for table in ("seqs", "batches", "scopes", "file_hashes", "judgments"):
                     db.execute(f"DELETE FROM {table}")
             else:
                 models = [
@@ -993,7 +1052,7 @@ def cache_command(action: str, path: Path | str | None, console: Any, *, model: 
     console.print(
         f"results store {info.path}: {_human_size(info.size_bytes)}, schema {info.schema_version}, "
         f"{len(info.scopes)} scopes, {info.batches} batches, {info.seqs} sequences, "
-        f"{info.file_hashes} file hashes"
+        f"{info.file_hashes} file hashes, {info.judgments} judge answers"
     )
     if not info.scopes:
         return 0
@@ -1029,6 +1088,7 @@ __all__ = [
     "classifier_values",
     "default_store_path",
     "fingerprint_model",
+    "judge_key",
     "model_files",
     "open_store",
     "resolve_store_path",

@@ -300,7 +300,7 @@ def test_full_run(tmp_path: Path, data: Path, server: FakeServer, capsys: pytest
     assert meta["judge"]["retries"] == 0 and meta["tokens"]["completion"] == 90 * 7
     rows = json.loads((out / "scores.json").read_text())
     assert len(rows) == 5 and "judge_matrix" in rows[0] and "score_chosen" not in rows[0]
-    assert "judge requests (0 from the log, 90 sent)" in " ".join(stdout.split())
+    assert "judge requests (0 from the log, 0 from the results store, 90 sent)" in " ".join(stdout.split())
 
 
 def test_prefix_order_on_the_wire(
@@ -415,7 +415,32 @@ def test_resume_with_the_server_gone(tmp_path: Path, data: Path, capsys: pytest.
     again = json.loads((out / "metrics.json").read_text())
     assert again["domains"] == first["domains"] and again["total"] == first["total"]
     assert again["meta"]["requests"]["from_log"] == 90 and again["meta"]["requests"]["sent"] == 0
-    assert "(90 from the log, 0 sent)" in " ".join(stdout.split())
+    assert "(90 from the log, 0 from the results store, 0 sent)" in " ".join(stdout.split())
+
+
+def test_results_store_answers_another_out_dir(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Answers also go to the results store as they arrive: a run into a fresh --out finishes
+    from it with the server gone; --no-cache does not read it; another server URL is another judge."""
+    with FakeServer() as s:
+        rc, _, err = _run(capsys, data, tmp_path / "a", s.url)
+        url = s.url
+    assert rc == 0, err
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    rc, stdout, err = _run(capsys, data, tmp_path / "b", url)  # nothing listens there any more
+    assert rc == 0, err
+    again = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert again["domains"] == first["domains"] and again["total"] == first["total"]
+    req = again["meta"]["requests"]
+    assert (req["from_log"], req["from_store"], req["sent"]) == (0, 90, 0)
+    assert "(0 from the log, 90 from the results store, 0 sent)" in " ".join(stdout.split())
+    rc, _, err = _run(capsys, data, tmp_path / "c", url, "--no-cache")
+    _one_line_error(rc, err, url.split("//")[1].split("/")[0])
+    with FakeServer() as s2:  # another port: a server can't say what it serves, so ask it
+        rc, _, err = _run(capsys, data, tmp_path / "d", s2.url)
+    assert rc == 0, err
+    assert len(s2.chat) == 90
 
 
 def test_resume_after_a_failed_run(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,7 @@ from rmbench_fast.store import (
     classifier_values,
     default_store_path,
     fingerprint_model,
+    judge_key,
     model_files,
     open_store,
     scope_key,
@@ -493,6 +494,40 @@ def test_other_schema_version_is_refused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # info, clear and the cache command
+
+
+def test_judge_answers_round_trip_first_wins_and_clear(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with open_store(path) as st:
+        k1, k2 = judge_key("server:http://h/v1:m", "a" * 64), judge_key("server:http://h/v1:m", "b" * 64)
+        assert k1 != judge_key("server:http://other/v1:m", "a" * 64)  # another judge, another key
+        assert st.put_judgment(k1, "m", {"text": "\\boxed{A>B} é", "error": None})
+        assert not st.put_judgment(k1, "m", {"text": "changed"})  # the first answer wins
+        assert st.get_judgments([k1, k2]) == {k1: {"text": "\\boxed{A>B} é", "error": None}}
+        assert st.judgment_count() == 1 and st.info().judgments == 1
+        with pytest.raises(ValueError, match="sha256"):
+            st.put_judgment("not-hex", "m", {})
+        st.clear()
+        assert st.get_judgments([k1]) == {}
+
+
+def test_a_store_without_the_judgments_table_gains_it(tmp_path: Path) -> None:
+    """Stores written before generative answers were stored (schema 1 without `judgments`) keep
+    their results and get the table on first open."""
+    path = tmp_path / "old.sqlite"
+    with open_store(path) as st:
+        scope = st.scope({"model": "f" * 64, "kind": "dpo"})
+        keys = [seq_key([1, 2, 3], 1)]
+        st.put_batch(scope, batch_key(keys), keys, np.ones((1, 3)))
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE judgments")
+    db.commit()
+    db.close()
+    with open_store(path) as st:
+        assert st.get_batch(scope, batch_key(keys), keys) is not None
+        k = judge_key("vllm:abc:float32", "c" * 64)
+        assert st.put_judgment(k, "j", {"text": "x"}) and st.get_judgments([k]) == {k: {"text": "x"}}
+        assert st.check() == []
 
 
 def test_info_and_clear_per_model(tmp_path: Path) -> None:

@@ -181,6 +181,8 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
         retry_backoff=getattr(args, "retry_backoff", 1.0),
         max_model_len=getattr(args, "max_model_len", None),
         engine_args=engine_args,
+        cache_dir=getattr(args, "cache_dir", None),
+        no_cache=bool(getattr(args, "no_cache", False)),
     )
 
 

@@ -6,7 +6,8 @@ flushed and fsynced one by one, so a killed run loses at most the line being wri
 or unreadable line is skipped on reading (and counted). On resume the last good answer for a
 key is reused; answers that are request errors are not (the rerun asks again).
 
-This log stands in for the project's results store until that covers generative runs.
+The run also puts every answer in the results store (`runner.StoredAnswers`), which outlives
+`--out`; this log is the run's own record, read first.
 """
 
 from __future__ import annotations

@@ -87,6 +87,8 @@ class JudgeConfig:
     retry_backoff: float = 1.0
     max_model_len: int | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM keywords
+    cache_dir: str | None = None  # the results store (default: the user cache); see store.py
+    no_cache: bool = False
 
     def sampling(self) -> dict[str, Any]:
         """The decoding settings sent with every request (and part of every request key)."""
@@ -195,6 +197,29 @@ class _Bar:
         self.progress.update(self.task, advance=1, tps=f"{self.tokens / dt:.1f} tok/s")
 
 
+@dataclass
+class StoredAnswers:
+    """The results store's side of a generative run: answers by `store.judge_key(identity, key)`."""
+
+    store: Any  # store.ResultStore
+    identity: str  # the judge's store identity (store_identity)
+
+    def key(self, req: JudgeRequest) -> str:
+        from ..store import judge_key
+
+        return judge_key(self.identity, req.key)
+
+
+def store_identity(cfg: JudgeConfig, judge: Judge, store: Any) -> str:
+    """Who answers, for the results store, which outlives `--out`: the in-process model's content
+    fingerprint and dtype, or a server's URL and served model name (a server cannot say what it
+    serves; `--no-cache` ignores the store)."""
+    model_dir = getattr(judge, "model_dir", None)
+    if cfg.engine == "vllm" and isinstance(model_dir, Path):
+        return f"vllm:{store.fingerprint_model(model_dir)}:{getattr(judge, 'dtype', cfg.dtype)}"
+    return f"server:{(cfg.endpoint or '').rstrip('/')}:{cfg.judge_model}"
+
+
 def judge_requests(
     requests: Sequence[JudgeRequest],
     out_dir: Path,
@@ -202,25 +227,40 @@ def judge_requests(
     *,
     console: Any,
     progress: bool,
+    stored_answers: StoredAnswers | None = None,
 ) -> tuple[list[JudgeResponse], dict[str, Any]]:
-    """Every request's answer: from the log where it holds one, else from the judge (appended to
-    the log as it arrives; the judge is contacted or loaded only then). Returns (answers in
-    request order, what happened)."""
+    """Every request's answer: from the run's log where it holds one, else from the results store
+    (`stored_answers`), else from the judge (appended to the log and put in the store as it
+    arrives; the judge is contacted or loaded only then). Returns (answers in request order,
+    what happened)."""
     log_path = out_dir / LOG_FILE
-    stored, bad_lines = read_log(log_path)
+    logged, bad_lines = read_log(log_path)
     answers: dict[int, JudgeResponse] = {}
     pending: list[JudgeRequest] = []
     for r in requests:
-        if r.key in stored:
-            answers[r.index] = stored[r.key]
+        if r.key in logged:
+            answers[r.index] = logged[r.key]
         else:
             pending.append(r)
+    from_log = len(requests) - len(pending)
+    if stored_answers is not None and pending:
+        found = stored_answers.store.get_judgments([stored_answers.key(r) for r in pending])
+        still: list[JudgeRequest] = []
+        for r in pending:
+            obj = found.get(stored_answers.key(r))
+            if obj is not None:
+                answers[r.index] = JudgeResponse.from_json(obj)
+            else:
+                still.append(r)
+        pending = still
     info: dict[str, Any] = {
         "total": len(requests),
         "per_record": REQUESTS_PER_RECORD,
-        "from_log": len(requests) - len(pending),
+        "from_log": from_log,
+        "from_store": len(requests) - len(pending) - from_log,
         "sent": len(pending),
         "log": str(log_path),
+        "store": None if stored_answers is None else str(stored_answers.store.path),
         "log_unreadable_lines": bad_lines,
         "judge_meta": None,
         "seconds": 0.0,
@@ -237,6 +277,8 @@ def judge_requests(
             def on_result(req: JudgeRequest, resp: JudgeResponse) -> None:
                 nonlocal tokens
                 writer.append(req, resp)
+                if stored_answers is not None and resp.error is None:  # errors are asked again
+                    stored_answers.store.put_judgment(stored_answers.key(req), judge.identity, resp.to_json())
                 answers[req.index] = resp
                 tokens += resp.completion_tokens or 0
                 bar.advance(resp.completion_tokens)
@@ -270,7 +312,24 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
     sampling = cfg.sampling()
     requests = build_requests(records, template, identity, sampling)
     out_dir = Path(cfg.out)
-    answers, info = judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
+    if cfg.engine == "vllm":  # say what is missing before hashing the model for the store
+        import importlib.util
+
+        from .client import JudgeError
+        from .engine_vllm import INSTALL_HINT
+
+        if importlib.util.find_spec("vllm") is None:
+            raise JudgeError(INSTALL_HINT)
+    if cfg.no_cache:
+        answers, info = judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
+    else:
+        from ..store import open_store
+
+        with open_store(cfg.cache_dir) as store:
+            stored = StoredAnswers(store, store_identity(cfg, judge, store))
+            answers, info = judge_requests(
+                requests, out_dir, judge, console=console, progress=cfg.progress, stored_answers=stored
+            )
     verdicts = [None if a.error else parse_verdict(a.text) for a in answers]
     quarters = quarter_matrices(len(records), requests, verdicts)
     result = generative_metrics(records, quarters, resamples=cfg.resamples, seed=cfg.seed)
@@ -323,7 +382,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
         print_report(result, console)
     console.print(
         f"{len(records)} records, {len(requests)} judge requests ({info['from_log']} from the log, "
-        f"{info['sent']} sent) in {sent_s:.1f} s; parse failures {100 * (stats['parse_failure_rate'] or 0):.1f}%, "
+        f"{info['from_store']} from the results store, {info['sent']} sent) in {sent_s:.1f} s; parse failures {100 * (stats['parse_failure_rate'] or 0):.1f}%, "
         f"ties {100 * (stats['tie_rate'] or 0):.1f}%, position consistency "
         f"{100 * (stats['position_consistency'] or 0):.1f}%; wrote {out_dir / SCORES_FILE}, "
         f"{out_dir / JUDGMENTS_FILE} and {out_dir / METRICS_FILE}"
