@@ -8,6 +8,7 @@ the reference another one. Timed in the same process, same data: (a) `evaluate(.
 checkpoint, as a loop of `python -m rmbench_fast run` calls would do (minus process start-up and
 model-independent imports, which favours the loop), (b) one `run_sweep(...)`. The sweep runs the
 reference once instead of K times and tokenizes once; its scores must equal (a)'s bit for bit.
+Both run without the results store (`no_cache`), which would otherwise serve (b) from (a).
 `--keep DIR` keeps the sweep's output (sweep.json and each checkpoint's files); `--plot FILE` writes
 the sweep's accuracy-by-checkpoint plot with its interval bands (`report DIR --plot`) to FILE.
 """
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             limit=args.limit,
             device="cpu",
             dtype="float32",
+            # Both arms compute everything: with the results store on, the separate runs would
+            # share the reference through it, and the sweep would find every score stored.
+            no_cache=True,
         )
         t0 = time.perf_counter()
         separate = [evaluate(c, **opts) for c in ckpts]
