@@ -77,14 +77,23 @@ def prepare(dst: Path = DATA_DIR, per_domain: int = PER_DOMAIN) -> Path:
     return dst
 
 
-def load_seqs(data: Path, per_domain: int) -> tuple[list[Any], list[list[Any]]]:
-    """(records, six TokSeqs per record) of the prepared data, DPO tokenization (SPEC §5)."""
+def load_seqs(data: Path, per_domain: int, shortest: bool = False) -> tuple[list[Any], list[list[Any]]]:
+    """(records, six TokSeqs per record) of the prepared data, DPO tokenization (SPEC §5): the
+    first `per_domain` records of each domain, or its shortest ones (`shortest`, the CPU dry run)."""
     from rmbench_fast.data import load_records, select
     from rmbench_fast.format import Formatter
     from rmbench_fast.pipeline import tokenize_records
     from rmbench_fast.tokenize import Tokenizer
 
-    records = select(load_records(data), limit=per_domain)
+    records = load_records(data)
+    if shortest:
+        size = {id(r): len(r.prompt) + sum(map(len, (*r.chosen, *r.rejected))) for r in records}
+        by_domain: dict[str, list[Any]] = {}
+        for r in sorted(records, key=lambda r: size[id(r)]):
+            by_domain.setdefault(r.domain, []).append(r)
+        records = [r for group in by_domain.values() for r in group[:per_domain]]
+    else:
+        records = select(records, limit=per_domain)
     tok_dir = data / "tokenizer"
     return records, tokenize_records(
         records, Formatter.from_model_dir(tok_dir, None), Tokenizer(tok_dir), "dpo"
@@ -173,7 +182,7 @@ def stage_correctness(device: str, data: Path, per_domain: int) -> dict[str, Any
 
     from rmbench_fast.engine import NativeScorer
 
-    _, seqs = load_seqs(data, per_domain)
+    _, seqs = load_seqs(data, per_domain, shortest=not device.startswith("cuda"))
     out: dict[str, Any] = {}
     classes = {
         "llama": "LlamaForCausalLM",
@@ -268,7 +277,7 @@ def stage_speed(device: str, data: Path, per_domain: int, dry: bool, shape: str 
         config.update(TINY, head_dim=16, vocab_size=49152, bos_token_id=1, eos_token_id=2)
         config.update({"max_window_layers": 2} if "max_window_layers" in config else {})
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    _, seqs = load_seqs(data, per_domain)
+    _, seqs = load_seqs(data, per_domain, shortest=dry)
     warm, timed = seqs[:2], seqs
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
