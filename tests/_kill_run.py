@@ -71,7 +71,7 @@ def main() -> None:
     from rmbench_fast import evaluate
 
     evaluate(
-        model, data=data, limit=8, batch_tokens=600, device="cpu", dtype="float32", out=out, cache_dir=store
+        model, data=data, limit=4, batch_tokens=600, device="cpu", dtype="float32", out=out, cache_dir=store
     )
 
 

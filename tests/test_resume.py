@@ -49,7 +49,7 @@ def cold(tiny: dict[str, Path], rm_bench_data_dir: Path, tmp_path_factory: pytes
     run = _run(tiny["policy"], rm_bench_data_dir, root / "out", root / "cold.sqlite")
     assert run.returncode == 0, run.stderr[-2000:]
     n_batches = _meta(root / "out")["scorer_stats"]["n_batches"]
-    assert n_batches >= 6 and _meta(root / "out")["data"]["n_records"] >= 24
+    assert n_batches >= 6 and _meta(root / "out")["data"]["n_records"] >= 12
     return root / "out"
 
 
