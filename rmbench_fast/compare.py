@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UsageError
+from .metrics import domain_groups
 from .report import METRICS_FILE, SCORES_FILE, read_metrics
 from .stats import (
     BOOTSTRAP,
@@ -50,7 +51,7 @@ from .stats import (
     sign_flip_sums,
     stream,
 )
-from .types import METRIC_DOMAINS, N_STYLES, metric_domain
+from .types import METRIC_DOMAINS, N_STYLES
 
 ALPHA = 0.05
 METHOD = "paired bootstrap"
@@ -140,16 +141,13 @@ def load_run(path: Path, name: str | None = None) -> RunData:
     keys = [k for k, _ in keyed]
     scores = np.array([s for _, s in keyed], dtype=np.float64)  # [N, 6]
     wins = record_wins(scores[:, :N_STYLES], scores[:, N_STYLES:])
-    groups: dict[str, list[int]] = {}
-    for n, k in enumerate(keys):
-        groups.setdefault(metric_domain(k[0]), []).append(n)
-    order = [d for d in METRIC_DOMAINS if d in groups] + sorted(set(groups) - set(METRIC_DOMAINS))
+    groups = domain_groups(k[0] for k in keys)
     run = RunData(
         name=name or path.name,
         path=path,
         metrics=metrics,
         keys=keys,
-        domain_rows={d: np.asarray(groups[d], dtype=np.int64) for d in order},
+        domain_rows={d: np.asarray(g, dtype=np.int64) for d, g in groups.items()},
         wins=wins,
     )
     _check_consistent(run)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,35 @@ def matrix_metrics(m: np.ndarray, n: int) -> dict[str, Any]:
     }
 
 
+def domain_groups(domains: Iterable[str]) -> dict[str, list[int]]:
+    """Positions per metric domain (safety-refuse and safety-response pooled into 'safety'), in
+    leaderboard order (chat, math, code, safety), then any other domain sorted by name.
+
+    domains: each record's raw domain, in record order."""
+    groups: dict[str, list[int]] = {}
+    for n, d in enumerate(domains):
+        groups.setdefault(metric_domain(d), []).append(n)
+    order = [d for d in METRIC_DOMAINS if d in groups] + sorted(set(groups) - set(METRIC_DOMAINS))
+    return {d: groups[d] for d in order}
+
+
+def leaderboard_total(domains: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The totals over the domains' figures (in `domains`' order): overall = mean of the domain
+    scores, hard / normal / easy = means over domains, the domains covered and `complete`."""
+    order = list(domains)
+    mean = {k: float(np.mean([domains[d][k] for d in order])) for k in ("score", "hard", "normal", "easy")}
+    missing = [d for d in METRIC_DOMAINS if d not in domains]
+    return {
+        "overall": mean["score"],
+        "hard": mean["hard"],
+        "normal": mean["normal"],
+        "easy": mean["easy"],
+        "domains": order,
+        "missing_domains": missing,
+        "complete": not missing,
+    }
+
+
 def compute_metrics(
     records: Sequence[Record], scores: np.ndarray, *, resamples: int = 10000, seed: int = 0
 ) -> dict[str, Any]:
@@ -86,28 +115,13 @@ def compute_metrics(
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(records), 2 * N_STYLES):
         raise ValueError(f"scores must be [{len(records)}, 6], got {scores.shape}")
-    groups: dict[str, list[int]] = {}
-    for n, r in enumerate(records):
-        groups.setdefault(metric_domain(r.domain), []).append(n)
-    order = [d for d in METRIC_DOMAINS if d in groups] + sorted(set(groups) - set(METRIC_DOMAINS))
-    domains = {d: domain_metrics(scores[groups[d], :N_STYLES], scores[groups[d], N_STYLES:]) for d in order}
-    total = {
-        key: float(np.mean([domains[d][key] for d in order])) for key in ("score", "hard", "normal", "easy")
-    }
-    missing = [d for d in METRIC_DOMAINS if d not in domains]
-    out_total: dict[str, Any] = {
-        "overall": total["score"],
-        "hard": total["hard"],
-        "normal": total["normal"],
-        "easy": total["easy"],
-        "domains": order,
-        "missing_domains": missing,
-        "complete": not missing,
-    }
+    groups = domain_groups(r.domain for r in records)
+    domains = {d: domain_metrics(scores[g, :N_STYLES], scores[g, N_STYLES:]) for d, g in groups.items()}
+    out_total = leaderboard_total(domains)
     if resamples > 0:
-        wins = {d: record_wins(scores[groups[d], :N_STYLES], scores[groups[d], N_STYLES:]) for d in order}
+        wins = {d: record_wins(scores[g, :N_STYLES], scores[g, N_STYLES:]) for d, g in groups.items()}
         domain_ci, total_ci = bootstrap_intervals(wins, domains, out_total, resamples=resamples, seed=seed)
-        for d in order:
+        for d in groups:
             domains[d]["ci"] = domain_ci[d]
         out_total["ci"] = total_ci
     return {"domains": domains, "total": out_total}

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import matrix_metrics
+from ..metrics import domain_groups, leaderboard_total, matrix_metrics
 from ..stats import bootstrap_intervals
-from ..types import METRIC_DOMAINS, N_STYLES, Record, metric_domain
+from ..types import N_STYLES, Record
 from .prompt import WINNER, order_score
 from .requests import JudgeRequest
 
@@ -74,24 +74,12 @@ def generative_metrics(
     q = np.asarray(quarters, dtype=np.int64)
     if q.shape != (len(records), N_STYLES, N_STYLES):
         raise ValueError(f"quarters must be [{len(records)}, 3, 3], got {q.shape}")
-    groups: dict[str, list[int]] = {}
-    for n, r in enumerate(records):
-        groups.setdefault(metric_domain(r.domain), []).append(n)
-    order = [d for d in METRIC_DOMAINS if d in groups] + sorted(set(groups) - set(METRIC_DOMAINS))
-    domains = {d: _domain(q[groups[d]]) for d in order}
-    total = {k: float(np.mean([domains[d][k] for d in order])) for k in ("score", "hard", "normal", "easy")}
-    missing = [d for d in METRIC_DOMAINS if d not in domains]
-    out_total: dict[str, Any] = {
-        "overall": total["score"],
-        "hard": total["hard"],
-        "normal": total["normal"],
-        "easy": total["easy"],
-        "domains": order,
-        "missing_domains": missing,
-        "complete": not missing,
-    }
+    groups = domain_groups(r.domain for r in records)
+    order = list(groups)
+    domains = {d: _domain(q[g]) for d, g in groups.items()}
+    out_total = leaderboard_total(domains)
     if resamples > 0:
-        wins = {d: _record_sums(q[groups[d]]) for d in order}
+        wins = {d: _record_sums(q[g]) for d, g in groups.items()}
         scaled = {
             d: {k: QUARTERS * domains[d][k] for k in ("hard", "normal", "easy", "score")} for d in order
         }
