@@ -245,13 +245,9 @@ def official_style_scores(
             for a in range(0, len(seqs), 8):
                 group = seqs[a : a + 8]
                 batch = [g[k] for g in group] + [g[k + 3] for g in group]
-                L = max(len(s.ids) for s in batch)
-                ids = torch.full((len(batch), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), L), dtype=torch.long)
-                labels = torch.full((len(batch), L), -100, dtype=torch.long)
+                ids, mask = _right_padded(batch, pad)
+                labels = torch.full(ids.shape, -100, dtype=torch.long)
                 for i, s in enumerate(batch):
-                    ids[i, : len(s.ids)] = torch.tensor(s.ids)
-                    mask[i, : len(s.ids)] = 1
                     labels[i, s.label_start : len(s.ids)] = torch.tensor(s.ids[s.label_start :])
                 lab = labels[:, 1:].to(device)
                 keep = lab != -100
@@ -272,6 +268,20 @@ def official_style_scores(
     return out, processed
 
 
+def _right_padded(batch: Sequence[Any], pad: int) -> tuple[Any, Any]:
+    """(ids, attention mask), int64 [B, L]: the sequences' ids right-padded with `pad` to the
+    longest, as the official collators pad."""
+    import torch
+
+    L = max(len(s.ids) for s in batch)
+    ids = torch.full((len(batch), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), L), dtype=torch.long)
+    for i, s in enumerate(batch):
+        ids[i, : len(s.ids)] = torch.tensor(s.ids)
+        mask[i, : len(s.ids)] = 1
+    return ids, mask
+
+
 def official_style_classifier_scores(
     model: Any, seqs: list[list[Any]], device: str, pad: int
 ) -> tuple[np.ndarray, int]:
@@ -290,12 +300,8 @@ def official_style_classifier_scores(
                 group = seqs[a : a + 8]
                 for slot in (k, k + 3):
                     batch = [g[slot] for g in group]
-                    L = max(len(s.ids) for s in batch)
-                    ids = torch.full((len(batch), L), pad, dtype=torch.long)
-                    mask = torch.zeros((len(batch), L), dtype=torch.long)
+                    ids, mask = _right_padded(batch, pad)
                     for i, s in enumerate(batch):
-                        ids[i, : len(s.ids)] = torch.tensor(s.ids)
-                        mask[i, : len(s.ids)] = 1
                         if s.mask_first:  # duplicated BOS (SPEC §4)
                             mask[i, 0] = 0
                     processed += ids.numel()

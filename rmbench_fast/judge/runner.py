@@ -244,10 +244,11 @@ def judge_requests(
             pending.append(r)
     from_log = len(requests) - len(pending)
     if stored_answers is not None and pending:
-        found = stored_answers.store.get_judgments([stored_answers.key(r) for r in pending])
+        keys = [stored_answers.key(r) for r in pending]
+        found = stored_answers.store.get_judgments(keys)
         still: list[JudgeRequest] = []
-        for r in pending:
-            obj = found.get(stored_answers.key(r))
+        for r, key in zip(pending, keys):
+            obj = found.get(key)
             if obj is not None:
                 answers[r.index] = JudgeResponse.from_json(obj)
             else:
