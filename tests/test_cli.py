@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rmbench_fast.cli import main
+from rmbench_fast.commands import main
 
 
 def _row(i: int, **kw: Any) -> dict[str, Any]:
@@ -184,7 +184,8 @@ def test_python_m_from_the_repository_root() -> None:
 
 
 def test_resamples_and_seed_options_reach_the_run_config() -> None:
-    from rmbench_fast.cli import _config, build_parser
+    from rmbench_fast.commands import build_parser
+    from rmbench_fast.commands.options import run_config as _config
 
     args = build_parser().parse_args(["run", "--resamples", "500", "--seed", "7"])
     cfg = _config(args)

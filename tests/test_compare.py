@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmbench_fast.cli import main
+from rmbench_fast.commands import main
 from rmbench_fast.compare import compare_runs
 from rmbench_fast.metrics import compute_metrics
 from rmbench_fast.report import score_rows, write_outputs

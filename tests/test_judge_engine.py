@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rmbench_fast.judge.cli import main
+from rmbench_fast.commands.judge import main
 from rmbench_fast.judge.engine_vllm import VLLMEngine
 from rmbench_fast.judge.prompt import DEFAULT_TEMPLATE
 from rmbench_fast.judge.requests import build_requests

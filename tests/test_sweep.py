@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from rmbench_fast import evaluate  # noqa: E402
-from rmbench_fast.cli import main  # noqa: E402
+from rmbench_fast.commands import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
