@@ -401,7 +401,7 @@ def run_vllm(
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         # Run a copy from the temp dir: a script's own directory goes first on sys.path, and
-        # rmbench_fast/ holds modules (types.py) that would shadow the standard library's.
+        # rmbench_fast/ holds modules (tokenize.py, profile.py) that would shadow the standard library's.
         child = Path(tmp) / "rmbf_vllm_path.py"
         shutil.copy2(script, child)
         log(f"vllm: {len(spec['prompts'])} sequences in {python} (timeout {timeout:.0f} s)")

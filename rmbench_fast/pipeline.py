@@ -25,9 +25,9 @@ from .dtypes import run_dtype
 from .errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
 from .metrics import compute_metrics
 from .phases import phase
+from .records import N_STYLES, Record, TokSeq
 from .report import print_report, score_rows, write_outputs
 from .settings import ScoreSettings
-from .types import N_STYLES, Record, TokSeq
 
 
 @dataclass

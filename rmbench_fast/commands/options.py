@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..types import DOMAINS
+from ..records import DOMAINS
 
 if TYPE_CHECKING:
     from ..judge.runner import JudgeConfig
