@@ -18,7 +18,8 @@ from ..benchmark import HF_HINT, PATHS, bench, print_bench
 from ..errors import RMBenchError, UsageError
 from ..profile import command_line
 from ..report import write_json_atomic
-from .options import DEFAULT_OUT, add_run_options, check_stats_options, run_config
+from ..settings import DEFAULT_OUT
+from .options import add_run_options, check_stats_options, run_config
 
 HELP = "the same records through the official-style, native and vLLM paths: times, tokens, memory, agreement"
 DESCRIPTION = "`python -m rmbench_fast bench [run options] --paths official native [vllm] --out FILE`."

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..records import DOMAINS
+from ..settings import DEFAULT_OUT
 
 if TYPE_CHECKING:
     from ..judge.runner import JudgeConfig
     from ..pipeline import RunConfig
 
-DEFAULT_OUT = "rmbench_out"
 ENGINES = ("vllm",)
 
 
@@ -368,7 +368,7 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
         limit=getattr(args, "limit", None),
         domains=getattr(args, "domains", None),
         ids=getattr(args, "ids", None),
-        out=getattr(args, "out", None) or "rmbench_out",
+        out=getattr(args, "out", None) or DEFAULT_OUT,
         progress=not getattr(args, "no_progress", False),
         resamples=resamples,
         seed=seed,

@@ -11,7 +11,8 @@ from typing import Any
 
 from ..profile import PROFILE_FILE, command_line, print_profile, profile_run
 from ..report import write_json_atomic
-from .options import DEFAULT_OUT, add_run_options, check_stats_options, run_config
+from ..settings import DEFAULT_OUT
+from .options import add_run_options, check_stats_options, run_config
 
 HELP = "where the time of a run goes, by phase (torch.profiler); writes OUT/profile.json"
 
