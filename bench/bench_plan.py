@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast import plan
-from rmbench_fast.types import N_SLOTS, TokSeq
+from rmbench_fast.records import N_SLOTS, TokSeq
 
 VOCAB = 32000
 

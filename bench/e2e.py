@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rmbench_fast.benchmark import main as bench_main
 from rmbench_fast.benchmark import official_style_scores
+from rmbench_fast.commands.bench import main as bench_main
 
 __all__ = ["DEFAULTS", "bench_argv", "main", "official_style_scores"]
 

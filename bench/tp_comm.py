@@ -66,7 +66,7 @@ PEAK_FLOPS, MFU = 989e12, 0.60
 def synthetic_seqs(n: int, vocab: int, seed: int = 0) -> list[list[Any]]:
     """n records of six DPO TokSeqs at RM-Bench-like lengths: a ~150-token prompt shared by the
     six, answers of 100..500 tokens (labels = the answer tokens)."""
-    from rmbench_fast.types import TokSeq
+    from rmbench_fast.records import TokSeq
 
     rng = np.random.default_rng(seed)
     out = []

@@ -9,6 +9,6 @@ if message is not None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
-from .cli import main  # noqa: E402
+from .commands import main  # noqa: E402
 
 sys.exit(main())

@@ -29,7 +29,6 @@ monotone activation such as vLLM's sigmoid keeps these, so rankings compare).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -58,112 +57,6 @@ VLLM_ENV_DEFAULTS = {
     # The engine in this process (not a worker process): its peak RSS is the child's own.
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
-
-
-def add_bench_args(p: argparse.ArgumentParser) -> None:
-    """The bench command's own options (the run options come from cli._add_run_args)."""
-    p.add_argument(
-        "--paths",
-        nargs="+",
-        default=["official", "native"],
-        choices=list(PATHS),
-        metavar="PATH",
-        help="paths to compare: official (transformers, the official scripts' batching), native, "
-        "official8bit (bitsandbytes 8-bit, CUDA), vllm (needs --vllm-python); default: official native",
-    )
-    p.add_argument(
-        "--bench-out",
-        metavar="FILE",
-        help="the result JSON (default: OUT/bench.json, OUT being --out; --out ending in .json is the file)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch (and vLLM) threads per path")
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=0,
-        metavar="N",
-        help="score the first N records once, untimed, before the timed pass (each path)",
-    )
-    p.add_argument(
-        "--in-process",
-        action="store_true",
-        help="run the official and native paths in this process (faster to start; peak memory is "
-        "then the process's high-water mark, not each path's)",
-    )
-    vl = p.add_argument_group("vLLM path")
-    vl.add_argument("--vllm-python", metavar="PATH", help="the Python of an environment with vLLM installed")
-    vl.add_argument(
-        "--vllm-args", metavar="JSON", default=None, help="extra vllm.LLM keywords, as a JSON object"
-    )
-    vl.add_argument(
-        "--vllm-timeout",
-        type=float,
-        default=3600.0,
-        metavar="S",
-        help="seconds before the vLLM child is stopped",
-    )
-
-
-def bench_file(args: argparse.Namespace) -> Path:
-    """Where the result goes: --bench-out, or --out when it names a .json file, else OUT/bench.json."""
-    if getattr(args, "bench_out", None):
-        return Path(args.bench_out)
-    out = Path(args.out or "rmbench_out")
-    return out if out.suffix == ".json" else out / "bench.json"
-
-
-def check_paths(args: argparse.Namespace) -> None:
-    """Refuse what cannot run before anything loads (exit 2, one line)."""
-    if getattr(args, "kind", None) == "generative":
-        raise UsageError(
-            "bench compares reward-model scoring paths; for generative judges see bench/bench_judge.py"
-        )
-    paths = list(dict.fromkeys(args.paths))
-    needs_hf = [p for p in paths if p.startswith("official")]
-    if needs_hf and importlib.util.find_spec("transformers") is None:
-        raise UsageError(HF_HINT)
-    if "vllm" in paths:
-        if not args.vllm_python:
-            raise UsageError("--paths vllm needs --vllm-python PATH (the Python of an environment with vLLM)")
-        if not Path(args.vllm_python).exists():
-            raise UsageError(f"--vllm-python {args.vllm_python}: no such file")
-    if args.vllm_args is not None:
-        try:
-            if not isinstance(json.loads(args.vllm_args), dict):
-                raise ValueError
-        except ValueError:
-            raise UsageError("--vllm-args must be a JSON object") from None
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-
-
-def run_bench(args: argparse.Namespace, console: Any) -> int:
-    """`python -m rmbench_fast bench`: every path on the same records; writes the JSON."""
-    from .cli import _check_stats_args, _config
-    from .profile import command_line
-    from .report import write_json_atomic
-
-    _check_stats_args(args, allow_zero=True)
-    check_paths(args)
-    cfg = _config(args)
-    paths = list(dict.fromkeys(args.paths))
-    doc = bench(
-        cfg,
-        paths,
-        threads=args.threads,
-        warmup=args.warmup,
-        in_process=args.in_process,
-        vllm_python=args.vllm_python,
-        vllm_args=json.loads(args.vllm_args) if args.vllm_args else None,
-        vllm_timeout=args.vllm_timeout,
-        log=console.print,
-    )
-    doc["command"] = getattr(args, "command_line", None) or command_line("bench")
-    out = bench_file(args)
-    write_json_atomic(out, doc)
-    print_bench(doc, console)
-    console.print(f"wrote {out}", soft_wrap=True)
-    return 0
 
 
 # --- preparing the records ---------------------------------------------------------------------
@@ -508,7 +401,7 @@ def run_vllm(
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         # Run a copy from the temp dir: a script's own directory goes first on sys.path, and
-        # rmbench_fast/ holds modules (types.py) that would shadow the standard library's.
+        # rmbench_fast/ holds modules (tokenize.py, profile.py) that would shadow the standard library's.
         child = Path(tmp) / "rmbf_vllm_path.py"
         shutil.copy2(script, child)
         log(f"vllm: {len(spec['prompts'])} sequences in {python} (timeout {timeout:.0f} s)")
@@ -891,30 +784,18 @@ def make_smollm2_classifier(dst: Path, *, seed: int = 0, std: float = 0.02) -> P
     return dst
 
 
-def main(argv: Sequence[str] | None = None, *, command: str | None = None) -> int:
-    """`python -m rmbench_fast.benchmark [run options] [bench options]` (and the child entry);
-    `command`: the command line recorded in the JSON (default: this process's)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m rmbench_fast.benchmark`: the child entry of one path (`--child SPEC OUT`), the
+    benchmark classifier (`--make-smollm2-classifier DIR`), else the bench command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         return child_main(argv[1], argv[2])
     if argv[:1] == ["--make-smollm2-classifier"]:
         print(make_smollm2_classifier(Path(argv[1])))
         return 0
-    from rich.console import Console
+    from .commands.bench import main as bench_main  # the bench command's parser lives in commands
 
-    from .cli import _add_run_args
-    from .errors import RMBenchError
-
-    p = argparse.ArgumentParser(prog="python -m rmbench_fast bench", description=__doc__.split("\n")[0])
-    _add_run_args(p)
-    add_bench_args(p)
-    args = p.parse_args(argv)
-    args.command_line = command
-    try:
-        return run_bench(args, Console())
-    except RMBenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return bench_main(argv)
 
 
 if __name__ == "__main__":

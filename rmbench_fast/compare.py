@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import DataError, UsageError
 from .metrics import domain_groups
+from .records import METRIC_DOMAINS, N_STYLES
 from .report import METRICS_FILE, SCORES_FILE, read_metrics
 from .stats import (
     BOOTSTRAP,
@@ -51,7 +52,6 @@ from .stats import (
     sign_flip_sums,
     stream,
 )
-from .types import METRIC_DOMAINS, N_STYLES
 
 ALPHA = 0.05
 METHOD = "paired bootstrap"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .types import DOMAINS, N_STYLES, Record
+from .records import DOMAINS, N_STYLES, Record
 
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 _DOMAIN_FILE = re.compile(r"^(?P<domain>[a-z-]+)_filtered$")

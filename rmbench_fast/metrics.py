@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .records import METRIC_DOMAINS, N_STYLES, Record, metric_domain
 from .stats import bootstrap_intervals, record_wins
-from .types import METRIC_DOMAINS, N_STYLES, Record, metric_domain
 
 
 def style_matrix(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:

@@ -25,9 +25,9 @@ from .dtypes import run_dtype
 from .errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
 from .metrics import compute_metrics
 from .phases import phase
+from .records import N_STYLES, Record, TokSeq
 from .report import print_report, score_rows, write_outputs
-from .settings import ScoreSettings
-from .types import N_STYLES, Record, TokSeq
+from .settings import DEFAULT_OUT, ScoreSettings
 
 
 @dataclass
@@ -46,7 +46,7 @@ class RunConfig:
     backend: str = "auto"
     batch_tokens: int | None = None
     batch_size: int = 8
-    out: str | None = "rmbench_out"
+    out: str | None = DEFAULT_OUT
     fp32_scores: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -904,7 +904,7 @@ def run_and_report(
             sweep=sweep,
         )
     rows = result.pop("rows")
-    out_dir = Path(cfg.out or "rmbench_out")
+    out_dir = Path(cfg.out or DEFAULT_OUT)
     from .distributed import is_main
 
     if not is_main():  # rank 0 alone writes and reports; every rank has the whole result

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .types import N_SLOTS, PackedBatch, TokSeq
+from .records import N_SLOTS, PackedBatch, TokSeq
 
 try:  # the C++ core is optional: a source checkout without a build still plans (slowly).
     from . import _core

@@ -35,7 +35,6 @@ process at the model's shapes and dtype, and peak memory. The run's results stor
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import resource
@@ -76,33 +75,6 @@ MLP_METHOD = (
     "(the model files are not edited); attention modules and the decoder body get attn_proj and "
     "model_other the same way"
 )
-
-
-def add_profile_args(p: argparse.ArgumentParser) -> None:
-    """The profile command's own options (the run options come from cli._add_run_args)."""
-    p.add_argument(
-        "--trace",
-        metavar="FILE",
-        help="also write a Chrome/Perfetto trace (torch.profiler; on CUDA the phases are NVTX ranges too)",
-    )
-    p.add_argument("--top-ops", type=int, default=3, metavar="N", help="ops listed per phase (default 3)")
-
-
-def run_profile(args: argparse.Namespace, console: Any) -> int:
-    """`python -m rmbench_fast profile`: profile one run, print the table, write OUT/profile.json."""
-    from .cli import _check_stats_args, _config
-    from .report import write_json_atomic
-
-    _check_stats_args(args, allow_zero=True)
-    cfg = _config(args)
-    trace = Path(args.trace) if getattr(args, "trace", None) else None
-    doc = profile_run(cfg, trace=trace, top_ops=getattr(args, "top_ops", 3), log=console.print)
-    doc["command"] = command_line("profile")
-    out = Path(cfg.out or "rmbench_out") / PROFILE_FILE
-    write_json_atomic(out, doc)
-    print_profile(doc, console)
-    console.print(f"wrote {out}" + (f" and {trace}" if trace else ""), soft_wrap=True)
-    return 0
 
 
 def command_line(name: str) -> str:

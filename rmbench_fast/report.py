@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .types import N_STYLES, Record
+from .records import N_STYLES, Record
 
 SCORES_FILE = "scores.json"
 METRICS_FILE = "metrics.json"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 Kind = Literal["dpo", "classifier"]
+DEFAULT_OUT = "rmbench_out"  # the output directory of a run (--out), its one home
 
 
 @dataclass(frozen=True)

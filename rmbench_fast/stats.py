@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .types import N_STYLES
+from .records import N_STYLES
 
 LEVEL = 0.95
 METHOD = "bootstrap"

@@ -18,7 +18,7 @@ A stored value is keyed by everything that determines it:
   and `kind`. `label` (e.g. the model path) is shown by `cache info` and is not part of the key.
 - **sequence** (`seq_key(ids, label_start, pool_index=..., mask_first=...)`): sha256 of the token
   ids (any int array or list; hashed as int64) and the label span / pooled position
-  (the fields of `rmbench_fast.types.TokSeq`; `seq_key_of(seq)` takes one).
+  (the fields of `rmbench_fast.records.TokSeq`; `seq_key_of(seq)` takes one).
 - **batch** (`batch_key(seq_keys, layout)`): sha256 of the ordered sequence keys and a layout
   descriptor the caller passes (whatever else decides the batch's shapes: packing, prefix
   sharing, padding, ...). A sequence's value can change in its last bits with the batch it was
@@ -281,7 +281,7 @@ def seq_key(ids: Any, label_start: int, *, pool_index: int = -1, mask_first: boo
     """sha256 (hex) of one sequence: its token ids (any integer array or list, hashed as int64, so
     int32 and int64 arrays of the same ids agree) and what is read from it: `label_start` (tokens
     ids[label_start:] are scored, DPO), `pool_index` (the classifier's pooled position, -1 for
-    DPO) and `mask_first` (classifier: token 0 masked), as in `rmbench_fast.types.TokSeq`."""
+    DPO) and `mask_first` (classifier: token 0 masked), as in `rmbench_fast.records.TokSeq`."""
     arr = _int64_ids(ids, "ids")
     n = int(arr.shape[0])
     label_start = int(label_start)

@@ -114,7 +114,7 @@ def read_sweep(out: Path) -> dict[str, Any]:
 
 def _domain_order(rows: list[dict[str, Any]]) -> list[str]:
     """The domains of any row, in RM-Bench's order (chat, math, code, safety), others after."""
-    from .types import METRIC_DOMAINS
+    from .records import METRIC_DOMAINS
 
     seen = {d for r in rows for d in r["domains"]}
     return [d for d in METRIC_DOMAINS if d in seen] + sorted(seen - set(METRIC_DOMAINS))

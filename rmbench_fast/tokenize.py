@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import DataError, ModelError, TemplateError
-from .types import TokSeq
+from .records import TokSeq
 
 SPECIAL_TOKEN_KEYS = (
     "bos_token",

@@ -23,7 +23,7 @@ def main() -> int:
             raise RuntimeError("injected failure in a batch")
 
         scorer.NativeScorer._score_batch = broken  # type: ignore[method-assign]
-    from rmbench_fast.cli import main as cli_main
+    from rmbench_fast.commands import main as cli_main
 
     return cli_main(["run", *args])
 

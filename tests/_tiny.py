@@ -252,7 +252,7 @@ def synthetic_records(
     """
     import numpy as np
 
-    from rmbench_fast.types import TokSeq
+    from rmbench_fast.records import TokSeq
 
     rng = np.random.default_rng(seed)
 

@@ -18,14 +18,9 @@ import pytest
 from conftest import missing
 from rich.console import Console
 
-from rmbench_fast.benchmark import (
-    HF_HINT,
-    add_bench_args,
-    decisive_agreement,
-    main,
-    run_bench,
-)
-from rmbench_fast.cli import _add_run_args
+from rmbench_fast.benchmark import HF_HINT, decisive_agreement
+from rmbench_fast.commands.bench import add_bench_options, main, run_bench
+from rmbench_fast.commands.options import add_run_options
 from rmbench_fast.errors import UsageError
 from rmbench_fast.pipeline import sample_data_path
 
@@ -35,8 +30,8 @@ ONE_RECORD = ["--data", str(sample_data_path()), "--domains", "chat", "--limit",
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    _add_run_args(p)
-    add_bench_args(p)
+    add_run_options(p)
+    add_bench_options(p)
     return p.parse_args(argv)
 
 

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir  # noqa: E402
 
 from rmbench_fast import evaluate  # noqa: E402
-from rmbench_fast.cli import main  # noqa: E402
+from rmbench_fast.commands import main  # noqa: E402
 from rmbench_fast.data import load_records, select  # noqa: E402
 from rmbench_fast.metrics import style_matrix  # noqa: E402
 

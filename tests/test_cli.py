@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rmbench_fast.cli import main
+from rmbench_fast.commands import main
 
 
 def _row(i: int, **kw: Any) -> dict[str, Any]:
@@ -184,7 +184,8 @@ def test_python_m_from_the_repository_root() -> None:
 
 
 def test_resamples_and_seed_options_reach_the_run_config() -> None:
-    from rmbench_fast.cli import _config, build_parser
+    from rmbench_fast.commands import build_parser
+    from rmbench_fast.commands.options import run_config as _config
 
     args = build_parser().parse_args(["run", "--resamples", "500", "--seed", "7"])
     cfg = _config(args)
@@ -206,8 +207,8 @@ def test_bad_resamples_or_seed(
 def _fixture_metrics(tmp_path: Path) -> Path:
     """A run directory with metrics.json computed from synthetic scores (no model)."""
     from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.records import Record
     from rmbench_fast.report import score_rows, write_outputs
-    from rmbench_fast.types import Record
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")
@@ -285,9 +286,9 @@ def _check_heatmap_layout(fig: Any) -> None:
 
 def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
     from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.records import Record
     from rmbench_fast.report import write_json_atomic
     from rmbench_fast.sweep import SWEEP_FILE, _summary_row
-    from rmbench_fast.types import Record
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")

@@ -13,7 +13,7 @@ pytest.importorskip("accelerate")
 from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir  # noqa: E402
 
 from rmbench_fast import evaluate  # noqa: E402
-from rmbench_fast.cli import main  # noqa: E402
+from rmbench_fast.commands import main  # noqa: E402
 
 
 def test_device_map_auto_scores_as_without(

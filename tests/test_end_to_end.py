@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rmbench_fast import evaluate
-from rmbench_fast.cli import main
+from rmbench_fast.commands import main
 
 
 def test_cli_run_writes_outputs(

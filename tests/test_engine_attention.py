@@ -10,7 +10,7 @@ from rmbench_fast.engine import attention
 from rmbench_fast.engine.attention import packed_attention, sdpa, split
 from rmbench_fast.engine.layout import PackedLayout
 from rmbench_fast.plan import plan_batches
-from rmbench_fast.types import TokSeq
+from rmbench_fast.records import TokSeq
 
 
 def _batch(mask_first: bool = False):  # noqa: ANN202

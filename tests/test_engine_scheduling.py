@@ -221,7 +221,7 @@ def test_flash_decomposition_matches_dense(monkeypatch: pytest.MonkeyPatch, api:
     groups = []
     for prompt, lens in [(7, [3, 11, 5, 1, 9, 4]), (0, [6, 6, 2, 13, 1, 8]), (12, [2, 4, 4, 7, 2, 5])]:
         head = torch.randint(3, 90, (prompt,), generator=g).tolist()
-        from rmbench_fast.types import TokSeq
+        from rmbench_fast.records import TokSeq
 
         groups.append(
             [

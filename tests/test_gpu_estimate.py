@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import gpu_estimate as ge  # noqa: E402
 
-from rmbench_fast.types import TokSeq  # noqa: E402
+from rmbench_fast.records import TokSeq  # noqa: E402
 
 
 def _record(prompt: int, answers: list[int], seed: int) -> list[TokSeq]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rmbench_fast.modelio import NativeHead
 from rmbench_fast.pipeline import head_pooling
-from rmbench_fast.types import TokSeq
+from rmbench_fast.records import TokSeq
 
 PAD = 2
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rmbench_fast.errors import UsageError
-from rmbench_fast.types import TokSeq
+from rmbench_fast.records import TokSeq
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from rmbench_fast.judge.cli import main
+from rmbench_fast.commands.judge import main
 from rmbench_fast.judge.engine_vllm import VLLMEngine
 from rmbench_fast.judge.prompt import DEFAULT_TEMPLATE
 from rmbench_fast.judge.requests import build_requests
-from rmbench_fast.types import Record
+from rmbench_fast.records import Record
 
 
 def _model_dir(tmp_path: Path) -> Path:

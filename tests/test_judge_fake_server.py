@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rmbench_fast.judge.cli import main
+from rmbench_fast.commands.judge import main
 
 MODEL = "fake-judge"
 # The fake judge's outputs and, for each, who it prefers ("A", "B", "tie" or None: unparseable).
@@ -538,7 +538,7 @@ def test_progress_bar_run(tmp_path: Path, data: Path, server: FakeServer) -> Non
 
     from rich.console import Console
 
-    from rmbench_fast.judge.cli import build_parser, run_judge
+    from rmbench_fast.commands.judge import build_parser, run_judge
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=120)

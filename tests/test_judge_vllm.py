@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmbench_fast.judge.cli import main
+from rmbench_fast.commands.judge import main
 from rmbench_fast.judge.prompt import parse_verdict
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from rmbench_fast.cli import main
+from rmbench_fast.commands import main
 from rmbench_fast.leaderboard import DOMAINS, load_leaderboard, ordinal, place, placement_lines
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rmbench_fast.metrics import accuracies, compute_metrics, style_matrix
-from rmbench_fast.types import Record
+from rmbench_fast.records import Record
 
 
 def _rec(i: int, domain: str) -> Record:

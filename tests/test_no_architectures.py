@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir  # noqa: E402
 
 from rmbench_fast import evaluate  # noqa: E402
-from rmbench_fast.cli import main  # noqa: E402
+from rmbench_fast.commands import main  # noqa: E402
 
 OPTS = dict(device="cpu", dtype="float32", no_cache=True, resamples=0, limit=2)
 

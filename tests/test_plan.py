@@ -19,7 +19,7 @@ from rmbench_fast.plan import (
     scatter_scores,
     segment_bucket,
 )
-from rmbench_fast.types import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
 
 needs_cpp = pytest.mark.skipif(
     not plan.have_cpp(), reason="rmbench_fast._core has no plan_batches (not built)"

@@ -15,16 +15,17 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from rmbench_fast.cli import _add_run_args
+from rmbench_fast.commands.options import add_run_options
+from rmbench_fast.commands.profile_cmd import add_profile_options, run_profile
 from rmbench_fast.phases import PREFIX
 from rmbench_fast.pipeline import sample_data_path
-from rmbench_fast.profile import PROFILE_FILE, add_profile_args, attribute, run_profile
+from rmbench_fast.profile import PROFILE_FILE, attribute
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    _add_run_args(p)
-    add_profile_args(p)
+    add_run_options(p)
+    add_profile_options(p)
     return p.parse_args(argv)
 
 

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("transformers")
 ray = pytest.importorskip("ray")
 
-from rmbench_fast.cli import main  # noqa: E402
+from rmbench_fast.commands import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from _tiny import hf_reference_scores, make_tiny_head_dir, synthetic_records  # 
 from rmbench_fast.engine import EngineConfig, NativeScorer, native_supports, reward_heads  # noqa: E402
 from rmbench_fast.errors import ModelError  # noqa: E402
 from rmbench_fast.modelio import inspect_model_dir  # noqa: E402
-from rmbench_fast.types import TokSeq  # noqa: E402
+from rmbench_fast.records import TokSeq  # noqa: E402
 
 # id: (head, base family, kv heads)
 CASES: dict[str, tuple[str, str, int]] = {

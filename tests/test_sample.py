@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rmbench_fast.data import load_records
-from rmbench_fast.types import DOMAINS, N_STYLES, Record
+from rmbench_fast.records import DOMAINS, N_STYLES, Record
 
 PER_DOMAIN = 2
 

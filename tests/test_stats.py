@@ -12,7 +12,7 @@ import pytest
 
 from rmbench_fast import stats
 from rmbench_fast.metrics import accuracies, compute_metrics, style_matrix
-from rmbench_fast.types import Record
+from rmbench_fast.records import Record
 
 OFFICIAL_COUNTS = {"chat": 129, "math": 529, "code": 228, "safety-refuse": 284, "safety-response": 157}
 

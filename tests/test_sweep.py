@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from rmbench_fast import evaluate  # noqa: E402
-from rmbench_fast.cli import main  # noqa: E402
+from rmbench_fast.commands import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +240,8 @@ def test_sweep_rows_carry_the_intervals_and_plot(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.records import Record
     from rmbench_fast.sweep import _summary_row, sweep_figure
-    from rmbench_fast.types import Record
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")

@@ -11,6 +11,7 @@ import pytest
 
 from rmbench_fast.errors import DataError
 from rmbench_fast.format import Formatter
+from rmbench_fast.records import TokSeq
 from rmbench_fast.tokenize import (
     Tokenizer,
     encode_classifier,
@@ -19,7 +20,6 @@ from rmbench_fast.tokenize import (
     pool_index,
     split_answer,
 )
-from rmbench_fast.types import TokSeq
 
 IM_START, IM_END, NL = 1, 2, 198  # SmolLM2: <|im_start|> (BOS), <|im_end|> (EOS = pad), "\n"
 

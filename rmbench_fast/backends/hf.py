@@ -4,7 +4,7 @@ This is the oracle the native engine is checked against, so it favours plain, fa
 computation over speed: padded batches, no prefix sharing, positions as HF computes them
 (`arange`; we never pass position_ids), the model's own classifier pooling.
 
-Sequences come pre-tokenized (`TokSeq`, see rmbench_fast.types); this module only batches,
+Sequences come pre-tokenized (`TokSeq`, see rmbench_fast.records); this module only batches,
 runs the model and reduces. Scores are returned as float64 [n_records, 6] in slot order
 (chosen style 0..2, rejected style 0..2).
 """
@@ -23,9 +23,9 @@ from ..dtypes import parse_dtype
 from ..errors import ModelError, UsageError
 from ..logprobs import token_logprobs
 from ..modelio import ModelInfo, inspect_model_dir
+from ..records import N_SLOTS, TokSeq
 from ..rewards import check_ref_free_mode, reward_from_logprobs
 from ..settings import ScoreSettings
-from ..types import N_SLOTS, TokSeq
 
 Progress = Callable[[int], None]  # called with the number of records just completed (all 6 scored)
 

@@ -26,7 +26,7 @@ import torch
 
 from rmbench_fast.phases import phase
 from rmbench_fast.plan import branch_bounds
-from rmbench_fast.types import N_SLOTS, PackedBatch
+from rmbench_fast.records import N_SLOTS, PackedBatch
 
 MaskMod = Callable[[Any, Any, torch.Tensor, torch.Tensor], torch.Tensor]
 # Per segment: (prefix start, prefix length, [(start, end) of each non-empty branch]).

@@ -27,7 +27,7 @@ import torch
 
 from rmbench_fast.phases import phase
 from rmbench_fast.plan import plan_batches, plan_stats, segment_lengths
-from rmbench_fast.types import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
 
 ScoreBatch = Callable[[PackedBatch], torch.Tensor]  # -> values [S*6, k] on the device
 Progress = Callable[[int], None]

@@ -32,9 +32,9 @@ from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard,
 from rmbench_fast.errors import ModelError, UsageError
 from rmbench_fast.phases import phase
 from rmbench_fast.plan import gating_rows
+from rmbench_fast.records import PackedBatch, TokSeq
 from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
 from rmbench_fast.settings import ScoreSettings
-from rmbench_fast.types import PackedBatch, TokSeq
 
 
 def native_supports(config: dict[str, Any], head_hint: str | None = None) -> str | None:

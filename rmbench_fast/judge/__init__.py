@@ -8,7 +8,7 @@ Modules, in data-flow order:
 - `engine_vllm`: vLLM in-process (`vllm.LLM`, prefix caching on);
 - `log`: the append-only response log that makes runs resumable;
 - `scoring`: pair scores, M[i][j], hard / normal / easy, judge statistics;
-- `runner`: one whole generative run; `cli`: its options (`add_judge_args`, `run_judge`).
+- `runner`: one whole generative run (its options are in `rmbench_fast.commands`).
 
 The scoring rule is stated in `scoring` and in every run's metrics.json (`meta.scoring`).
 """

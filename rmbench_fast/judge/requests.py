@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..types import N_STYLES, Record
+from ..records import N_STYLES, Record
 from .prompt import Template
 
 ORDERS = ("chosen_first", "rejected_first")

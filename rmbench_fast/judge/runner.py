@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from .. import __version__
 from ..report import METRICS_FILE, SCORES_FILE, print_report, write_json_atomic
+from ..settings import DEFAULT_OUT
 from .log import LOG_FILE, LogWriter, read_log
 from .prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
 from .requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
@@ -66,7 +67,7 @@ class JudgeConfig:
     limit: int | None = None
     domains: Sequence[str] | None = None
     ids: Sequence[str] | None = None
-    out: str = "rmbench_out"
+    out: str = DEFAULT_OUT
     progress: bool = True
     resamples: int = 10000
     seed: int = 0

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..metrics import domain_groups, leaderboard_total, matrix_metrics
+from ..records import N_STYLES, Record
 from ..stats import bootstrap_intervals
-from ..types import N_STYLES, Record
 from .prompt import WINNER, order_score
 from .requests import JudgeRequest
 

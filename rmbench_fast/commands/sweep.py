@@ -1,0 +1,37 @@
+"""`python -m rmbench_fast sweep`: many models (checkpoints) on the same data, locally or on Ray."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_run_options, check_stats_options, run_config
+
+HELP = (
+    "score many models (checkpoints) on the same data, sharing data, tokenization and "
+    "the reference model's log-probs"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser, sweep=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console  # start-up cost: rich loads only when a command runs
+
+    from ..sweep import run_sweep  # start-up cost: the pipeline imports torch
+
+    check_stats_options(args, allow_zero=True)
+    if args.ray:
+        from ..ray_sweep import run_ray_sweep  # optional dependency: ray
+
+        rows = run_ray_sweep(
+            list(args.models),
+            run_config(args),
+            Console(stderr=False),
+            address=args.ray,
+            gpus_per_model=args.gpus_per_model,
+        )
+        return 0 if all("error" not in r for r in rows) else 1
+    run_sweep(list(args.models), run_config(args), Console(stderr=False))
+    return 0
