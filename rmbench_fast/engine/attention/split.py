@@ -5,6 +5,11 @@ attends causally to itself (B, so the kernel skips the upper blocks, with no pad
     o = (e^{l_A} o_A + e^{l_B} o_B) / (e^{l_A} + e^{l_B}).
 It needs the CPU flash-attention op, which returns each row's log-sum-exp next to the output,
 and applies only when no window bites, every key is valid and there is no soft-cap.
+
+No copies of K/V: the op takes grouped-query heads directly (Hq a multiple of Hk; query head h
+reads KV head h // (Hq / Hk), as HF's repeat_kv), so prefix K/V are read in place. The merge is
+one fused step per branch: o = lerp(o_B, o_A, sigmoid(l_A - l_B)), since
+e^{l_A} / (e^{l_A} + e^{l_B}) = sigmoid(l_A - l_B), written straight into the output rows.
 """
 
 from __future__ import annotations
@@ -28,22 +33,19 @@ def split_applies(q: torch.Tensor, layout: PackedLayout, window: int | None, sof
     )
 
 
-def _heads_first(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[L, H, D] -> [1, H * n_rep, L, D], each KV head repeated n_rep times (HF repeat_kv)."""
-    x = x.transpose(0, 1)
-    if n_rep > 1:
-        x = x.repeat_interleave(n_rep, dim=0)
-    return x[None]
+def _heads_first(x: torch.Tensor) -> torch.Tensor:
+    """[L, H, D] -> [1, H, L, D], a view (the op reads strided inputs)."""
+    return x.transpose(0, 1)[None]
 
 
 def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, n_rep: int, scale: float | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q: [Lq, Hq, D], k/v: [Lk, Hk, D] -> (out [Lq, Hq, D] fp32, lse [Lq, Hq] fp32)."""
-    out, lse = FLASH_CPU(
-        _heads_first(q, 1), _heads_first(k, n_rep), _heads_first(v, n_rep), 0.0, causal, scale=scale
-    )
-    return out[0].transpose(0, 1).float(), lse[0].transpose(0, 1)
+    """q: [Lq, Hq, D], k/v: [Lk, Hk, D] (Hk divides Hq) -> (out [Lq, Hq, D], lse [Lq, Hq] fp32).
+
+    `out` is in q's dtype (a view of the op's [1, Hq, Lq, D] result)."""
+    out, lse = FLASH_CPU(_heads_first(q), _heads_first(k), _heads_first(v), 0.0, causal, scale=scale)
+    return out[0].transpose(0, 1), lse[0].transpose(0, 1)
 
 
 def sdpa_split(
@@ -55,23 +57,24 @@ def sdpa_split(
 ) -> torch.Tensor:
     """q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
     out = torch.empty_like(q)
-    n_rep = q.shape[1] // k.shape[1]
     for a, P, branches in spans:
         if P:
-            pre = _attend(q[a : a + P], k[a : a + P], v[a : a + P], True, n_rep, scale)[0]
-            out[a : a + P] = pre.to(q.dtype)
+            out[a : a + P] = _attend(q[a : a + P], k[a : a + P], v[a : a + P], True, scale)[0]
         if not branches:
             continue
         lo, hi = branches[0][0], branches[-1][1]  # a segment's branches are contiguous
         if P:
             # [Nb, Hq, D], [Nb, Hq]
-            o_a, l_a = _attend(q[lo:hi], k[a : a + P], v[a : a + P], False, n_rep, scale)
+            o_a, l_a = _attend(q[lo:hi], k[a : a + P], v[a : a + P], False, scale)
         for s0, s1 in branches:
-            o_b, l_b = _attend(q[s0:s1], k[s0:s1], v[s0:s1], True, n_rep, scale)
-            if P:
-                r = slice(s0 - lo, s1 - lo)
-                m = torch.maximum(l_a[r], l_b)
-                w_a, w_b = torch.exp(l_a[r] - m)[..., None], torch.exp(l_b - m)[..., None]
-                o_b = (o_a[r] * w_a + o_b * w_b) / (w_a + w_b)
-            out[s0:s1] = o_b.to(q.dtype)
+            o_b, l_b = _attend(q[s0:s1], k[s0:s1], v[s0:s1], True, scale)
+            if not P:
+                out[s0:s1] = o_b
+                continue
+            r = slice(s0 - lo, s1 - lo)
+            w_a = torch.sigmoid(l_a[r] - l_b)[..., None]  # [Lb, Hq, 1] fp32
+            if q.dtype == torch.float32:
+                torch.lerp(o_b, o_a[r], w_a, out=out[s0:s1])
+            else:  # half precision: merge in fp32, round once
+                out[s0:s1] = torch.lerp(o_b.float(), o_a[r].float(), w_a)
     return out
