@@ -25,7 +25,7 @@ import torch
 from rmbench_fast.engine.attention import split
 from rmbench_fast.engine.layout import PackedLayout
 from rmbench_fast.plan import plan_batches
-from rmbench_fast.types import TokSeq
+from rmbench_fast.records import TokSeq
 
 REPO = Path(__file__).resolve().parent.parent
 SPLIT = "rmbench_fast/engine/attention/split.py"
