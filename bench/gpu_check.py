@@ -335,6 +335,8 @@ def stage_speed(device: str, data: Path, per_domain: int, dry: bool, shape: str 
             "native": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
         },
         "decisive_agreement_vs_official": decisive_agreement(official, native, guard=1e-3),
+        # the dry run's few scores themselves, so a disagreement in CI can be read from its log
+        **({"scores": {"official": official.tolist(), "native": native.tolist()}} if dry else {}),
         "goals": {"mfu": mfu >= MFU_GOAL, "speedup": official_s / native_s >= SPEEDUP_GOAL},
     }
 

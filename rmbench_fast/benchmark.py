@@ -321,8 +321,10 @@ def run_native(prep: Prepared, warmup: int) -> dict[str, Any]:
 
 
 def _native_mfu(prep: Prepared, st: dict[str, Any], wall: float) -> dict[str, Any] | None:
-    """Model FLOP/s of the native pass, against a GEMM rate measured here at the model's shapes."""
+    """Model FLOP/s of the native pass, against the best GEMM rate measured here (the fastest
+    candidate on a large square product), and against torch's matmul at the model's shapes."""
     from .dtypes import parse_dtype
+    from .engine.cpu_gemm import peak_gemm_rate
     from .profile import matmul_rate, model_shape
 
     shape = model_shape(prep.model.model_dir)
@@ -345,10 +347,13 @@ def _native_mfu(prep: Prepared, st: dict[str, Any], wall: float) -> dict[str, An
         prep.model.device,
         parse_dtype(prep.model.dtype),
     )
+    peak = peak_gemm_rate(prep.model.device, parse_dtype(prep.model.dtype))
     return {
         "model_flops_per_s": flops / wall,
+        "peak": peak,
         "matmul_flops_per_s": rate["flops_per_s"],
-        "mfu": flops / wall / rate["flops_per_s"],
+        "mfu": flops / wall / peak["flops_per_s"],
+        "mfu_vs_model_shapes": flops / wall / rate["flops_per_s"],
         "formula": "2*non_embedding_params*processed + 2*H*V*labels (DPO)",
     }
 

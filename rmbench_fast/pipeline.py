@@ -28,6 +28,7 @@ from .phases import phase
 from .records import N_STYLES, Record, TokSeq
 from .report import print_report, score_rows, write_outputs
 from .settings import DEFAULT_OUT, ScoreSettings
+from .threads import set_threads
 
 
 @dataclass
@@ -74,6 +75,9 @@ class RunConfig:
     reward: str | None = None
     # Tensor-parallel size under torchrun (the world is DP x TP ranks; rmbench_fast.distributed).
     tp: int = 1
+    # CPU: the linears' kernel (engine/cpu_gemm.py) and the thread count (None: physical cores).
+    cpu_gemm: str = "auto"
+    threads: int | None = None
 
 
 class EvalCache:
@@ -380,6 +384,7 @@ def score_settings(
         device_map=cfg.device_map,
         causal_logit_token=logit,
         tp_size=cfg.tp,
+        cpu_gemm=cfg.cpu_gemm,
         **budget,
     )
 
@@ -848,6 +853,7 @@ def run_evaluation(
             "0 < max-prompt-length < max-length"
         )
     world = join_world(cfg)
+    threads = set_threads(cfg.threads)
     with phase("data_tokenize"):
         data = load_data(cfg, cache)
     with phase("load"):
@@ -864,6 +870,7 @@ def run_evaluation(
         "dp": world.dp_size,
         "backend": world.backend,
     }
+    result["meta"]["threads"] = threads  # the CPU scores' last bits follow it
     result["rows"] = json_safe_rows(score_rows(data.records, scored.scores))
     return result
 

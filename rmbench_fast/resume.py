@@ -100,6 +100,8 @@ def scope_parts(
     fp32_scores: bool,
     share_prefix: bool,
     tp: int = 1,
+    cpu_gemm: str = "torch",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Everything that decides a stored value besides the token ids (a content hash of the model)."""
     return {
@@ -113,5 +115,7 @@ def scope_parts(
         "fp32_scores": bool(fp32_scores) and kind == "classifier",
         "share_prefix": share_prefix,
         "tp": tp,  # TP reduces in another order than one process
+        "cpu_gemm": cpu_gemm,  # oneDNN and MKL sum in different orders
+        "threads": threads,  # CPU: the last bits follow the thread count
         "engine": __version__,
     }

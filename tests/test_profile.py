@@ -77,6 +77,9 @@ def test_profile_dpo_phases_sum_to_wall_and_trace(tmp_path: Path, tiny_models: d
     t = doc["tokens"]
     assert t["useful"] >= t["processed"] > 0 and t["labels"] > 0 and t["useful_per_s"] > 0
     assert doc["flops"]["total"] > 0 and doc["mfu"]["matmul"]["flops_per_s"] > 0 and doc["mfu"]["mfu"] > 0
+    peak = doc["mfu"]["peak"]  # MFU is against the fastest candidate measured here, not torch.mm alone
+    assert peak["flops_per_s"] == max(peak["candidates_flops_per_s"].values())
+    assert "torch.mm" in peak["candidates_flops_per_s"]
     assert doc["memory"]["mib"] > 0
     assert doc["results_store"].startswith("off")
     mlp = next(r for r in doc["phases"] if r["phase"] == "mlp")

@@ -46,7 +46,6 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the result JSON (default: OUT/bench.json, OUT being --out; --out ending in .json is the file)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch (and vLLM) threads per path")
     p.add_argument(
         "--warmup",
         type=int,

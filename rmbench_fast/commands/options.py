@@ -126,6 +126,20 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
         help="with --ref-model: both models on each batch (fused ratio) or the reference's pass first "
         "(one model in memory); auto: together when both fit on the GPU, and never in a sweep",
     )
+    eng.add_argument(
+        "--cpu-gemm",
+        default="auto",
+        choices=["auto", "onednn", "torch"],
+        help="CPU linears: oneDNN with weights packed once at load, or torch's F.linear; "
+        "auto: onednn when this torch has mkldnn (float32/bfloat16)",
+    )
+    eng.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: the machine's physical cores); the CPU scores' last bits follow it",
+    )
     store = p.add_argument_group("results store (resume, reuse across runs)")
     store.add_argument(
         "--cache-dir",
@@ -297,6 +311,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         allow_nonfinite=args.allow_nonfinite,
         device_map=args.device_map,
         tp=getattr(args, "tp", 1),
+        cpu_gemm=args.cpu_gemm,
+        threads=args.threads,
         max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
         reward=args.reward,

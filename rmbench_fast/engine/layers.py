@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmbench_fast.engine.config import RopeConfig
+from rmbench_fast.engine.cpu_gemm import Linear, gemm
 
 
 class RMSNorm(nn.Module):
@@ -100,6 +101,8 @@ class PackedLinear(nn.Module):
     checkpoint that stores qkv_proj already packed; not with `sources`).
     """
 
+    packable_weight = True  # cpu_gemm.prepack may pack it for oneDNN
+
     def __init__(
         self,
         in_features: int,
@@ -149,7 +152,7 @@ class PackedLinear(nn.Module):
             param.narrow(0, offset, size).copy_(tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return gemm(x, self.weight, self.bias)
 
 
 class GatedMLP(nn.Module):
@@ -162,7 +165,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.act = ACT_FNS[act]
         self.gate_up_proj = PackedLinear(hidden, {"gate": inter, "up": inter}, bias)
-        self.down_proj = nn.Linear(inter, hidden, bias=bias)
+        self.down_proj = Linear(inter, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H] -> [T, H]

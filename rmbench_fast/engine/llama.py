@@ -22,6 +22,7 @@ from torch import nn
 from rmbench_fast.distributed import TPInfo
 from rmbench_fast.engine.attention import AttnImpl, PackedLayout, packed_attention
 from rmbench_fast.engine.config import EngineConfig
+from rmbench_fast.engine.cpu_gemm import Linear
 from rmbench_fast.engine.layers import (
     GatedMLP,
     PackedLinear,
@@ -55,7 +56,7 @@ class Attention(nn.Module):
         self.qkv_proj = PackedLinear(
             H, {"q": self.n_heads * D, "k": self.n_kv * D, "v": self.n_kv * D}, cfg.qkv_bias
         )
-        self.o_proj = nn.Linear(self.n_heads * D, H, bias=cfg.o_bias)
+        self.o_proj = Linear(self.n_heads * D, H, bias=cfg.o_bias)
 
     def qk_transform(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q [T, Hq, D], k [T, Hk, D] before RoPE; the Llama family leaves them as they are."""

@@ -46,6 +46,7 @@ from torch import nn
 
 from rmbench_fast.distributed import TPInfo
 from rmbench_fast.engine.config import EngineConfig
+from rmbench_fast.engine.cpu_gemm import gemm
 from rmbench_fast.engine.layers import GatedMLP, OffsetRMSNorm, PackedLinear, RMSNorm
 from rmbench_fast.errors import ModelError
 
@@ -186,6 +187,8 @@ class RowParallelLinear(nn.Module):
     all-reduce in x's dtype, then the (replicated) bias.
     """
 
+    packable_weight = True  # cpu_gemm.prepack may pack it for oneDNN
+
     def __init__(self, in_features: int, out_features: int, bias: bool, tp: TPInfo, tag: str) -> None:
         super().__init__()
         self.tp, self.tag = tp, tag
@@ -211,7 +214,7 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in/K] -> [T, out]
-        y = all_reduce(F.linear(x, self.weight), self.tp, "sum", self.tag)
+        y = all_reduce(gemm(x, self.weight), self.tp, "sum", self.tag)
         return y if self.bias is None else y + self.bias
 
 

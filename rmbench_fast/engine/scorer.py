@@ -26,6 +26,7 @@ import torch
 from rmbench_fast import distributed
 from rmbench_fast.engine.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.config import EngineConfig
+from rmbench_fast.engine.cpu_gemm import prepack, resolve_cpu_gemm
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
 from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
@@ -135,6 +136,11 @@ class NativeScorer:
             if ref_cfg.head != "causal":
                 raise ModelError(f"{ref_cfg.architecture} is not a causal LM", file=str(ref_model_dir))
             self.ref_model = self._load(ref_model_dir, ref_cfg)
+        # Linears on the CPU: oneDNN with weights packed once (engine/cpu_gemm.py), or F.linear.
+        self.cpu_gemm = resolve_cpu_gemm(s.cpu_gemm, self.device, self.dtype)
+        self.packed_linears = 0
+        if self.cpu_gemm == "onednn":
+            self.packed_linears = sum(prepack(m) for m in (self.model, self.ref_model) if m is not None)
         self.chunk_rows = logit_chunk_rows(
             self.vocab_size, self.device, self.dtype, tp=self.model.vocab_shard()
         )
@@ -223,6 +229,9 @@ class NativeScorer:
             "plan_share": sched.plan_s / max(wall, 1e-9),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
+            "cpu_gemm": self.cpu_gemm,
+            "packed_linears": self.packed_linears,
+            "threads": torch.get_num_threads(),
         }
         return out
 
@@ -236,6 +245,9 @@ class NativeScorer:
             "fp32_scores": self.fp32_scores,
             "share_prefix": self.share_prefix,
             "tp": self.tp.size if self.tp is not None else 1,  # TP rounds differently from one process
+            "cpu_gemm": self.cpu_gemm,  # oneDNN and MKL sum in different orders
+            # CPU kernels split their sums by thread count, so the last bits follow it.
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
 
     def attention_used(self) -> str:
