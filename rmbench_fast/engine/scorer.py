@@ -140,7 +140,8 @@ class NativeScorer:
         self.cpu_gemm = resolve_cpu_gemm(s.cpu_gemm, self.device, self.dtype)
         self.packed_linears = 0
         if self.cpu_gemm == "onednn":
-            self.packed_linears = sum(prepack(m) for m in (self.model, self.ref_model) if m is not None)
+            with phase("load"):  # part of loading: the packed weight replaces the plain one
+                self.packed_linears = sum(prepack(m) for m in (self.model, self.ref_model) if m is not None)
         self.chunk_rows = logit_chunk_rows(
             self.vocab_size, self.device, self.dtype, tp=self.model.vocab_shard()
         )
