@@ -97,14 +97,14 @@ def test_resolve_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_cpu_gemm("auto", cpu, torch.float16) == "torch"
     with pytest.raises(UsageError, match="--cpu-gemm"):
         resolve_cpu_gemm("mkl", cpu, torch.float32)
+    assert resolve_cpu_gemm("auto", cpu, torch.float32) == "torch"  # the measured default
     if cpu_gemm.onednn_available():
-        assert resolve_cpu_gemm("auto", cpu, torch.float32) == "onednn"
-        assert resolve_cpu_gemm("auto", cpu, torch.bfloat16) == "onednn"
-    # A build without mkldnn: auto falls back and says so once; onednn is an error.
+        assert resolve_cpu_gemm("onednn", cpu, torch.float32) == "onednn"
+        assert resolve_cpu_gemm("onednn", cpu, torch.bfloat16) == "onednn"
+        assert resolve_cpu_gemm("onednn", cpu, torch.float16) == "torch"
+    # A build without mkldnn: auto runs torch as always; onednn is an error.
     monkeypatch.setattr(cpu_gemm, "onednn_available", lambda: False)
-    monkeypatch.setattr(cpu_gemm, "_said_missing", False)
-    with pytest.warns(UserWarning, match="no mkldnn"):
-        assert resolve_cpu_gemm("auto", cpu, torch.float32) == "torch"
+    assert resolve_cpu_gemm("auto", cpu, torch.float32) == "torch"
     with pytest.raises(UsageError, match="no mkldnn"):
         resolve_cpu_gemm("onednn", cpu, torch.float32)
 

@@ -130,8 +130,8 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
         "--cpu-gemm",
         default="auto",
         choices=["auto", "onednn", "torch"],
-        help="CPU linears: oneDNN with weights packed once at load, or torch's F.linear; "
-        "auto: onednn when this torch has mkldnn (float32/bfloat16)",
+        help="CPU linears: oneDNN with weights packed once at load (float32/bfloat16), or torch's "
+        "F.linear; auto = torch (faster or equal at the measured shapes, bench/results/gemm-cpu.json)",
     )
     eng.add_argument(
         "--threads",

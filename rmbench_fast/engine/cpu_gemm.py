@@ -7,26 +7,27 @@ row-parallel layers of tensor parallelism). When W is a oneDNN-packed tensor (`W
 made by `prepack`), it runs torch.ops.mkldnn._linear_pointwise, the path vLLM's CPU backend,
 IPEX and Inductor's weight prepacking take; otherwise F.linear (MKL sgemm in the x86 wheels).
 
-Why pack: F.linear re-reads W in its plain row-major layout on every call, and MKL's sgemm loses
-up to half its rate at some of a small model's shapes on this kind of CPU (bench/bench_gemm_cpu.py,
-bench/results/gemm-cpu.json). oneDNN reorders W once into its blocked layout, so each call only
-streams x. The packed tensor replaces the plain Parameter (same numel): memory does not grow.
+Why it is there, and why it is not the default: F.linear re-reads W in its plain layout on every
+call, and oneDNN reorders W once into its blocked layout. On the 2-core AVX-512/AMX machine this
+project is measured on, that bought nothing at SmolLM2's shapes (bench/bench_gemm_cpu.py,
+bench/results/gemm-cpu.json): both reach 280-300 GFLOP/s in fp32 at T = 1024-8192 rows, MKL loses
+only at one shape (o at T = 1024: 87 against 251), and in bf16 both reach about 2 TFLOP/s (F.linear
+already runs oneDNN there). So `auto` is torch, and `onednn` is an opt-in for CPUs where the
+benchmark says otherwise. The packed tensor replaces the plain Parameter (same numel): memory does
+not grow.
 
 Rounding: oneDNN sums in another order than MKL, so the last bits of the scores follow the choice
 (it is part of the results store's scope, `NativeScorer.value_settings`). A row's output does not
 depend on the other rows of the batch with oneDNN (checked in tests/test_cpu_gemm.py), as it
 does with MKL; so batching cannot change a score either way beyond the choice itself.
 
-Choices (`--cpu-gemm`): `torch`; `onednn` (an error if this torch build has no mkldnn); `auto` =
-onednn on a CPU device when torch.backends.mkldnn.is_available() and the dtype is float32 or
-bfloat16, else torch (said once when mkldnn is missing). The LM head and the classifier and
+Choices (`--cpu-gemm`): `torch` (= `auto`, measured above); `onednn` on a CPU device, float32 or
+bfloat16 (an error if this torch build has no mkldnn; other dtypes and devices run torch). The LM head and the classifier and
 custom heads stay on F.linear: a tied LM head is also the embedding table, which a packed tensor
 cannot index, and a second, packed copy would add its size to the peak memory.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,6 @@ from rmbench_fast.errors import UsageError
 
 CPU_GEMMS = ("auto", "onednn", "torch")
 _PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
-_said_missing = False
 
 
 def onednn_available() -> bool:
@@ -46,18 +46,12 @@ def onednn_available() -> bool:
 
 def resolve_cpu_gemm(choice: str, device: torch.device, dtype: torch.dtype) -> str:
     """The kernel that runs: "onednn" or "torch" ("torch" off the CPU, where the choice is moot)."""
-    global _said_missing
     if choice not in CPU_GEMMS:
         raise UsageError(f"unknown --cpu-gemm {choice!r}; use one of {', '.join(CPU_GEMMS)}")
-    if device.type != "cpu" or choice == "torch":
+    if device.type != "cpu" or choice in ("torch", "auto"):  # auto: measured, see the docstring
         return "torch"
     if not onednn_available():
-        if choice == "onednn":
-            raise UsageError("--cpu-gemm onednn: this torch build has no mkldnn (oneDNN) support")
-        if not _said_missing:
-            warnings.warn("this torch build has no mkldnn: CPU linears run torch's F.linear", stacklevel=2)
-            _said_missing = True
-        return "torch"
+        raise UsageError("--cpu-gemm onednn: this torch build has no mkldnn (oneDNN) support")
     if dtype not in _PACKABLE_DTYPES:
         return "torch"  # oneDNN's fp16 linear is not faster on CPUs without AMX-FP16
     return "onednn"
