@@ -36,6 +36,7 @@ from rmbench_fast.plan import gating_rows
 from rmbench_fast.records import PackedBatch, TokSeq
 from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
 from rmbench_fast.settings import ScoreSettings
+from rmbench_fast.threads import retain_freed_memory
 
 
 def native_supports(config: dict[str, Any], head_hint: str | None = None) -> str | None:
@@ -139,6 +140,8 @@ class NativeScorer:
         # Linears on the CPU: oneDNN with weights packed once (engine/cpu_gemm.py), or F.linear.
         self.cpu_gemm = resolve_cpu_gemm(s.cpu_gemm, self.device, self.dtype)
         self.packed_linears = 0
+        # CPU: large freed blocks stay in the heap for the next layer (threads.retain_freed_memory).
+        self.heap_retained = retain_freed_memory() if self.device.type == "cpu" else False
         if self.cpu_gemm == "onednn":
             with phase("load"):  # part of loading: the packed weight replaces the plain one
                 self.packed_linears = sum(prepack(m) for m in (self.model, self.ref_model) if m is not None)
@@ -232,6 +235,7 @@ class NativeScorer:
             "device": str(self.device),
             "cpu_gemm": self.cpu_gemm,
             "packed_linears": self.packed_linears,
+            "cpu_heap_retained": self.heap_retained,
             "threads": torch.get_num_threads(),
         }
         return out
