@@ -213,7 +213,7 @@ def attention_pairs(batch: Any) -> tuple[int, int]:
 
     Its call A attends every piece (a prefix, a branch) causally to itself; call B attends every
     row of a segment, the prefix rows included, to the segment's P prefix keys. The merge runs
-    over every row of a batch in which some segment has a prefix (engine/attention/flash.py)."""
+    over every row of a batch in which some segment has a prefix (engine/layers/attention/flash.py)."""
     from rmbench_fast.plan import branch_bounds
 
     P = np.asarray(batch.prefix_len, dtype=np.int64)  # [S]
@@ -226,7 +226,7 @@ def attention_pairs(batch: Any) -> tuple[int, int]:
 
 
 # Bytes each unfused element-wise step moves per element, as the engine runs it in bf16 today
-# (engine/layers.py, engine/attention/flash.py): RMSNorm's fp32 upcast, square, mean, rsqrt
+# (engine/layers/{norms,rope,mlp}.py, engine/layers/attention/flash.py): RMSNorm's fp32 upcast, square, mean, rsqrt
 # product, cast and weight product; RoPE's two multiplies and two addcmul on halves; SiLU then
 # the in-place product with up; a residual add; the fp32 merge of the two attention partials.
 BYTES_RMSNORM, BYTES_ROPE, BYTES_SILU_MUL, BYTES_RESIDUAL, BYTES_MERGE = 32, 10, 10, 6, 68

@@ -8,7 +8,7 @@ GPUs, gloo on the CPU) and splits its N = DP × TP ranks into groups:
     DP group t = ranks {t, t + K, t + 2K, ...}  the ranks that hold the same model slice t
 
 so rank r has tp_rank = r mod K and dp_rank = r div K. The tensor-parallel layers
-(engine/parallel.py) communicate only inside their TP group; data parallelism splits work over
+(engine/layers/parallel.py) communicate only inside their TP group; data parallelism splits work over
 the DP replicas. Without torchrun (no WORLD_SIZE in the environment) everything here describes
 one process: world 1, TP 1, DP 1, no process group, and `tp_info()` is None.
 """

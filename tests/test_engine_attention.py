@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rmbench_fast.engine import attention
-from rmbench_fast.engine.attention import packed_attention, sdpa, split
+from rmbench_fast.engine.layers import attention
+from rmbench_fast.engine.layers.attention import packed_attention, sdpa, split
 from rmbench_fast.engine.layout import PackedLayout
 from rmbench_fast.plan import plan_batches
 from rmbench_fast.records import TokSeq

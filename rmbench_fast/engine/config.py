@@ -48,7 +48,7 @@ ACTIVATIONS = {
     "qwen3": ("silu",),
     "gemma2": ("gelu_pytorch_tanh",),
 }
-# Custom reward heads the scorer runs natively (engine/reward_heads.py). The gating heads also
+# Custom reward heads the scorer runs natively (engine/models/reward_heads.py). The gating heads also
 # read a second row per sequence, the hidden state at the gating token (plan.gating_rows).
 GATING_HEADS: tuple[NativeHeadName, ...] = ("qrm", "armorm")
 NATIVE_HEADS: tuple[NativeHeadName, ...] = ("inform", "grm", *GATING_HEADS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rmbench_fast.engine.parallel import VocabShard, agree_min, vocab_parallel_logprobs
+from rmbench_fast.engine.layers.parallel import VocabShard, agree_min, vocab_parallel_logprobs
 from rmbench_fast.logprobs import linear_token_logprobs, token_logprobs
 from rmbench_fast.phases import phase
 from rmbench_fast.rewards import sequence_stats

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from rmbench_fast import distributed
-from rmbench_fast.engine.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
+from rmbench_fast.engine.layers.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
@@ -60,7 +60,7 @@ def causal_logit_stats(
         rows, w, cap = hidden.index_select(0, pool), model.head_weight(), model.cfg.final_softcap
         shard = model.vocab_shard()
         if shard is not None:  # the row lives on one rank's vocabulary shard
-            from rmbench_fast.engine.parallel import vocab_parallel_token_logit
+            from rmbench_fast.engine.layers.parallel import vocab_parallel_token_logit
 
             z = vocab_parallel_token_logit(rows, w, token, shard, cap)  # [n_seq, 1]
         else:

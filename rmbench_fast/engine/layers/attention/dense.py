@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rmbench_fast.engine.attention.sdpa import sdpa
+from rmbench_fast.engine.layers.attention.sdpa import sdpa
 from rmbench_fast.engine.layout import PackedLayout
 
 

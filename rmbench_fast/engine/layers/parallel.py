@@ -45,13 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmbench_fast.distributed import TPInfo
-from rmbench_fast.engine.config import EngineConfig
-from rmbench_fast.engine.layers import GatedMLP, OffsetRMSNorm, PackedLinear, RMSNorm
 from rmbench_fast.errors import ModelError
 
-# Families whose layout is written here (their modules are the ones llama.py / gemma2.py /
-# qwen3.py build). A new family must be added deliberately, after checking its modules.
-TP_FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
 IGNORE_INDEX = -100
 HINT = "run it with --tp 1"
 
@@ -166,7 +161,7 @@ def vocab_shard(vocab_size: int, tp: TPInfo) -> VocabShard:
     return VocabShard(tp, vocab_size, start, max(0, min(padded, vocab_size - start)), padded)
 
 
-def _split(n: int, tp: TPInfo, what: str) -> tuple[int, int]:
+def shard_range(n: int, tp: TPInfo, what: str) -> tuple[int, int]:
     """(start, size) of this rank's 1/K of n rows or columns; ModelError if n % K."""
     if n % tp.size:
         raise ModelError(f"{what} = {n} does not split over --tp {tp.size}; {HINT}")
@@ -190,7 +185,7 @@ class RowParallelLinear(nn.Module):
         super().__init__()
         self.tp, self.tag = tp, tag
         self.in_features = in_features
-        self.start, size = _split(in_features, tp, "the input width of a row-parallel layer")
+        self.start, size = shard_range(in_features, tp, "the input width of a row-parallel layer")
         self.weight = nn.Parameter(torch.empty(out_features, size))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
@@ -254,87 +249,6 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - never called
         raise RuntimeError("the LM head is applied by heads.dpo_stats, not called")
-
-
-# --------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------
-
-
-def check_tp(cfg: EngineConfig, tp: TPInfo) -> None:
-    """One-line ModelError unless the family's TP layout is written and its shapes split."""
-    if cfg.family not in TP_FAMILIES:
-        raise ModelError(f"tensor parallelism is not written for the {cfg.family} family; {HINT}")
-    head_layout(cfg.num_attention_heads, cfg.num_key_value_heads, tp)
-    _split(cfg.intermediate_size, tp, "intermediate_size")
-
-
-def parallelize(model: nn.Module, cfg: EngineConfig, tp: TPInfo) -> None:
-    """Turn a (meta-built) engine model into rank `tp.rank`'s shard of it, in place.
-
-    Every decoder layer's q/k/v and gate/up become this rank's packed rows, o_proj and
-    down_proj row-parallel layers, the embedding (and an untied LM head) vocab-parallel; the
-    attention module's head counts become the local ones. Norms and the classifier head stay
-    replicated. Anything else holding parameters raises ModelError: no layout written for it.
-    """
-    from rmbench_fast.engine.llama import Attention  # the family modules import this module
-
-    check_tp(cfg, tp)
-    heads = head_layout(cfg.num_attention_heads, cfg.num_key_value_heads, tp)
-    D, H = cfg.head_dim, cfg.hidden_size
-    body = model.model
-    for i, layer in enumerate(body.layers):
-        attn, mlp = layer.self_attn, layer.mlp
-        if not isinstance(attn, Attention) or not isinstance(mlp, GatedMLP):
-            raise ModelError(f"layer {i} of {cfg.architecture} has no tensor-parallel layout; {HINT}")
-        q_rows, kv_rows = heads.n_q * D, heads.n_kv * D
-        attn.qkv_proj = PackedLinear(
-            H,
-            {"q": q_rows, "k": kv_rows, "v": kv_rows},
-            cfg.qkv_bias,
-            sources={
-                "q": (heads.q_start * D, cfg.num_attention_heads * D),
-                "k": (heads.kv_start * D, cfg.num_key_value_heads * D),
-                "v": (heads.kv_start * D, cfg.num_key_value_heads * D),
-            },
-        )
-        attn.n_heads, attn.n_kv = heads.n_q, heads.n_kv
-        attn.o_proj = RowParallelLinear(cfg.num_attention_heads * D, H, cfg.o_bias, tp, "attn_out")
-        inter = cfg.intermediate_size
-        start, size = _split(inter, tp, "intermediate_size")
-        mlp.gate_up_proj = PackedLinear(
-            H,
-            {"gate": size, "up": size},
-            cfg.mlp_bias,
-            sources={"gate": (start, inter), "up": (start, inter)},
-        )
-        mlp.down_proj = RowParallelLinear(inter, H, cfg.mlp_bias, tp, "mlp_out")
-    body.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, H, tp)
-    if cfg.head == "causal":
-        model.lm_head = ParallelLMHead(cfg.vocab_size, H, tp)
-        if cfg.tie_word_embeddings:
-            model.lm_head.weight = body.embed_tokens.weight
-    model.tp = tp
-    _check_layout(model)
-
-
-SHARDED = (RowParallelLinear, VocabParallelEmbedding)
-REPLICATED = (RMSNorm, OffsetRMSNorm)
-
-
-def _check_layout(model: nn.Module) -> None:
-    """Every module holding parameters is sharded, a replicated norm, or in the classifier head."""
-    head_attrs = {"score"} | ({model.reward_head_attr} if model.reward_head_attr else set())
-    for name, module in model.named_modules():
-        if not module._parameters or name.split(".")[0] in head_attrs:
-            continue
-        if isinstance(module, SHARDED) or isinstance(module, REPLICATED):
-            continue
-        if isinstance(module, PackedLinear) and module.sources:
-            continue
-        raise ModelError(
-            f"no tensor-parallel layout for {name} ({type(module).__name__}) of {model.cfg.architecture}; {HINT}"
-        )
 
 
 # --------------------------------------------------------------------------------------------

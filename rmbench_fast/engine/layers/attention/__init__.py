@@ -21,11 +21,11 @@ from typing import Literal
 
 import torch
 
-from rmbench_fast.engine.attention.dense import dense_attention
-from rmbench_fast.engine.attention.flash import flash_applies, flash_attention
-from rmbench_fast.engine.attention.flex import FlexCompileError, flex_attention
-from rmbench_fast.engine.attention.sdpa import sdpa_segments, segment_plans
-from rmbench_fast.engine.attention.split import sdpa_split, split_applies
+from rmbench_fast.engine.layers.attention.dense import dense_attention
+from rmbench_fast.engine.layers.attention.flash import flash_applies, flash_attention
+from rmbench_fast.engine.layers.attention.flex import FlexCompileError, flex_attention
+from rmbench_fast.engine.layers.attention.sdpa import sdpa_segments, segment_plans
+from rmbench_fast.engine.layers.attention.split import sdpa_split, split_applies
 from rmbench_fast.engine.layout import PackedLayout
 from rmbench_fast.phases import phase
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rmbench_fast.engine.attention import AttnImpl, PackedLayout
 from rmbench_fast.engine.config import EngineConfig
-from rmbench_fast.engine.layers import GatedMLP, OffsetRMSNorm
-from rmbench_fast.engine.llama import Attention, LlamaForScoring, LlamaModel
+from rmbench_fast.engine.layers.attention import AttnImpl, PackedLayout
+from rmbench_fast.engine.layers.mlp import GatedMLP
+from rmbench_fast.engine.layers.norms import OffsetRMSNorm
+from rmbench_fast.engine.models.llama import Attention, LlamaForScoring, LlamaModel
 
 
 class Gemma2DecoderLayer(nn.Module):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from rmbench_fast.engine.config import EngineConfig
-from rmbench_fast.engine.layers import RMSNorm
-from rmbench_fast.engine.llama import Attention, DecoderLayer, LlamaForScoring, LlamaModel
+from rmbench_fast.engine.layers.norms import RMSNorm
+from rmbench_fast.engine.models.llama import Attention, DecoderLayer, LlamaForScoring, LlamaModel
 
 
 class Qwen3Attention(Attention):

@@ -20,18 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmbench_fast.distributed import TPInfo
-from rmbench_fast.engine.attention import AttnImpl, PackedLayout, packed_attention
 from rmbench_fast.engine.config import EngineConfig
-from rmbench_fast.engine.layers import (
-    GatedMLP,
-    PackedLinear,
-    RMSNorm,
-    apply_rope,
-    rope_cos_sin,
-    rope_inv_freq,
-)
-from rmbench_fast.engine.parallel import VocabShard, vocab_shard
-from rmbench_fast.engine.reward_heads import RewardHead, build_reward_head
+from rmbench_fast.engine.layers.attention import AttnImpl, PackedLayout, packed_attention
+from rmbench_fast.engine.layers.linear import PackedLinear
+from rmbench_fast.engine.layers.mlp import GatedMLP
+from rmbench_fast.engine.layers.norms import RMSNorm
+from rmbench_fast.engine.layers.parallel import VocabShard, vocab_shard
+from rmbench_fast.engine.layers.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from rmbench_fast.engine.models.reward_heads import RewardHead, build_reward_head
 from rmbench_fast.errors import ModelError
 
 
@@ -144,12 +140,12 @@ class LlamaForScoring(nn.Module):
     The head is not applied in forward: the runner applies it only at the rows it needs
     (label positions / pooled positions), which is the main saving over full [T, V] logits.
     A tied LM head is the embedding Parameter itself, so `parameters()` counts it once.
-    Under tensor parallelism (`parallel.parallelize`, called by the loader) `tp` is this rank's
+    Under tensor parallelism (`tensor_parallel.parallelize`, called by the loader) `tp` is this rank's
     TPInfo and the LM head holds this rank's vocabulary rows (`vocab_shard`).
     """
 
     body_cls: ClassVar[type[nn.Module]] = LlamaModel
-    tp: TPInfo | None = None  # set on the instance by parallel.parallelize
+    tp: TPInfo | None = None  # set on the instance by tensor_parallel.parallelize
 
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__()
