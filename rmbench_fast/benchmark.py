@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from rmbench_fast.errors import UsageError
 
 PATHS = ("official", "official8bit", "native", "vllm")
 HF_HINT = "the official-style path (--paths official) needs transformers: pip install 'rmbench_fast[hf]'"
@@ -75,7 +75,7 @@ class Prepared:
 
 def prepare(cfg: Any, log: Callable[[str], None] = print) -> Prepared:
     """Load, validate and tokenize with the pipeline's own steps (no model weights loaded)."""
-    from .pipeline import EvalCache, choose_models, load_data, tokenize_run
+    from rmbench_fast.pipeline import EvalCache, choose_models, load_data, tokenize_run
 
     cache = EvalCache()
     data = load_data(cfg, cache)
@@ -90,7 +90,7 @@ def _cfg_doc(cfg: Any) -> dict[str, Any]:
 
 
 def _cfg_from_doc(doc: dict[str, Any]) -> Any:
-    from .pipeline import RunConfig
+    from rmbench_fast.pipeline import RunConfig
 
     return RunConfig(**doc)
 
@@ -129,7 +129,7 @@ def official_style_scores(
     processed tokens count both models' forwards."""
     import torch
 
-    from .rewards import reward_from_logprobs
+    from rmbench_fast.rewards import reward_from_logprobs
 
     out = np.zeros((len(seqs), 6))
     processed = 0
@@ -275,8 +275,8 @@ def run_official(prep: Prepared, eight_bit: bool, warmup: int) -> dict[str, Any]
 # --- the native path ---------------------------------------------------------------------------
 def run_native(prep: Prepared, warmup: int) -> dict[str, Any]:
     """The native engine on the prepared sequences (with a reference: both models per batch)."""
-    from .engine import NativeScorer
-    from .pipeline import score_settings
+    from rmbench_fast.engine import NativeScorer
+    from rmbench_fast.pipeline import score_settings
 
     m, cfg = prep.model, prep.cfg
     settings = score_settings(cfg, m.kind, m.ref_free, m.device, m.dtype, prep.pad_id)
@@ -322,8 +322,8 @@ def run_native(prep: Prepared, warmup: int) -> dict[str, Any]:
 
 def _native_mfu(prep: Prepared, st: dict[str, Any], wall: float) -> dict[str, Any] | None:
     """Model FLOP/s of the native pass, against a GEMM rate measured here at the model's shapes."""
-    from .dtypes import parse_dtype
-    from .profile import matmul_rate, model_shape
+    from rmbench_fast.dtypes import parse_dtype
+    from rmbench_fast.profile import matmul_rate, model_shape
 
     shape = model_shape(prep.model.model_dir)
     if shape is None or wall <= 0:
@@ -387,7 +387,7 @@ def run_vllm(
     """Run rmbench_fast/vllm_path.py in `python` (the vLLM environment) and reduce its output."""
     import torch
 
-    from .rewards import reward_from_logprobs
+    from rmbench_fast.rewards import reward_from_logprobs
 
     spec = vllm_spec(prep, engine_args)
     env = dict(os.environ)
@@ -500,7 +500,7 @@ def compare_paths(
 ) -> dict[str, Any]:
     """Each path's metrics, and against `base`: max |Δ|, identical matrices, decisive agreement.
     `activated`: paths whose scores went through a monotone activation (no |Δ| for them)."""
-    from .metrics import compute_metrics
+    from rmbench_fast.metrics import compute_metrics
 
     metrics = {p: compute_metrics(records, s, resamples=0) for p, s in scores.items()}
     out: dict[str, Any] = {"metrics": {}, "versus": {}}
@@ -616,7 +616,7 @@ def bench(
     prep = prepare(cfg, log)
     m = prep.model
     if "native" in paths:
-        from .engine.scorer import native_supports
+        from rmbench_fast.engine.scorer import native_supports
 
         reason = native_supports(m.info.config)
         if reason is not None:
@@ -757,7 +757,7 @@ def make_smollm2_classifier(dst: Path, *, seed: int = 0, std: float = 0.02) -> P
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .demo import ensure_smollm2
+    from rmbench_fast.demo import ensure_smollm2
 
     src = ensure_smollm2()
     dst.mkdir(parents=True, exist_ok=True)
@@ -793,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--make-smollm2-classifier"]:
         print(make_smollm2_classifier(Path(argv[1])))
         return 0
-    from .commands.bench import main as bench_main  # the bench command's parser lives in commands
+    from rmbench_fast.commands.bench import main as bench_main  # the bench command's parser lives in commands
 
     return bench_main(argv)
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, UsageError
-from .metrics import domain_groups
-from .records import METRIC_DOMAINS, N_STYLES
-from .report import METRICS_FILE, SCORES_FILE, read_metrics
-from .stats import (
+from rmbench_fast.errors import DataError, UsageError
+from rmbench_fast.metrics import domain_groups
+from rmbench_fast.records import METRIC_DOMAINS, N_STYLES
+from rmbench_fast.report import METRICS_FILE, SCORES_FILE, read_metrics
+from rmbench_fast.stats import (
     BOOTSTRAP,
     LEVEL,
     RECORD_COLUMNS,

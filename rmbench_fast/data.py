@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .records import DOMAINS, N_STYLES, Record
+from rmbench_fast.errors import DataError
+from rmbench_fast.records import DOMAINS, N_STYLES, Record
 
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 _DOMAIN_FILE = re.compile(r"^(?P<domain>[a-z-]+)_filtered$")

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError
+from rmbench_fast.errors import ModelError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = "smollm2-135m-instruct"

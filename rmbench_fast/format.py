@@ -28,8 +28,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import TemplateError
-from .tokenize import TokenizerConfig, read_tokenizer_config
+from rmbench_fast.errors import TemplateError
+from rmbench_fast.tokenize import TokenizerConfig, read_tokenizer_config
 
 Message = dict[str, str]
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
-from .errors import DataError
+from rmbench_fast.errors import DataError
 
 DOMAINS = ("chat", "math", "code", "safety")
 # Records per domain in the official total_dataset.json (safety = safety-refuse 284 + safety-response 157).

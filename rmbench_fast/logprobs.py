@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from .kernels.reference import IGNORE_INDEX, dpo_logratio_ref, linear_logratio_ref
+from rmbench_fast.kernels.reference import IGNORE_INDEX, dpo_logratio_ref, linear_logratio_ref
 
 Backend = Literal["auto", "triton", "cuda", "torch"]
 _BACKENDS = ("auto", "triton", "cuda", "torch")
@@ -98,7 +98,7 @@ def token_logprobs(
     if which == "torch":
         return dpo_logratio_ref(logits, ref_logits, labels, ignore_index=ignore_index)
     if which == "triton":
-        from .kernels.dpo_logratio import dpo_logratio_triton
+        from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton
 
         return dpo_logratio_triton(logits, ref_logits, labels, ignore_index=ignore_index)
     return cuda_dpo_logratio(logits, ref_logits, labels, ignore_index=ignore_index)
@@ -128,7 +128,7 @@ def linear_token_logprobs(
         raise ValueError("linear_token_logprobs has no CUDA C++ backend; use 'triton' or 'torch'")
     if which == "torch":
         return linear_logratio_ref(hidden, weight, labels, softcap=softcap, ignore_index=ignore_index)
-    from .kernels.linear_logratio import linear_logratio_triton
+    from rmbench_fast.kernels.linear_logratio import linear_logratio_triton
 
     return linear_logratio_triton(hidden, weight, labels, softcap=softcap, ignore_index=ignore_index)
 
@@ -146,7 +146,7 @@ def cuda_dpo_logratio(
     argument (dtype codes, shapes, strides, null and device pointers) before launching.
     """
     try:
-        from . import _cuda
+        from rmbench_fast import _cuda
     except ImportError as e:
         raise RuntimeError(f"backend='cuda' needs rmbench_fast._cuda (built with nvcc): {e}") from e
     if policy_logits.dim() != 2:

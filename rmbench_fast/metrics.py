@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .records import METRIC_DOMAINS, N_STYLES, Record, metric_domain
-from .stats import bootstrap_intervals, record_wins
+from rmbench_fast.records import METRIC_DOMAINS, N_STYLES, Record, metric_domain
+from rmbench_fast.stats import bootstrap_intervals, record_wins
 
 
 def style_matrix(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:

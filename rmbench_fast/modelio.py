@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ModelError
+from rmbench_fast.errors import ModelError
 
 ModelKind = Literal["classifier", "dpo"]
 WeightFormat = Literal["safetensors", "pickle"]

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .data import data_files, hash_files, hf_cached_dataset, load_records, select
-from .dtypes import run_dtype
-from .errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
-from .metrics import compute_metrics
-from .phases import phase
-from .records import N_STYLES, Record, TokSeq
-from .report import print_report, score_rows, write_outputs
-from .settings import DEFAULT_OUT, ScoreSettings
+from rmbench_fast import __version__
+from rmbench_fast.data import data_files, hash_files, hf_cached_dataset, load_records, select
+from rmbench_fast.dtypes import run_dtype
+from rmbench_fast.errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
+from rmbench_fast.metrics import compute_metrics
+from rmbench_fast.phases import phase
+from rmbench_fast.records import N_STYLES, Record, TokSeq
+from rmbench_fast.report import print_report, score_rows, write_outputs
+from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings
 
 
 @dataclass
@@ -138,7 +138,7 @@ def resolve_device(device: str) -> str:
     """The run's device; under torchrun a CUDA device is this rank's own GPU (cuda:LOCAL_RANK)."""
     import torch
 
-    from .distributed import local_device
+    from rmbench_fast.distributed import local_device
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,7 +149,7 @@ def resolve_device(device: str) -> str:
 
 def join_world(cfg: RunConfig) -> Any:
     """torchrun's world (DP x TP ranks), or one process; --tp > 1 needs torchrun."""
-    from . import distributed
+    from rmbench_fast import distributed
 
     if not distributed.launched():
         if cfg.tp != 1:
@@ -167,8 +167,8 @@ def join_world(cfg: RunConfig) -> Any:
 
 def data_shard() -> Any:
     """This rank's data-parallel replica for the engine's scheduler, or None in one replica."""
-    from . import distributed
-    from .engine.scheduler import DataShard
+    from rmbench_fast import distributed
+    from rmbench_fast.engine.scheduler import DataShard
 
     w = distributed.world()
     return DataShard(w.dp_rank, w.dp_size, w.dp_group) if w.dp_size > 1 else None
@@ -223,7 +223,7 @@ def classifier_pad_id(info: Any, tok: Any) -> int | None:
     """The pad id run_rm.py leaves in `model.config.pad_token_id`, which the classifier pools
     with: a tokenizer without a pad token gets pad = EOS, which also overrides the config's
     value; otherwise a missing config pad is filled from the tokenizer's."""
-    from .backends.hf import resolve_classifier_pad_id
+    from rmbench_fast.backends.hf import resolve_classifier_pad_id
 
     return resolve_classifier_pad_id(info.pad_token_id, tok.pad_id, tok.eos_id)
 
@@ -274,7 +274,7 @@ def _tokenize_record(
     pad_id: int | None,
     lengths: tuple[int, int] = (2048, 128),
 ) -> list[TokSeq]:
-    from .tokenize import encode_causal_logit, encode_classifier, encode_dpo_pair
+    from rmbench_fast.tokenize import encode_causal_logit, encode_classifier, encode_dpo_pair
 
     if kind == "causal-logit":
         texts = [
@@ -310,7 +310,7 @@ def head_pooling(seqs: list[list[TokSeq]], head: Any, pad_id: int | None) -> lis
     duplicated BOS is masked only where that pipeline masks it."""
     from dataclasses import replace
 
-    from .tokenize import legacy_pool_index
+    from rmbench_fast.tokenize import legacy_pool_index
 
     def one(s: TokSeq) -> TokSeq:
         pool = s.pool_index
@@ -328,7 +328,7 @@ def legacy_pooling_diffs(
 ) -> list[dict[str, Any]]:
     """Sequences where transformers 4.43.4's pooling ((first pad) - 1) differs from today's
     (rightmost non-pad): those records would have scored differently under the pinned version."""
-    from .tokenize import legacy_pool_index
+    from rmbench_fast.tokenize import legacy_pool_index
 
     diffs = []
     for rec, group in zip(records, seqs):
@@ -400,7 +400,7 @@ def _make_scorer(
             "--device-map spreads a model with the hf backend; it does not apply to --backend native"
         )
     if cfg.backend in ("auto", "native") and cfg.device_map is None:
-        from .engine.scorer import NativeScorer, native_supports
+        from rmbench_fast.engine.scorer import NativeScorer, native_supports
 
         want_head = "classifier" if model.kind == "classifier" else "causal"
         reason = native_supports(model.info.config, want_head) or (
@@ -426,7 +426,7 @@ def _make_scorer(
         raise UsageError(
             "data parallelism under torchrun runs the native engine; the hf backend is one process"
         )
-    from .backends.hf import HFScorer
+    from rmbench_fast.backends.hf import HFScorer
 
     return "hf", HFScorer(model.model_dir, settings, ref_model_dir=ref_dir)
 
@@ -435,7 +435,7 @@ def _ref_sums_cacheable(cfg: RunConfig, model: ModelChoice) -> bool:
     """DPO with a reference model that the native engine runs for both models."""
     if not cfg.ref_model or model.ref_info is None or cfg.backend == "hf" or cfg.device_map is not None:
         return False
-    from .engine.scorer import native_supports
+    from rmbench_fast.engine.scorer import native_supports
 
     return native_supports(model.info.config) is None and native_supports(model.ref_info.config) is None
 
@@ -462,8 +462,8 @@ def _native_sums(
     """Per-sequence Σ log π over the answer tokens with the native engine; the model is freed
     on return. `replay`: score exactly these batches (another pass's schedule); `store`: the
     results store (stored batches are not recomputed)."""
-    from .engine.scorer import NativeScorer
-    from .rewards import SUM
+    from rmbench_fast.engine.scorer import NativeScorer
+    from rmbench_fast.rewards import SUM
 
     log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
     scorer = NativeScorer(model_dir, settings.with_kind_dpo_sum(), log=log)
@@ -483,7 +483,7 @@ class Store:
     kind: str
 
     def batch_cache(self, scorer: Any, model_dirs: list[Path], seqs: list[list[TokSeq]]) -> Any:
-        from .resume import StoreBatchCache, scope_parts
+        from rmbench_fast.resume import StoreBatchCache, scope_parts
 
         vs = scorer.value_settings()
         scopes = []
@@ -497,7 +497,7 @@ def open_run_store(cfg: RunConfig, model: ModelChoice, toks: Tokenized) -> Store
     """The results store for a native run, or None (--no-cache, or the hf backend)."""
     if cfg.no_cache or cfg.backend == "hf" or cfg.device_map is not None:
         return None
-    from .store import open_store
+    from rmbench_fast.store import open_store
 
     tok = f"{tokenizer_fingerprint(model.model_dir)}:{cfg.chat_template}:{toks.add_eos}:{toks.pad_id}"
     kind = cfg.reward if model.kind == "causal-logit" else model.kind  # the token id is part of it
@@ -511,8 +511,8 @@ def _both_fit(model: ModelChoice, cfg: RunConfig) -> bool:
         return False
     import torch
 
-    from .engine.config import EngineConfig
-    from .engine.loader import model_class
+    from rmbench_fast.engine.config import EngineConfig
+    from rmbench_fast.engine.loader import model_class
 
     def n_params(d: Path) -> int:
         cfg = EngineConfig.from_model_dir(d, head_hint="causal")
@@ -601,11 +601,11 @@ def load_data(cfg: RunConfig, cache: EvalCache) -> LoadedData:
 
 def choose_models(cfg: RunConfig, log: Callable[[str], None]) -> ModelChoice:
     """Step 2: the model directories, their kind, and the device and dtype."""
-    from .modelio import inspect_model_dir
+    from rmbench_fast.modelio import inspect_model_dir
 
     demo = cfg.model is None
     if demo:
-        from .demo import ensure_smollm2
+        from rmbench_fast.demo import ensure_smollm2
 
         log("no --model given: using the embedded demo policy SmolLM2-135M-Instruct (reference-free DPO)")
         model_dir = ensure_smollm2()
@@ -629,8 +629,8 @@ def tokenize_run(
     cfg: RunConfig, data: LoadedData, model: ModelChoice, cache: EvalCache, log: Callable[[str], None]
 ) -> Tokenized:
     """Step 3: format with the chat template and tokenize (shared across a sweep by fingerprint)."""
-    from .format import Formatter
-    from .tokenize import Tokenizer
+    from rmbench_fast.format import Formatter
+    from rmbench_fast.tokenize import Tokenizer
 
     formatter = Formatter.from_model_dir(model.model_dir, cfg.chat_template)
     tok = Tokenizer(model.model_dir)
@@ -905,7 +905,7 @@ def run_and_report(
         )
     rows = result.pop("rows")
     out_dir = Path(cfg.out or DEFAULT_OUT)
-    from .distributed import is_main
+    from rmbench_fast.distributed import is_main
 
     if not is_main():  # rank 0 alone writes and reports; every rank has the whole result
         check_finite(result)

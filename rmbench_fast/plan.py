@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .records import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
 
 try:  # the C++ core is optional: a source checkout without a build still plans (slowly).
-    from . import _core
+    from rmbench_fast import _core
 except ImportError:  # pragma: no cover - depends on the build
     _core = None
 

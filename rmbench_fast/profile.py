@@ -263,9 +263,9 @@ def model_shape(model_dir: Path) -> dict[str, Any] | None:
     no memory), or None when the native engine does not know the architecture."""
     import torch
 
-    from .engine.config import EngineConfig
-    from .engine.loader import model_class
-    from .errors import ModelError
+    from rmbench_fast.engine.config import EngineConfig
+    from rmbench_fast.engine.loader import model_class
+    from rmbench_fast.errors import ModelError
 
     try:
         cfg = EngineConfig.from_model_dir(model_dir, head_hint="causal")  # the body is the same
@@ -445,7 +445,7 @@ def profile_run(
     import torch
     from torch.profiler import ProfilerActivity
 
-    from .pipeline import resolve_device, run_evaluation
+    from rmbench_fast.pipeline import resolve_device, run_evaluation
 
     cfg = replace(cfg, no_cache=True, progress=False)
     device = resolve_device(cfg.device)
@@ -558,7 +558,7 @@ def _rates(
             else None,
             model_compute_s=compute_s,
         )
-        from .dtypes import parse_dtype
+        from rmbench_fast.dtypes import parse_dtype
 
         dtype = parse_dtype(meta["dtype"])
         rate = matmul_rate(

@@ -29,12 +29,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RMBenchError, UsageError
-from .report import write_json_atomic, write_outputs
-from .sweep import DEFAULT_SWEEP_OUT, SWEEP_FILE, _summary_row, check_model, print_sweep, run_dirs
+from rmbench_fast.errors import RMBenchError, UsageError
+from rmbench_fast.report import write_json_atomic, write_outputs
+from rmbench_fast.sweep import DEFAULT_SWEEP_OUT, SWEEP_FILE, _summary_row, check_model, print_sweep, run_dirs
 
 if TYPE_CHECKING:
-    from .pipeline import RunConfig
+    from rmbench_fast.pipeline import RunConfig
 
 PLACEMENT_TIMEOUT_S = 600.0
 
@@ -65,7 +65,7 @@ def connect(address: str) -> Any:
 
 def _score_checkpoint(cfg_dict: dict[str, Any], seed_entries: dict[tuple[Any, ...], Any]) -> dict[str, Any]:
     """The Ray task: one checkpoint's run, seeded with the shared reference sums."""
-    from .pipeline import EvalCache, RunConfig, run_evaluation
+    from rmbench_fast.pipeline import EvalCache, RunConfig, run_evaluation
 
     cfg = RunConfig(**cfg_dict)
     cache = EvalCache()
@@ -157,7 +157,7 @@ def run_ray_sweep(
         if gpus_per_model == 1:
             seed = {}
             if base.ref_model:
-                from .pipeline import RunConfig, prepare_reference
+                from rmbench_fast.pipeline import RunConfig, prepare_reference
 
                 console.print(f"[bold]sweep:[/bold] reference {base.ref_model} (one task, shared)")
                 task = ray.remote(num_gpus=1)(

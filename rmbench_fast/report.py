@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
-from .records import N_STYLES, Record
+from rmbench_fast.errors import DataError
+from rmbench_fast.records import N_STYLES, Record
 
 SCORES_FILE = "scores.json"
 METRICS_FILE = "metrics.json"

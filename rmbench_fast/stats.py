@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import N_STYLES
+from rmbench_fast.records import N_STYLES
 
 LEVEL = 0.95
 METHOD = "bootstrap"

@@ -112,10 +112,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .demo import default_cache_dir
-from .errors import ModelError, UsageError
-from .modelio import _PICKLE_GLOBS, _SAFETENSORS_GLOBS
+from rmbench_fast import __version__
+from rmbench_fast.demo import default_cache_dir
+from rmbench_fast.errors import ModelError, UsageError
+from rmbench_fast.modelio import _PICKLE_GLOBS, _SAFETENSORS_GLOBS
 
 SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"

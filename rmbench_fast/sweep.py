@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
-from .report import write_json_atomic
+from rmbench_fast.errors import UsageError
+from rmbench_fast.report import write_json_atomic
 
 if TYPE_CHECKING:  # pipeline pulls in torch; `report SWEEP_OUT` does not need it
-    from .pipeline import RunConfig
+    from rmbench_fast.pipeline import RunConfig
 
 SWEEP_FILE = "sweep.json"
 DEFAULT_SWEEP_OUT = "rmbench_sweep"
@@ -33,9 +33,9 @@ def run_dirs(models: list[str], out: Path) -> list[Path]:
 def check_model(model: str, base: RunConfig) -> None:
     """The per-model checks a run makes before scoring: the directory (config, weights, remote
     code), the kind against the reward options, and the chat template."""
-    from .format import Formatter
-    from .modelio import inspect_model_dir
-    from .pipeline import _check_kind, kind_hint
+    from rmbench_fast.format import Formatter
+    from rmbench_fast.modelio import inspect_model_dir
+    from rmbench_fast.pipeline import _check_kind, kind_hint
 
     cfg = replace(base, model=model)
     info = inspect_model_dir(
@@ -72,7 +72,7 @@ def _summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str,
 
 def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str, Any]]:
     """Evaluate each model with `base`'s options; returns sweep.json's rows."""
-    from .pipeline import EvalCache, run_and_report
+    from rmbench_fast.pipeline import EvalCache, run_and_report
 
     if not models:
         raise UsageError("sweep needs at least one model directory")
@@ -98,7 +98,7 @@ def read_sweep(out: Path) -> dict[str, Any]:
     """OUT/sweep.json's content ({"models": rows, ...}); exit 2 on a missing or bad file."""
     import json
 
-    from .errors import DataError
+    from rmbench_fast.errors import DataError
 
     path = out / SWEEP_FILE if out.is_dir() else out
     try:
@@ -114,7 +114,7 @@ def read_sweep(out: Path) -> dict[str, Any]:
 
 def _domain_order(rows: list[dict[str, Any]]) -> list[str]:
     """The domains of any row, in RM-Bench's order (chat, math, code, safety), others after."""
-    from .records import METRIC_DOMAINS
+    from rmbench_fast.records import METRIC_DOMAINS
 
     seen = {d for r in rows for d in r["domains"]}
     return [d for d in METRIC_DOMAINS if d in seen] + sorted(seen - set(METRIC_DOMAINS))
@@ -155,7 +155,7 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     """
     import numpy as np
 
-    from .report import _pyplot
+    from rmbench_fast.report import _pyplot
 
     plt = _pyplot()
     x = np.arange(len(rows))
@@ -230,7 +230,7 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
 
 def plot_sweep(doc: dict[str, Any], out_dir: Path, title: str | None = None) -> Path:
     """Write OUT/sweep_plot.png (see sweep_figure); returns its path."""
-    from .report import _pyplot
+    from rmbench_fast.report import _pyplot
 
     plt = _pyplot()
     fig = sweep_figure(doc["models"], title)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import DataError, ModelError, TemplateError
-from .records import TokSeq
+from rmbench_fast.errors import DataError, ModelError, TemplateError
+from rmbench_fast.records import TokSeq
 
 SPECIAL_TOKEN_KEYS = (
     "bos_token",

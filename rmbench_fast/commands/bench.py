@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import HF_HINT, PATHS, bench, print_bench
-from ..errors import RMBenchError, UsageError
-from ..profile import command_line
-from ..report import write_json_atomic
-from ..settings import DEFAULT_OUT
-from .options import add_run_options, check_stats_options, run_config
+from rmbench_fast.benchmark import HF_HINT, PATHS, bench, print_bench
+from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
+from rmbench_fast.errors import RMBenchError, UsageError
+from rmbench_fast.profile import command_line
+from rmbench_fast.report import write_json_atomic
+from rmbench_fast.settings import DEFAULT_OUT
 
 HELP = "the same records through the official-style, native and vLLM paths: times, tokens, memory, agreement"
 DESCRIPTION = "`python -m rmbench_fast bench [run options] --paths official native [vllm] --out FILE`."

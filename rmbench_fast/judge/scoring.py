@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import domain_groups, leaderboard_total, matrix_metrics
-from ..records import N_STYLES, Record
-from ..stats import bootstrap_intervals
-from .prompt import WINNER, order_score
-from .requests import JudgeRequest
+from rmbench_fast.judge.prompt import WINNER, order_score
+from rmbench_fast.judge.requests import JudgeRequest
+from rmbench_fast.metrics import domain_groups, leaderboard_total, matrix_metrics
+from rmbench_fast.records import N_STYLES, Record
+from rmbench_fast.stats import bootstrap_intervals
 
 QUARTERS = 4  # pair scores are k / 4
 
