@@ -286,9 +286,9 @@ def _check_heatmap_layout(fig: Any) -> None:
 
 def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
     from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.pipeline.sweep import SWEEP_FILE, _summary_row
     from rmbench_fast.records import Record
     from rmbench_fast.report import write_json_atomic
-    from rmbench_fast.sweep import SWEEP_FILE, _summary_row
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")

@@ -147,7 +147,7 @@ def test_sweep_api_console_output(
     from rich.console import Console
 
     from rmbench_fast.pipeline import RunConfig
-    from rmbench_fast.sweep import run_sweep
+    from rmbench_fast.pipeline.sweep import run_sweep
 
     buf = io.StringIO()
     cfg = RunConfig(
@@ -240,8 +240,8 @@ def test_sweep_rows_carry_the_intervals_and_plot(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.pipeline.sweep import _summary_row, sweep_figure
     from rmbench_fast.records import Record
-    from rmbench_fast.sweep import _summary_row, sweep_figure
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")

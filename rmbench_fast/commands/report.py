@@ -28,13 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
+    from rmbench_fast.pipeline.sweep import SWEEP_FILE  # start-up cost: the pipeline imports torch
     from rmbench_fast.report import (  # start-up cost: numpy
         METRICS_FILE,
         plot_matrices,
         print_report,
         read_metrics,
     )
-    from rmbench_fast.sweep import SWEEP_FILE  # start-up cost: the pipeline imports torch
 
     out = Path(args.out)
     console = Console()
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report_sweep(args: argparse.Namespace, out: Path, console: Any) -> int:
-    from rmbench_fast.sweep import (  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline.sweep import (  # start-up cost: the pipeline imports torch
         plot_sweep,
         print_sweep,
         read_sweep,

@@ -19,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
-    from rmbench_fast.sweep import run_sweep  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline.sweep import run_sweep  # start-up cost: the pipeline imports torch
 
     check_stats_options(args, allow_zero=True)
     if args.ray:
-        from rmbench_fast.ray_sweep import run_ray_sweep  # optional dependency: ray
+        from rmbench_fast.pipeline.ray_sweep import run_ray_sweep  # optional dependency: ray
 
         rows = run_ray_sweep(
             list(args.models),

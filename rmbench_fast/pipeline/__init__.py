@@ -2,6 +2,10 @@
 
 Everything that can fail on user input (data, model directory, template, options) is checked
 before the first forward pass, so a bad input costs seconds, not a scoring run.
+
+Modules, in data-flow order: this one (RunConfig, the steps load_data -> choose_models ->
+tokenize_run -> score_run -> metrics, run_evaluation, evaluate), sweep (many checkpoints in one
+process, sharing the reference model's sums), ray_sweep (the sweep as Ray tasks).
 """
 
 from __future__ import annotations

@@ -30,8 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmbench_fast.errors import RMBenchError, UsageError
+from rmbench_fast.pipeline.sweep import (
+    DEFAULT_SWEEP_OUT,
+    SWEEP_FILE,
+    _summary_row,
+    check_model,
+    print_sweep,
+    run_dirs,
+)
 from rmbench_fast.report import write_json_atomic, write_outputs
-from rmbench_fast.sweep import DEFAULT_SWEEP_OUT, SWEEP_FILE, _summary_row, check_model, print_sweep, run_dirs
 
 if TYPE_CHECKING:
     from rmbench_fast.pipeline import RunConfig
