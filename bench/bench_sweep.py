@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rmbench_fast.pipeline.sweep import run_sweep
 
     if args.model is None:
-        from rmbench_fast.demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         args.model = Path(ensure_smollm2())
     with tempfile.TemporaryDirectory() as tmp:

@@ -82,7 +82,6 @@ def synthetic_seqs(n: int, vocab: int, seed: int = 0) -> list[list[Any]]:
 
 def count_forward(cfg_dict: dict[str, Any], k: int, rank: int, dtype: torch.dtype, batches: list[Any]) -> Any:
     """One forward + LM head of rank `rank`'s shard on meta tensors; the CommCounter it filled."""
-    from rmbench_fast.distributed import TPInfo
     from rmbench_fast.engine.config import EngineConfig
     from rmbench_fast.engine.heads import dpo_stats
     from rmbench_fast.engine.layers.attention import PackedLayout
@@ -90,6 +89,7 @@ def count_forward(cfg_dict: dict[str, Any], k: int, rank: int, dtype: torch.dtyp
     from rmbench_fast.engine.layers.rope import rope_inv_freq
     from rmbench_fast.engine.loader import model_class
     from rmbench_fast.engine.models.tensor_parallel import parallelize
+    from rmbench_fast.utils.distributed import TPInfo
 
     cfg = EngineConfig.from_dict(cfg_dict)
     counter = CommCounter()
@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=8192)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    from rmbench_fast.plan import plan_batches
+    from rmbench_fast.scoring.plan import plan_batches
 
     t0 = time.perf_counter()
     seqs = synthetic_seqs(args.records, LLAMA_31_70B["vocab_size"])

@@ -2,7 +2,7 @@
 
 import sys
 
-from rmbench_fast.install_check import uninstalled_checkout_message
+from rmbench_fast.utils.install_check import uninstalled_checkout_message
 
 message = uninstalled_checkout_message()
 if message is not None:

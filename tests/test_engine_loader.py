@@ -17,7 +17,7 @@ from rmbench_fast.engine import EngineConfig, NativeScorer, load_model, native_s
 from rmbench_fast.engine.layers.attention import PackedLayout  # noqa: E402
 from rmbench_fast.engine.layers.attention.dense import dense_mask  # noqa: E402
 from rmbench_fast.errors import ModelError  # noqa: E402
-from rmbench_fast.plan import branch_bounds, plan_batches  # noqa: E402
+from rmbench_fast.scoring.plan import branch_bounds, plan_batches  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -239,7 +239,7 @@ def test_sweep_rows_carry_the_intervals_and_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
     from rmbench_fast.pipeline.sweep import _summary_row, sweep_figure
     from rmbench_fast.records import Record
 

@@ -32,13 +32,13 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
 
 from _tiny import make_tiny_model_dir  # noqa: E402
 
-from rmbench_fast.distributed import TPInfo  # noqa: E402
+from rmbench_fast.benchmarks.rmbench.metrics import style_matrix  # noqa: E402
 from rmbench_fast.engine.config import EngineConfig  # noqa: E402
 from rmbench_fast.engine.layers.parallel import CommCounter, head_layout, vocab_shard  # noqa: E402
 from rmbench_fast.engine.loader import load_model, load_model_from_tensors  # noqa: E402
 from rmbench_fast.engine.models.tensor_parallel import check_tp  # noqa: E402
 from rmbench_fast.errors import ModelError  # noqa: E402
-from rmbench_fast.metrics import style_matrix  # noqa: E402
+from rmbench_fast.utils.distributed import TPInfo  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -170,7 +170,7 @@ def test_collectives_are_the_layouts(results: dict[str, Any], dirs: dict[str, Pa
     of [n] and one SUM of [n, 2] fp32 (n = 1, or 2 with a reference). The bench counts these."""
     from _tiny import synthetic_records
 
-    from rmbench_fast.plan import plan_batches
+    from rmbench_fast.scoring.plan import plan_batches
 
     for case in ("llama-gqa-oddvocab-avg", "llama-mqa-tied-ref"):
         cfg = EngineConfig.from_model_dir(dirs[case])

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
-    from rmbench_fast.compare import compare_runs, print_comparison  # start-up cost: numpy
-    from rmbench_fast.report import write_json_atomic  # start-up cost: numpy
+    from rmbench_fast.results.compare import compare_runs, print_comparison  # start-up cost: numpy
+    from rmbench_fast.results.report import write_json_atomic  # start-up cost: numpy
 
     check_stats_options(args, allow_zero=False)
     if len(args.runs) < 2:

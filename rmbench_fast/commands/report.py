@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
     from rmbench_fast.pipeline.sweep import SWEEP_FILE  # start-up cost: the pipeline imports torch
-    from rmbench_fast.report import (  # start-up cost: numpy
+    from rmbench_fast.results.report import (  # start-up cost: numpy
         METRICS_FILE,
         plot_matrices,
         print_report,
@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = read_metrics(out)
     print_report(metrics, console)
     if args.leaderboard:
-        from rmbench_fast.leaderboard import place, print_placement  # start-up cost: only with --leaderboard
+        from rmbench_fast.benchmarks.rmbench.leaderboard import (  # start-up cost: only with --leaderboard
+            place,
+            print_placement,
+        )
 
         console.print()
         print_placement(place(metrics), console)

@@ -28,8 +28,6 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from rmbench_fast.distributed import TPInfo
-from rmbench_fast.dtypes import model_dtype
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.layers.linear import PackedLinear, ShardLoader
 from rmbench_fast.engine.layers.rope import rope_inv_freq
@@ -39,6 +37,8 @@ from rmbench_fast.engine.models.qwen3 import Qwen3ForScoring
 from rmbench_fast.engine.models.reward_heads import RewardHead
 from rmbench_fast.engine.models.tensor_parallel import parallelize
 from rmbench_fast.errors import ModelError
+from rmbench_fast.utils.distributed import TPInfo
+from rmbench_fast.utils.dtypes import model_dtype
 
 # checkpoint module name -> (packed module name, shard), for q/k/v and gate/up
 PACKED_SHARDS: dict[str, tuple[str, str]] = {

@@ -23,18 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmbench_fast import distributed
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
 from rmbench_fast.engine.layers.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
-from rmbench_fast.phases import phase
-from rmbench_fast.plan import gating_rows
 from rmbench_fast.records import PackedBatch, TokSeq
-from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
+from rmbench_fast.scoring.plan import gating_rows
+from rmbench_fast.scoring.rewards import SUM, check_ref_free_mode, rewards_from_stats
 from rmbench_fast.settings import ScoreSettings
+from rmbench_fast.utils import distributed
+from rmbench_fast.utils.phases import phase
 
 
 def native_supports(config: dict[str, Any], head_hint: str | None = None) -> str | None:

@@ -30,7 +30,7 @@ from rmbench_fast.judge.log import LOG_FILE, LogWriter, read_log
 from rmbench_fast.judge.prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
 from rmbench_fast.judge.requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
 from rmbench_fast.judge.scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
-from rmbench_fast.report import METRICS_FILE, SCORES_FILE, print_report, write_json_atomic
+from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, print_report, write_json_atomic
 from rmbench_fast.settings import DEFAULT_OUT
 
 JUDGMENTS_FILE = "judgments.jsonl"
@@ -206,7 +206,7 @@ class StoredAnswers:
     identity: str  # the judge's store identity (store_identity)
 
     def key(self, req: JudgeRequest) -> str:
-        from rmbench_fast.store import judge_key
+        from rmbench_fast.store.db import judge_key
 
         return judge_key(self.identity, req.key)
 
@@ -325,7 +325,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
     if cfg.no_cache:
         answers, info = judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
     else:
-        from rmbench_fast.store import open_store
+        from rmbench_fast.store.db import open_store
 
         with open_store(cfg.cache_dir) as store:
             stored = StoredAnswers(store, store_identity(cfg, judge, store))

@@ -24,14 +24,20 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast import __version__
-from rmbench_fast.data import data_files, hash_files, hf_cached_dataset, load_records, select
-from rmbench_fast.dtypes import run_dtype
+from rmbench_fast.benchmarks.rmbench.data import (
+    data_files,
+    hash_files,
+    hf_cached_dataset,
+    load_records,
+    select,
+)
+from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
 from rmbench_fast.errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
-from rmbench_fast.metrics import compute_metrics
-from rmbench_fast.phases import phase
 from rmbench_fast.records import N_STYLES, Record, TokSeq
-from rmbench_fast.report import print_report, score_rows, write_outputs
+from rmbench_fast.results.report import print_report, score_rows, write_outputs
 from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings
+from rmbench_fast.utils.dtypes import run_dtype
+from rmbench_fast.utils.phases import phase
 
 
 @dataclass
@@ -55,14 +61,14 @@ class RunConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     progress: bool = True
-    # Bootstrap confidence intervals in metrics.json (rmbench_fast.stats): resamples and seed.
+    # Bootstrap confidence intervals in metrics.json (rmbench_fast.results.stats): resamples and seed.
     resamples: int = 10000
     seed: int = 0
     # Native engine choices (--attn, --lm-head, --ref-mode; see ScoreSettings and score_run).
     attn: str = "auto"
     lm_head: str = "auto"
     ref_mode: str = "auto"
-    # The results store (rmbench_fast.store): its file or directory, or off.
+    # The results store (rmbench_fast.store.db): its file or directory, or off.
     cache_dir: str | None = None
     no_cache: bool = False
     # Keep going (exit 0) when a score is NaN or inf; such a score loses every comparison.
@@ -76,7 +82,7 @@ class RunConfig:
     # "causal-logit:<token_id>": a causal LM's logit of that token after the prompt and response
     # (the chat template with its generation prompt), as Llama-3.1-Nemotron-70B-Reward-HF scores.
     reward: str | None = None
-    # Tensor-parallel size under torchrun (the world is DP x TP ranks; rmbench_fast.distributed).
+    # Tensor-parallel size under torchrun (the world is DP x TP ranks; rmbench_fast.utils.distributed).
     tp: int = 1
 
 
@@ -142,7 +148,7 @@ def resolve_device(device: str) -> str:
     """The run's device; under torchrun a CUDA device is this rank's own GPU (cuda:LOCAL_RANK)."""
     import torch
 
-    from rmbench_fast.distributed import local_device
+    from rmbench_fast.utils.distributed import local_device
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,7 +159,7 @@ def resolve_device(device: str) -> str:
 
 def join_world(cfg: RunConfig) -> Any:
     """torchrun's world (DP x TP ranks), or one process; --tp > 1 needs torchrun."""
-    from rmbench_fast import distributed
+    from rmbench_fast.utils import distributed
 
     if not distributed.launched():
         if cfg.tp != 1:
@@ -171,8 +177,8 @@ def join_world(cfg: RunConfig) -> Any:
 
 def data_shard() -> Any:
     """This rank's data-parallel replica for the engine's scheduler, or None in one replica."""
-    from rmbench_fast import distributed
     from rmbench_fast.engine.scheduler import DataShard
+    from rmbench_fast.utils import distributed
 
     w = distributed.world()
     return DataShard(w.dp_rank, w.dp_size, w.dp_group) if w.dp_size > 1 else None
@@ -278,7 +284,7 @@ def _tokenize_record(
     pad_id: int | None,
     lengths: tuple[int, int] = (2048, 128),
 ) -> list[TokSeq]:
-    from rmbench_fast.tokenize import encode_causal_logit, encode_classifier, encode_dpo_pair
+    from rmbench_fast.inputs.tokenization import encode_causal_logit, encode_classifier, encode_dpo_pair
 
     if kind == "causal-logit":
         texts = [
@@ -314,7 +320,7 @@ def head_pooling(seqs: list[list[TokSeq]], head: Any, pad_id: int | None) -> lis
     duplicated BOS is masked only where that pipeline masks it."""
     from dataclasses import replace
 
-    from rmbench_fast.tokenize import legacy_pool_index
+    from rmbench_fast.inputs.tokenization import legacy_pool_index
 
     def one(s: TokSeq) -> TokSeq:
         pool = s.pool_index
@@ -332,7 +338,7 @@ def legacy_pooling_diffs(
 ) -> list[dict[str, Any]]:
     """Sequences where transformers 4.43.4's pooling ((first pad) - 1) differs from today's
     (rightmost non-pad): those records would have scored differently under the pinned version."""
-    from rmbench_fast.tokenize import legacy_pool_index
+    from rmbench_fast.inputs.tokenization import legacy_pool_index
 
     diffs = []
     for rec, group in zip(records, seqs):
@@ -467,7 +473,7 @@ def _native_sums(
     on return. `replay`: score exactly these batches (another pass's schedule); `store`: the
     results store (stored batches are not recomputed)."""
     from rmbench_fast.engine.scorer import NativeScorer
-    from rmbench_fast.rewards import SUM
+    from rmbench_fast.scoring.rewards import SUM
 
     log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
     scorer = NativeScorer(model_dir, settings.with_kind_dpo_sum(), log=log)
@@ -480,14 +486,14 @@ def _native_sums(
 
 @dataclass
 class Store:
-    """The run's results store and the fingerprints its scopes need (see rmbench_fast.resume)."""
+    """The run's results store and the fingerprints its scopes need (see rmbench_fast.store.resume)."""
 
-    store: Any  # rmbench_fast.store.ResultStore
+    store: Any  # rmbench_fast.store.db.ResultStore
     tokenizer: str
     kind: str
 
     def batch_cache(self, scorer: Any, model_dirs: list[Path], seqs: list[list[TokSeq]]) -> Any:
-        from rmbench_fast.resume import StoreBatchCache, scope_parts
+        from rmbench_fast.store.resume import StoreBatchCache, scope_parts
 
         vs = scorer.value_settings()
         scopes = []
@@ -501,7 +507,7 @@ def open_run_store(cfg: RunConfig, model: ModelChoice, toks: Tokenized) -> Store
     """The results store for a native run, or None (--no-cache, or the hf backend)."""
     if cfg.no_cache or cfg.backend == "hf" or cfg.device_map is not None:
         return None
-    from rmbench_fast.store import open_store
+    from rmbench_fast.store.db import open_store
 
     tok = f"{tokenizer_fingerprint(model.model_dir)}:{cfg.chat_template}:{toks.add_eos}:{toks.pad_id}"
     kind = cfg.reward if model.kind == "causal-logit" else model.kind  # the token id is part of it
@@ -605,11 +611,11 @@ def load_data(cfg: RunConfig, cache: EvalCache) -> LoadedData:
 
 def choose_models(cfg: RunConfig, log: Callable[[str], None]) -> ModelChoice:
     """Step 2: the model directories, their kind, and the device and dtype."""
-    from rmbench_fast.modelio import inspect_model_dir
+    from rmbench_fast.inputs.modelio import inspect_model_dir
 
     demo = cfg.model is None
     if demo:
-        from rmbench_fast.demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         log("no --model given: using the embedded demo policy SmolLM2-135M-Instruct (reference-free DPO)")
         model_dir = ensure_smollm2()
@@ -633,8 +639,8 @@ def tokenize_run(
     cfg: RunConfig, data: LoadedData, model: ModelChoice, cache: EvalCache, log: Callable[[str], None]
 ) -> Tokenized:
     """Step 3: format with the chat template and tokenize (shared across a sweep by fingerprint)."""
-    from rmbench_fast.format import Formatter
-    from rmbench_fast.tokenize import Tokenizer
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.tokenization import Tokenizer
 
     formatter = Formatter.from_model_dir(model.model_dir, cfg.chat_template)
     tok = Tokenizer(model.model_dir)
@@ -909,7 +915,7 @@ def run_and_report(
         )
     rows = result.pop("rows")
     out_dir = Path(cfg.out or DEFAULT_OUT)
-    from rmbench_fast.distributed import is_main
+    from rmbench_fast.utils.distributed import is_main
 
     if not is_main():  # rank 0 alone writes and reports; every rank has the whole result
         check_finite(result)

@@ -38,7 +38,7 @@ from rmbench_fast.pipeline.sweep import (
     print_sweep,
     run_dirs,
 )
-from rmbench_fast.report import write_json_atomic, write_outputs
+from rmbench_fast.results.report import write_json_atomic, write_outputs
 
 if TYPE_CHECKING:
     from rmbench_fast.pipeline import RunConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmbench_fast.errors import UsageError
-from rmbench_fast.report import write_json_atomic
+from rmbench_fast.results.report import write_json_atomic
 
 if TYPE_CHECKING:  # pipeline pulls in torch; `report SWEEP_OUT` does not need it
     from rmbench_fast.pipeline import RunConfig
@@ -33,8 +33,8 @@ def run_dirs(models: list[str], out: Path) -> list[Path]:
 def check_model(model: str, base: RunConfig) -> None:
     """The per-model checks a run makes before scoring: the directory (config, weights, remote
     code), the kind against the reward options, and the chat template."""
-    from rmbench_fast.format import Formatter
-    from rmbench_fast.modelio import inspect_model_dir
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.modelio import inspect_model_dir
     from rmbench_fast.pipeline import _check_kind, kind_hint
 
     cfg = replace(base, model=model)
@@ -155,7 +155,7 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     """
     import numpy as np
 
-    from rmbench_fast.report import _pyplot
+    from rmbench_fast.results.report import _pyplot
 
     plt = _pyplot()
     x = np.arange(len(rows))
@@ -230,7 +230,7 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
 
 def plot_sweep(doc: dict[str, Any], out_dir: Path, title: str | None = None) -> Path:
     """Write OUT/sweep_plot.png (see sweep_figure); returns its path."""
-    from rmbench_fast.report import _pyplot
+    from rmbench_fast.results.report import _pyplot
 
     plt = _pyplot()
     fig = sweep_figure(doc["models"], title)

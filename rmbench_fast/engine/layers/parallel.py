@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmbench_fast.distributed import TPInfo
 from rmbench_fast.errors import ModelError
+from rmbench_fast.utils.distributed import TPInfo
 
 IGNORE_INDEX = -100
 HINT = "run it with --tp 1"

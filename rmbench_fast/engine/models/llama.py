@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmbench_fast.distributed import TPInfo
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.layers.attention import AttnImpl, PackedLayout, packed_attention
 from rmbench_fast.engine.layers.linear import PackedLinear
@@ -29,6 +28,7 @@ from rmbench_fast.engine.layers.parallel import VocabShard, vocab_shard
 from rmbench_fast.engine.layers.rope import apply_rope, rope_cos_sin, rope_inv_freq
 from rmbench_fast.engine.models.reward_heads import RewardHead, build_reward_head
 from rmbench_fast.errors import ModelError
+from rmbench_fast.utils.distributed import TPInfo
 
 
 class Attention(nn.Module):

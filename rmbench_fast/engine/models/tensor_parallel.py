@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from rmbench_fast.distributed import TPInfo
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.layers.linear import PackedLinear
 from rmbench_fast.engine.layers.mlp import GatedMLP
@@ -26,6 +25,7 @@ from rmbench_fast.engine.layers.parallel import (
 )
 from rmbench_fast.engine.models.llama import Attention
 from rmbench_fast.errors import ModelError
+from rmbench_fast.utils.distributed import TPInfo
 
 # Families whose layout is written here (their modules are the ones llama.py / gemma2.py /
 # qwen3.py build). A new family must be added deliberately, after checking its modules.

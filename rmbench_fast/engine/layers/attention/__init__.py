@@ -27,7 +27,7 @@ from rmbench_fast.engine.layers.attention.flex import FlexCompileError, flex_att
 from rmbench_fast.engine.layers.attention.sdpa import sdpa_segments, segment_plans
 from rmbench_fast.engine.layers.attention.split import sdpa_split, split_applies
 from rmbench_fast.engine.layout import PackedLayout
-from rmbench_fast.phases import phase
+from rmbench_fast.utils.phases import phase
 
 AttnImpl = Literal["sdpa", "flash", "flex", "dense"]
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "flash", "flex", "dense")

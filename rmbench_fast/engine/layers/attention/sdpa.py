@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from rmbench_fast.engine.layout import PackedLayout
-from rmbench_fast.plan import branch_bounds
 from rmbench_fast.records import N_SLOTS
+from rmbench_fast.scoring.plan import branch_bounds
 
 
 @dataclass

@@ -3,7 +3,7 @@
 One run (the same `run_evaluation` as `run`) under torch.profiler, its time split by phase:
 
 - The engine and the pipeline mark their phases as profiler ranges `rmbf::<phase>`
-  (rmbench_fast.phases): load, data and tokenization, planning, host copies, the attention
+  (rmbench_fast.utils.phases): load, data and tokenization, planning, host copies, the attention
   kernel, the LM head and log-probs (or the classifier head), the metrics.
 - The model's other compute is marked here, without touching the model files, by global
   module forward hooks that open a range around every module call of a given kind:
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-# = rmbench_fast.phases.PREFIX, not imported from there: phases imports torch, and the command
+# = rmbench_fast.utils.phases.PREFIX, not imported from there: phases imports torch, and the command
 # line builds this command's parser (add_profile_args) without importing torch.
 PREFIX = "rmbf::"
 
@@ -417,11 +417,11 @@ def _warm_imports(cfg: Any) -> None:
 
     for name in (
         "rmbench_fast.engine.scorer",
-        "rmbench_fast.format",
-        "rmbench_fast.tokenize",
-        "rmbench_fast.modelio",
-        "rmbench_fast.metrics",
-        "rmbench_fast.stats",
+        "rmbench_fast.inputs.format",
+        "rmbench_fast.inputs.tokenization",
+        "rmbench_fast.inputs.modelio",
+        "rmbench_fast.benchmarks.rmbench.metrics",
+        "rmbench_fast.results.stats",
     ):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -558,7 +558,7 @@ def _rates(
             else None,
             model_compute_s=compute_s,
         )
-        from rmbench_fast.dtypes import parse_dtype
+        from rmbench_fast.utils.dtypes import parse_dtype
 
         dtype = parse_dtype(meta["dtype"])
         rate = matmul_rate(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast.records import METRIC_DOMAINS, N_STYLES, Record, metric_domain
-from rmbench_fast.stats import bootstrap_intervals, record_wins
+from rmbench_fast.results.stats import bootstrap_intervals, record_wins
 
 
 def style_matrix(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def compute_metrics(
     Totals: overall = mean of domain scores; hard/normal/easy = mean over domains. The total
     says which domains it covers and whether it is complete (all four present).
 
-    Intervals (rmbench_fast.stats; `resamples=0` leaves them out): records are resampled with
+    Intervals (rmbench_fast.results.stats; `resamples=0` leaves them out): records are resampled with
     replacement within each domain (pooled safety as one domain), `resamples` times, from a
     stream keyed by (`seed`, domain); a total's replicate is the mean over domains of their
     independent replicates. Each is a percentile interval widened to contain its point estimate.

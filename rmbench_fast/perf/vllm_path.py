@@ -4,9 +4,9 @@ Run as a script by the vLLM environment's Python (vLLM pins its own torch and tr
 so it lives in its own environment); it imports only vLLM and the standard library, never
 rmbench_fast:
 
-    VLLM_PYTHON rmbench_fast/vllm_path.py SPEC.json OUT.json
+    VLLM_PYTHON rmbench_fast/perf/vllm_path.py SPEC.json OUT.json
 
-SPEC.json (written by rmbench_fast.benchmark): {"kind": "dpo" | "classifier", "models": [dirs],
+SPEC.json (written by rmbench_fast.perf.benchmark): {"kind": "dpo" | "classifier", "models": [dirs],
 "dtype", "prompts": [[token ids], ...], "label_start": [...] (DPO), "engine_args": {...}}.
 The sequences are rmbench_fast's own tokenization, so every path scores the same tokens.
 

@@ -20,7 +20,7 @@ def uninstalled_checkout_message() -> str | None:
     ]
     if not missing:
         return None
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package folder (this file is in utils/)
     root = here.parent
     if (root / "pyproject.toml").is_file() and (root / "kernels").is_dir():
         return (

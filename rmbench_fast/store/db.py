@@ -113,9 +113,9 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast import __version__
-from rmbench_fast.demo import default_cache_dir
 from rmbench_fast.errors import ModelError, UsageError
-from rmbench_fast.modelio import _PICKLE_GLOBS, _SAFETENSORS_GLOBS
+from rmbench_fast.inputs.demo import default_cache_dir
+from rmbench_fast.inputs.modelio import _PICKLE_GLOBS, _SAFETENSORS_GLOBS
 
 SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
@@ -363,7 +363,7 @@ def _stat_key(st: os.stat_result) -> str:
 
 def model_files(model_dir: Path | str) -> list[str]:
     """The files (names relative to `model_dir`) that decide a model's outputs: config.json,
-    the weights the loader reads (safetensors when there are any, as in `rmbench_fast.modelio`,
+    the weights the loader reads (safetensors when there are any, as in `rmbench_fast.inputs.modelio`,
     else pickle checkpoints, else GGUF), their shard index and any remote-code `*.py`."""
     root = Path(model_dir)
     if not root.is_dir():

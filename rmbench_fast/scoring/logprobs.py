@@ -14,7 +14,7 @@
 Precision (SPEC §5 asks us to document it): logits are read in their own dtype (bf16/fp16/fp32)
 and upcast to fp32; log-sum-exp and per-token log-probs are fp32; the fused linear kernel keeps the
 logits themselves in fp32 (fp32 accumulation of hidden @ weight.T). Per-sequence sums are the
-business of `rmbench_fast.rewards` (float64).
+business of `rmbench_fast.scoring.rewards` (float64).
 
 Ignored tokens (label == -100): per-token outputs are exactly 0.0 there.
 

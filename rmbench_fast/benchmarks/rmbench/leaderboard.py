@@ -34,7 +34,9 @@ WINDOW = 4  # published rows shown on each side of the run
 def load_leaderboard() -> dict[str, Any]:
     """The shipped table: {"about", "source": {...}, "rows": [{model, type, chat, math, code,
     safety, easy, normal, hard, overall, license, reported_in, source, date_read, ...}]}."""
-    return json.loads((files("rmbench_fast") / "leaderboard.json").read_text(encoding="utf-8"))
+    return json.loads(
+        (files("rmbench_fast.benchmarks.rmbench") / "leaderboard.json").read_text(encoding="utf-8")
+    )
 
 
 def ordinal(n: int) -> str:

@@ -1,0 +1,6 @@
+"""Small helpers every layer may use; they import nothing of the package but `errors`.
+
+Modules: install_check (is this an installed package?), dtypes (dtype names -> torch dtypes),
+distributed (torchrun's world: DP x TP ranks, their groups, the rank-0 question), phases (the
+profiler's named phase marks).
+"""
