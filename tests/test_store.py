@@ -23,6 +23,7 @@ import pytest
 
 from rmbench_fast.errors import RMBenchError, UsageError
 from rmbench_fast.records import TokSeq
+from rmbench_fast.store import db as store_mod
 from rmbench_fast.store.db import (
     SCHEMA_VERSION,
     ResultStore,
@@ -39,7 +40,6 @@ from rmbench_fast.store.db import (
     seq_key,
     seq_key_of,
 )
-from rmbench_fast.store.db import db as store_mod
 
 TESTS_DIR = Path(__file__).resolve().parent
 SEQS_PER_BATCH = 32
