@@ -286,7 +286,7 @@ def _check_heatmap_layout(fig: Any) -> None:
 
 def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
     from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
-    from rmbench_fast.pipeline.sweep import SWEEP_FILE, _summary_row
+    from rmbench_fast.pipeline.sweep import SWEEP_FILE, summary_row
     from rmbench_fast.records import Record
     from rmbench_fast.results.report import write_json_atomic
 
@@ -302,7 +302,7 @@ def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
         scores[:, :3] += 0.2 * k  # later checkpoints get better
         result = compute_metrics(recs, scores, resamples=500)
         result["meta"] = {"backend": "native", "seconds": {"total": 1.0}}
-        rows.append(_summary_row(f"ckpt/step-{100 * (k + 1)}", tmp_path / f"{k:02d}", result))
+        rows.append(summary_row(f"ckpt/step-{100 * (k + 1)}", tmp_path / f"{k:02d}", result))
     out = tmp_path / "sweep"
     write_json_atomic(out / SWEEP_FILE, {"models": rows, "cache_reuses": {}})
     return out

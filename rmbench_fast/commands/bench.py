@@ -1,7 +1,7 @@
 """`python -m rmbench_fast bench [run options] --paths official native [vllm]`: the same records
 through the official-style, native and vLLM paths (rmbench_fast.perf.benchmark does the work).
 
-`main` is also `python -m rmbench_fast.perf.benchmark [run options] [bench options]`, and bench/e2e.py's.
+`main` is also bench/e2e.py's.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def run_bench(args: argparse.Namespace, console: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None, *, command: str | None = None) -> int:
-    """`python -m rmbench_fast.perf.benchmark [run options] [bench options]`; `command`: the command
+    """`python -m rmbench_fast bench [run options] [bench options]` for scripts; `command`: the command
     line recorded in the JSON (default: this process's)."""
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 

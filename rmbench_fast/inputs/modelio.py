@@ -33,8 +33,8 @@ ModelKind = Literal["classifier", "dpo"]
 WeightFormat = Literal["safetensors", "pickle"]
 
 # Files that hold weights, by format. Sharded checkpoints come with an index json.
-_SAFETENSORS_GLOBS = ("*.safetensors",)
-_PICKLE_GLOBS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+SAFETENSORS_GLOBS = ("*.safetensors",)
+PICKLE_GLOBS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 _CLASSIFIER_SUFFIXES = ("ForSequenceClassification",)
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
@@ -251,10 +251,10 @@ def _glob_all(path: Path, patterns: tuple[str, ...]) -> list[str]:
 
 def _weight_files(path: Path, allow_pickle: bool) -> tuple[WeightFormat, list[str]]:
     """Safetensors win when both are present; pickle-only needs an explicit opt-in (it runs pickle)."""
-    st = _glob_all(path, _SAFETENSORS_GLOBS)
+    st = _glob_all(path, SAFETENSORS_GLOBS)
     if st:
         return "safetensors", st
-    pk = _glob_all(path, _PICKLE_GLOBS)
+    pk = _glob_all(path, PICKLE_GLOBS)
     if pk:
         if not allow_pickle:
             raise ModelError(

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from rmbench_fast.benchmarks.rmbench.metrics import domain_groups, leaderboard_total, matrix_metrics
+from rmbench_fast.benchmarks.rmbench.metrics import leaderboard_total, matrix_metrics
 from rmbench_fast.judge.prompt import WINNER, order_score
 from rmbench_fast.judge.requests import JudgeRequest
-from rmbench_fast.records import N_STYLES, Record
+from rmbench_fast.records import N_STYLES, Record, domain_groups
 from rmbench_fast.results.stats import bootstrap_intervals
 
 QUARTERS = 4  # pair scores are k / 4

@@ -785,17 +785,21 @@ def make_smollm2_classifier(dst: Path, *, seed: int = 0, std: float = 0.02) -> P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rmbench_fast.perf.benchmark`: the child entry of one path (`--child SPEC OUT`), the
-    benchmark classifier (`--make-smollm2-classifier DIR`), else the bench command."""
+    """`python -m rmbench_fast.perf.benchmark`: the child entry of one path (`--child SPEC OUT`) and
+    the benchmark classifier (`--make-smollm2-classifier DIR`). The bench command itself is
+    `python -m rmbench_fast bench` (its parser lives in commands, above this layer)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--child"]:
+    if argv[:1] == ["--child"] and len(argv) == 3:
         return child_main(argv[1], argv[2])
-    if argv[:1] == ["--make-smollm2-classifier"]:
+    if argv[:1] == ["--make-smollm2-classifier"] and len(argv) == 2:
         print(make_smollm2_classifier(Path(argv[1])))
         return 0
-    from rmbench_fast.commands.bench import main as bench_main  # the bench command's parser lives in commands
-
-    return bench_main(argv)
+    print(
+        "error: python -m rmbench_fast.perf.benchmark takes --child SPEC OUT or --make-smollm2-classifier DIR; "
+        "the benchmark is `python -m rmbench_fast bench`",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def causal_logit_token(cfg: RunConfig) -> int | None:
     return int(tid)
 
 
-def _check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
+def check_kind(cfg: RunConfig, info: Any) -> tuple[str, str | None]:
     """The model kind and the reference-free mode, with the option conflicts rejected.
 
     "causal-logit": a causal LM scored by one logit (`--reward causal-logit:<id>`)."""
@@ -624,7 +624,7 @@ def choose_models(cfg: RunConfig, log: Callable[[str], None]) -> ModelChoice:
     trust, pickle_ok = cfg.trust_remote_code, cfg.allow_pickle
     hint = kind_hint(cfg)
     info = inspect_model_dir(model_dir, trust_remote_code=trust, allow_pickle=pickle_ok, kind_hint=hint)
-    kind, ref_free = _check_kind(cfg, info)
+    kind, ref_free = check_kind(cfg, info)
     ref_info = None
     if cfg.ref_model:
         ref_dir = Path(cfg.ref_model)

@@ -33,10 +33,10 @@ from rmbench_fast.errors import RMBenchError, UsageError
 from rmbench_fast.pipeline.sweep import (
     DEFAULT_SWEEP_OUT,
     SWEEP_FILE,
-    _summary_row,
     check_model,
     print_sweep,
     run_dirs,
+    summary_row,
 )
 from rmbench_fast.results.report import write_json_atomic, write_outputs
 
@@ -197,7 +197,7 @@ def run_ray_sweep(
             else:
                 result_rows = result.pop("rows")
                 write_outputs(dirs[i], result_rows, result)
-                rows[i] = _summary_row(models[i], dirs[i], result)
+                rows[i] = summary_row(models[i], dirs[i], result)
                 rows[i]["ray"] = result["meta"].get("ray")
                 console.print(
                     f"[bold]sweep {len(rows)}/{len(models)}:[/bold] {models[i]} ({time.perf_counter() - t0:.0f} s)"

@@ -35,7 +35,7 @@ def check_model(model: str, base: RunConfig) -> None:
     code), the kind against the reward options, and the chat template."""
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.modelio import inspect_model_dir
-    from rmbench_fast.pipeline import _check_kind, kind_hint
+    from rmbench_fast.pipeline import check_kind, kind_hint
 
     cfg = replace(base, model=model)
     info = inspect_model_dir(
@@ -44,11 +44,11 @@ def check_model(model: str, base: RunConfig) -> None:
         allow_pickle=cfg.allow_pickle,
         kind_hint=kind_hint(cfg),
     )
-    _check_kind(cfg, info)
+    check_kind(cfg, info)
     Formatter.from_model_dir(Path(model), cfg.chat_template)
 
 
-def _summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+def summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     """One sweep.json row. `total` and each `domains.<d>` carry their figures and, when the run
     computed them, the same `ci` records as metrics.json (total.ci.overall, domains.<d>.ci.score, ...)."""
     meta = result["meta"]
@@ -87,7 +87,7 @@ def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str
         result = run_and_report(
             replace(base, model=model, out=str(out_dir)), console, cache=cache, tables=False, sweep=True
         )
-        rows.append(_summary_row(model, out_dir, result))
+        rows.append(summary_row(model, out_dir, result))
         write_json_atomic(out / SWEEP_FILE, {"models": rows, "cache_reuses": dict(cache.hits)})
     print_sweep(rows, console)
     console.print(f"wrote {out / SWEEP_FILE}")
@@ -155,9 +155,9 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     """
     import numpy as np
 
-    from rmbench_fast.results.report import _pyplot
+    from rmbench_fast.results.report import import_pyplot
 
-    plt = _pyplot()
+    plt = import_pyplot()
     x = np.arange(len(rows))
     labels = [_checkpoint_label(r["model"]) for r in rows]
     domains = _domain_order(rows)
@@ -230,9 +230,9 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
 
 def plot_sweep(doc: dict[str, Any], out_dir: Path, title: str | None = None) -> Path:
     """Write OUT/sweep_plot.png (see sweep_figure); returns its path."""
-    from rmbench_fast.results.report import _pyplot
+    from rmbench_fast.results.report import import_pyplot
 
-    plt = _pyplot()
+    plt = import_pyplot()
     fig = sweep_figure(doc["models"], title)
     path = out_dir / "sweep_plot.png"
     fig.savefig(path, dpi=120)

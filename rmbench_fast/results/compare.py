@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from rmbench_fast.benchmarks.rmbench.metrics import domain_groups
 from rmbench_fast.errors import DataError, UsageError
-from rmbench_fast.records import METRIC_DOMAINS, N_STYLES
+from rmbench_fast.records import METRIC_DOMAINS, N_STYLES, domain_groups
 from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, read_metrics
 from rmbench_fast.results.stats import (
     BOOTSTRAP,

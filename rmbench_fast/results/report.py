@@ -141,7 +141,7 @@ def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
         )
 
 
-def _pyplot() -> Any:
+def import_pyplot() -> Any:
     try:
         import matplotlib
 
@@ -158,7 +158,7 @@ def matrix_figure(name: str, d: dict[str, Any]) -> Any:
     Constrained layout (nothing overlaps or is cut), short style names, and the accuracies (with
     their intervals when metrics.json has them) in a two-line figure title.
     """
-    plt = _pyplot()
+    plt = import_pyplot()
     m = np.asarray(d["matrix"]) * 100
     fig, ax = plt.subplots(figsize=(6.0, 4.9), layout="constrained")
     im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
@@ -183,7 +183,7 @@ def matrix_figure(name: str, d: dict[str, Any]) -> Any:
 
 def plot_matrices(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     """One PNG heatmap per domain (OUT/matrix_<domain>.png, see matrix_figure); returns the paths."""
-    plt = _pyplot()
+    plt = import_pyplot()
     paths = []
     for name, d in metrics["domains"].items():
         fig = matrix_figure(name, d)

@@ -115,7 +115,7 @@ import numpy as np
 from rmbench_fast import __version__
 from rmbench_fast.errors import ModelError, UsageError
 from rmbench_fast.inputs.demo import default_cache_dir
-from rmbench_fast.inputs.modelio import _PICKLE_GLOBS, _SAFETENSORS_GLOBS
+from rmbench_fast.inputs.modelio import PICKLE_GLOBS, SAFETENSORS_GLOBS
 
 SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
@@ -372,7 +372,7 @@ def model_files(model_dir: Path | str) -> list[str]:
     def names(patterns: Iterable[str]) -> list[str]:
         return sorted({p.name for pat in patterns for p in root.glob(pat) if p.is_file()})
 
-    weights = names(_SAFETENSORS_GLOBS) or names(_PICKLE_GLOBS) or names(("*.gguf",))
+    weights = names(SAFETENSORS_GLOBS) or names(PICKLE_GLOBS) or names(("*.gguf",))
     if not weights:
         raise ModelError(f"model directory {root} has no weights to fingerprint")
     extra = names(("config.json", "*.index.json", "*.py"))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rmbench_fast.records import METRIC_DOMAINS, N_STYLES, Record, metric_domain
+from rmbench_fast.records import METRIC_DOMAINS, N_STYLES, Record, domain_groups
 from rmbench_fast.results.stats import bootstrap_intervals, record_wins
 
 
@@ -57,18 +57,6 @@ def matrix_metrics(m: np.ndarray, n: int) -> dict[str, Any]:
         "score": (acc["hard"] + acc["normal"] + acc["easy"]) / 3,
         "n": n,
     }
-
-
-def domain_groups(domains: Iterable[str]) -> dict[str, list[int]]:
-    """Positions per metric domain (safety-refuse and safety-response pooled into 'safety'), in
-    leaderboard order (chat, math, code, safety), then any other domain sorted by name.
-
-    domains: each record's raw domain, in record order."""
-    groups: dict[str, list[int]] = {}
-    for n, d in enumerate(domains):
-        groups.setdefault(metric_domain(d), []).append(n)
-    order = [d for d in METRIC_DOMAINS if d in groups] + sorted(set(groups) - set(METRIC_DOMAINS))
-    return {d: groups[d] for d in order}
 
 
 def leaderboard_total(domains: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
