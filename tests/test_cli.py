@@ -288,7 +288,7 @@ def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
     from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
     from rmbench_fast.pipeline.sweep import SWEEP_FILE, summary_row
     from rmbench_fast.records import Record
-    from rmbench_fast.results.report import write_json_atomic
+    from rmbench_fast.utils.atomic import write_json_atomic
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")

@@ -18,8 +18,8 @@ from rmbench_fast.commands.options import add_run_options, check_stats_options, 
 from rmbench_fast.errors import RMBenchError, UsageError
 from rmbench_fast.perf.benchmark import HF_HINT, PATHS, bench, print_bench
 from rmbench_fast.perf.profiling import command_line
-from rmbench_fast.results.report import write_json_atomic
 from rmbench_fast.settings import DEFAULT_OUT
+from rmbench_fast.utils.atomic import write_json_atomic
 
 HELP = "the same records through the official-style, native and vLLM paths: times, tokens, memory, agreement"
 DESCRIPTION = "`python -m rmbench_fast bench [run options] --paths official native [vllm] --out FILE`."

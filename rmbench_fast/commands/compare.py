@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rmbench_fast.commands.options import add_stats_options, check_stats_options
 from rmbench_fast.errors import UsageError
+from rmbench_fast.utils.atomic import write_json_atomic
 
 HELP = "paired comparison of runs on the same records: differences, 95%% intervals, p-values"
 
@@ -21,7 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
     from rmbench_fast.results.compare import compare_runs, print_comparison  # start-up cost: numpy
-    from rmbench_fast.results.report import write_json_atomic  # start-up cost: numpy
 
     check_stats_options(args, allow_zero=False)
     if len(args.runs) < 2:

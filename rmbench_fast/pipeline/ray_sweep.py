@@ -38,7 +38,8 @@ from rmbench_fast.pipeline.sweep import (
     run_dirs,
     summary_row,
 )
-from rmbench_fast.results.report import write_json_atomic, write_outputs
+from rmbench_fast.results.report import write_outputs
+from rmbench_fast.utils.atomic import write_json_atomic
 
 if TYPE_CHECKING:
     from rmbench_fast.pipeline import RunConfig

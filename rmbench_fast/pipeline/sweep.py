@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmbench_fast.errors import UsageError
-from rmbench_fast.results.report import write_json_atomic
+from rmbench_fast.utils.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # pipeline pulls in torch; `report SWEEP_OUT` does not need it
     from rmbench_fast.pipeline import RunConfig

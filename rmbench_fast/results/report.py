@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,24 +11,10 @@ import numpy as np
 
 from rmbench_fast.errors import DataError
 from rmbench_fast.records import N_STYLES, Record
+from rmbench_fast.utils.atomic import write_json_atomic
 
 SCORES_FILE = "scores.json"
 METRICS_FILE = "metrics.json"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file + rename, so an interrupted run never leaves a torn file
-    and never clobbers the previous good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def score_rows(records: Sequence[Record], scores: np.ndarray) -> list[dict[str, Any]]:
