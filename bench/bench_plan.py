@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from rmbench_fast import plan
 from rmbench_fast.records import N_SLOTS, TokSeq
+from rmbench_fast.scoring import plan
 
 VOCAB = 32000
 

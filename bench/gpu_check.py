@@ -62,7 +62,7 @@ MFU_GOAL, SPEEDUP_GOAL = 0.60, 2.5
 # --- data ------------------------------------------------------------------------------------
 def prepare(dst: Path = DATA_DIR, per_domain: int = PER_DOMAIN) -> Path:
     """Copy the first records of each shared domain file and SmolLM2's tokenizer into `dst`."""
-    from rmbench_fast.demo import ensure_smollm2
+    from rmbench_fast.inputs.demo import ensure_smollm2
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in DOMAIN_FILES:
@@ -80,10 +80,10 @@ def prepare(dst: Path = DATA_DIR, per_domain: int = PER_DOMAIN) -> Path:
 def load_seqs(data: Path, per_domain: int, shortest: bool = False) -> tuple[list[Any], list[list[Any]]]:
     """(records, six TokSeqs per record) of the prepared data, DPO tokenization (SPEC §5): the
     first `per_domain` records of each domain, or its shortest ones (`shortest`, the CPU dry run)."""
-    from rmbench_fast.data import load_records, select
-    from rmbench_fast.format import Formatter
+    from rmbench_fast.benchmarks.rmbench.data import load_records, select
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.tokenization import Tokenizer
     from rmbench_fast.pipeline import tokenize_records
-    from rmbench_fast.tokenize import Tokenizer
 
     records = load_records(data)
     if shortest:
@@ -227,7 +227,7 @@ def kernel_checks(device: str) -> list[dict[str, Any]]:
     """Kernels A and B against float64 torch at real shapes (tiny ones off the GPU)."""
     import torch
 
-    from rmbench_fast.logprobs import linear_token_logprobs, token_logprobs
+    from rmbench_fast.scoring.logprobs import linear_token_logprobs, token_logprobs
 
     cuda = device.startswith("cuda")
     shapes = [(2048, 128256, 4096), (1024, 256000, 3584), (777, 152064, 3584)] if cuda else [(33, 1000, 64)]

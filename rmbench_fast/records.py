@@ -9,6 +9,7 @@ with style 0 = concise, 1 = detailed plain, 2 = detailed markdown.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,18 @@ METRIC_DOMAINS = ("chat", "math", "code", "safety")
 def metric_domain(domain: str) -> str:
     """The metric group of a record domain: 'safety-refuse' -> 'safety'."""
     return "safety" if domain.startswith("safety") else domain
+
+
+def domain_groups(domains: Iterable[str]) -> dict[str, list[int]]:
+    """Positions per metric domain (safety-refuse and safety-response pooled into 'safety'), in
+    leaderboard order (chat, math, code, safety), then any other domain sorted by name.
+
+    domains: each record's raw domain, in record order."""
+    groups: dict[str, list[int]] = {}
+    for n, d in enumerate(domains):
+        groups.setdefault(metric_domain(d), []).append(n)
+    order = [d for d in METRIC_DOMAINS if d in groups] + sorted(set(groups) - set(METRIC_DOMAINS))
+    return {d: groups[d] for d in order}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""engine/cpu_gemm.py: oneDNN-packed linears against F.linear (the torch reference), the scorer's
+"""engine/layers/cpu_gemm.py: oneDNN-packed linears against F.linear (the torch reference), the scorer's
 choice, and what it records (issue 20).
 
 Tolerances: fp32 |Δ| <= 2e-5 · (1 + |y|) per output (a different summation order over K <= 1536);
@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rmbench_fast.engine import cpu_gemm
-from rmbench_fast.engine.cpu_gemm import Linear, gemm, prepack, resolve_cpu_gemm
-from rmbench_fast.engine.layers import GatedMLP, PackedLinear
+from rmbench_fast.engine.layers import cpu_gemm
+from rmbench_fast.engine.layers.cpu_gemm import Linear, gemm, prepack, resolve_cpu_gemm
+from rmbench_fast.engine.layers.linear import PackedLinear
+from rmbench_fast.engine.layers.mlp import GatedMLP
 from rmbench_fast.errors import UsageError
 
 needs_onednn = pytest.mark.skipif(not cpu_gemm.onednn_available(), reason="torch without mkldnn")

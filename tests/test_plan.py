@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rmbench_fast import plan
-from rmbench_fast.plan import (
+from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.scoring import plan
+from rmbench_fast.scoring.plan import (
     branch_bounds,
     flatten_seqs,
     plan_batches,
@@ -19,7 +20,6 @@ from rmbench_fast.plan import (
     scatter_scores,
     segment_bucket,
 )
-from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
 
 needs_cpp = pytest.mark.skipif(
     not plan.have_cpp(), reason="rmbench_fast._core has no plan_batches (not built)"

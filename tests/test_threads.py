@@ -11,7 +11,7 @@ import torch
 
 from rmbench_fast.commands import main
 from rmbench_fast.errors import UsageError
-from rmbench_fast.threads import physical_cores, set_threads
+from rmbench_fast.utils.threads import physical_cores, set_threads
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_threads_below_one_is_a_usage_error(smollm2_dir: Path, capsys: pytest.Ca
 def test_retain_freed_memory_on_glibc() -> None:
     import platform
 
-    from rmbench_fast.threads import retain_freed_memory
+    from rmbench_fast.utils.threads import retain_freed_memory
 
     applied = retain_freed_memory()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UsageError
-from .options import add_stats_options, check_stats_options
+from rmbench_fast.commands.options import add_stats_options, check_stats_options
+from rmbench_fast.errors import UsageError
+from rmbench_fast.utils.atomic import write_json_atomic
 
 HELP = "paired comparison of runs on the same records: differences, 95%% intervals, p-values"
 
@@ -20,8 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
-    from ..compare import compare_runs, print_comparison  # start-up cost: numpy
-    from ..report import write_json_atomic  # start-up cost: numpy
+    from rmbench_fast.results.compare import compare_runs, print_comparison  # start-up cost: numpy
 
     check_stats_options(args, allow_zero=False)
     if len(args.runs) < 2:

@@ -14,13 +14,13 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
-from ..records import DOMAINS
-from ..settings import DEFAULT_OUT
+from rmbench_fast.errors import UsageError
+from rmbench_fast.records import DOMAINS
+from rmbench_fast.settings import DEFAULT_OUT
 
 if TYPE_CHECKING:
-    from ..judge.runner import JudgeConfig
-    from ..pipeline import RunConfig
+    from rmbench_fast.judge.runner import JudgeConfig
+    from rmbench_fast.pipeline import RunConfig
 
 ENGINES = ("vllm",)
 
@@ -279,7 +279,7 @@ def add_judge_options(parser: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The parsed run options as the pipeline's RunConfig (the one mapping of the run options)."""
-    from ..pipeline import RunConfig  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline import RunConfig  # start-up cost: the pipeline imports torch
 
     return RunConfig(
         model=getattr(args, "model", None),
@@ -326,7 +326,9 @@ def _reject(args: argparse.Namespace, name: str, option: str, default: Any = Non
 
 def judge_config(args: argparse.Namespace) -> JudgeConfig:
     """The run's JudgeConfig from parsed options, with contradictions rejected (one line)."""
-    from ..judge.runner import JudgeConfig  # start-up cost: the judge runner and its report imports
+    from rmbench_fast.judge.runner import (
+        JudgeConfig,  # start-up cost: the judge runner and its report imports
+    )
 
     for name, option in (
         ("ref_model", "--ref-model"),

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from rmbench_fast.errors import UsageError
 
 HELP = "re-print the tables of a finished run or sweep"
 
@@ -28,8 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
-    from ..report import METRICS_FILE, plot_matrices, print_report, read_metrics  # start-up cost: numpy
-    from ..sweep import SWEEP_FILE  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline.sweep import SWEEP_FILE  # start-up cost: the pipeline imports torch
+    from rmbench_fast.results.report import (  # start-up cost: numpy
+        METRICS_FILE,
+        plot_matrices,
+        print_report,
+        read_metrics,
+    )
 
     out = Path(args.out)
     console = Console()
@@ -39,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = read_metrics(out)
     print_report(metrics, console)
     if args.leaderboard:
-        from ..leaderboard import place, print_placement  # start-up cost: only with --leaderboard
+        from rmbench_fast.benchmarks.rmbench.leaderboard import (  # start-up cost: only with --leaderboard
+            place,
+            print_placement,
+        )
 
         console.print()
         print_placement(place(metrics), console)
@@ -50,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report_sweep(args: argparse.Namespace, out: Path, console: Any) -> int:
-    from ..sweep import plot_sweep, print_sweep, read_sweep  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline.sweep import (  # start-up cost: the pipeline imports torch
+        plot_sweep,
+        print_sweep,
+        read_sweep,
+    )
 
     if args.leaderboard:
         raise UsageError(

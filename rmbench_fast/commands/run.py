@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .judge import run_judge
-from .options import add_run_options, check_stats_options, run_config
+from rmbench_fast.commands.judge import run_judge
+from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
 
 HELP = "score a reward model on RM-Bench"
 
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.kind == "generative":
         return run_judge(args, Console(stderr=False))
-    from ..pipeline import run_and_report  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline import run_and_report  # start-up cost: the pipeline imports torch
 
     check_stats_options(args, allow_zero=True)
     run_and_report(run_config(args), Console(stderr=False))

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmbench_fast.phases import phase
-from rmbench_fast.plan import branch_bounds
 from rmbench_fast.records import N_SLOTS, PackedBatch
+from rmbench_fast.scoring.plan import branch_bounds
+from rmbench_fast.utils.phases import phase
 
 MaskMod = Callable[[Any, Any, torch.Tensor, torch.Tensor], torch.Tensor]
 # Per segment: (prefix start, prefix length, [(start, end) of each non-empty branch]).

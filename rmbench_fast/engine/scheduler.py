@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from rmbench_fast.phases import phase
-from rmbench_fast.plan import plan_batches, plan_stats, segment_lengths
 from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.scoring.plan import plan_batches, plan_stats, segment_lengths
+from rmbench_fast.utils.phases import phase
 
 ScoreBatch = Callable[[PackedBatch], torch.Tensor]  # -> values [S*6, k] on the device
 Progress = Callable[[int], None]

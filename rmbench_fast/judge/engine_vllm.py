@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .client import JudgeError
-from .requests import JudgeRequest, JudgeResponse
+from rmbench_fast.judge.client import JudgeError
+from rmbench_fast.judge.requests import JudgeRequest, JudgeResponse
 
 INSTALL_HINT = (
     "--judge-engine vllm needs vLLM in this Python environment: pip install 'rmbench_fast[vllm]' (GPU), or on a "
@@ -35,7 +35,7 @@ CPU_KV_CACHE_BYTES = 1 << 30
 def resolve_model_dir(model: str | None, log: Callable[[str], None]) -> Path:
     """--model DIR, or the demo SmolLM2-135M-Instruct when none is given."""
     if model is None:
-        from ..demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         log("no --model given: the judge is the embedded demo model SmolLM2-135M-Instruct")
         return ensure_smollm2()

@@ -1,0 +1,4 @@
+"""The benchmarks a run can be scored on, one package each.
+
+- rmbench/: RM-Bench (data, metrics, leaderboard).
+"""
