@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__
-from ..report import METRICS_FILE, SCORES_FILE, print_report, write_json_atomic
+from ..report import METRICS_FILE, SCORES_FILE, check_out_dir, print_report, write_json_atomic
 from ..settings import DEFAULT_OUT
 from .log import LOG_FILE, LogWriter, read_log
 from .prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
@@ -307,6 +307,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
         RunConfig(data=cfg.data, limit=cfg.limit, domains=cfg.domains, ids=cfg.ids, out=None), EvalCache()
     )
     records = data.records
+    check_out_dir(Path(cfg.out))  # before any request: an unwritable --out is said now, in one line
     judge = make_judge(cfg, console.print)  # validated, nothing contacted or loaded yet
     identity = judge.identity
     if isinstance(getattr(judge, "model_dir", None), Path):
