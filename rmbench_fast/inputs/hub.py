@@ -241,7 +241,11 @@ def forget_commits() -> None:
 
 
 def _hf() -> Any:
-    import huggingface_hub  # start-up cost: only a run that names a hub id imports it
+    # start-up cost: only a run that names a hub id imports the client (its submodules are lazy)
+    import huggingface_hub
+    import huggingface_hub.constants
+    import huggingface_hub.errors
+    import huggingface_hub.utils
 
     return huggingface_hub
 
@@ -386,19 +390,26 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def _fetch(
-    kind: RepoType, ref: HubId, sha: str, names: list[str], listing: Listing, log: Callable[[str], None]
-) -> None:
-    """Download `names` of commit `sha` into the cache (the hub's own client, its progress bars)."""
-    hf = _hf()
+def check_disk(where: str, names: list[str], listing: Listing) -> int:
+    """The bytes `names` take (their listed sizes); HubError when the hub cache's disk has less free."""
     need = sum(listing.get(n) or 0 for n in names)
     cache = hub_cache_dir()
     free = _free_bytes(cache)
     if need > free:
         raise HubError(
-            f"{kind} {ref.repo_id}@{sha[:7]}: not enough disk space in the hub cache {cache}: the download needs "
+            f"{where}: not enough disk space in the hub cache {cache}: the download needs "
             f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free (set HF_HUB_CACHE to another disk)"
         )
+    return need
+
+
+def _fetch(
+    kind: RepoType, ref: HubId, sha: str, names: list[str], listing: Listing, log: Callable[[str], None]
+) -> None:
+    """Download `names` of commit `sha` into the cache (the hub's own client, its progress bars)."""
+    hf = _hf()
+    need = check_disk(f"{kind} {ref.repo_id}@{sha[:7]}", names, listing)
+    cache = hub_cache_dir()
     log(f"downloading {len(names)} file(s) of {ref.repo_id}@{sha[:7]} ({need / 1e6:.1f} MB) into {cache}")
     patterns = [_glob_escape(n) for n in names]
     try:
@@ -518,11 +529,14 @@ def resolve_model(
         _hf().utils.disable_progress_bars()
 
     def small(listing: Listing, folder: Path, where: str) -> list[str]:
-        if not any(n.endswith(".safetensors") for n in _top(listing)):
-            model_weight_files(listing, folder, where, allow_pickle=allow_pickle)  # refuse pickle now
         if "config.json" not in listing:
             raise HubError(f"model {where} has no config.json (is it a model repo?)")
-        return model_meta_files(listing, trust_remote_code=trust_remote_code)
+        names = model_meta_files(listing, trust_remote_code=trust_remote_code)
+        # Refuse pickle-only weights, and a download the disk cannot hold, before any byte
+        # moves (the index is not here yet: every top-level weight file counts).
+        later = model_weight_files(listing, folder, where, allow_pickle=allow_pickle)
+        check_disk(f"model {where}", [n for n in names + later if not (folder / n).is_file()], listing)
+        return names
 
     def weights(listing: Listing, folder: Path, where: str) -> list[str]:
         return small(listing, folder, where) + model_weight_files(
