@@ -500,8 +500,9 @@ def test_kill_during_download_then_resume(hub: FakeHub, tmp_path: Path) -> None:
     """kill -9 while the weights stream: the rerun fetches only what had not completed (the
     small files came first and are not fetched again) and scores normally.
 
-    huggingface_hub >= 1.x downloads each file into a per-process temporary file that it deletes
-    on failure, so a killed file restarts from byte 0 (the resume is per file, not per byte)."""
+    The installed huggingface_hub (2.4) downloads each file into a per-process temporary file
+    that it deletes on failure (and a SIGKILL leaves behind, unused), so a killed file restarts
+    from byte 0: the resume is per file, not per byte."""
     env = _env(hub, tmp_path)
     hub.slow["model.safetensors"] = 0.05  # 8 KiB per 50 ms: several seconds for the weights
     out = tmp_path / "o"
