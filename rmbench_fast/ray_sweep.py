@@ -147,8 +147,12 @@ def run_ray_sweep(
     ray = connect(address)
     out = Path(base.out or DEFAULT_SWEEP_OUT)
     dirs = run_dirs(models, out)
+    # Hub ids go to the tasks pinned to the commit resolved here: no task resolves a branch again.
+    from .inputs.hub import pin
+
+    pinned = replace(base, ref_model=pin(base.ref_model)) if base.ref_model else base
     cfgs = {
-        i: asdict(replace(base, model=m, out=str(d), progress=False))
+        i: asdict(replace(pinned, model=pin(m), out=str(d), progress=False))
         for i, (m, d) in enumerate(zip(models, dirs))
     }
     refs: dict[Any, int] = {}

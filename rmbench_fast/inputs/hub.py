@@ -430,7 +430,7 @@ def _glob_escape(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _commit(kind: RepoType, ref: HubId) -> tuple[str, Listing | None]:
+def _commit(kind: RepoType, ref: HubId, log: Callable[[str], None] = print) -> tuple[str, Listing | None]:
     """The commit `ref` names (once per process for a branch or tag), and the hub's listing of
     it when the hub was asked now."""
     revision = ref.revision or DEFAULT_REVISION
@@ -454,6 +454,7 @@ def _commit(kind: RepoType, ref: HubId) -> tuple[str, Listing | None]:
             sha = _cached_ref(kind, ref.repo_id, revision)
             if sha is None:
                 raise _hub_error(ConnectionError("no answer"), kind, ref)
+            log(f"note: the hub did not answer; {ref.asked} is the cached commit {sha[:7]}")
         else:
             sha, listing = asked
             _write_ref(kind, ref.repo_id, revision, sha)
@@ -468,7 +469,7 @@ def _snapshot_files(
     log: Callable[[str], None],
 ) -> tuple[str, Path, list[str], str]:
     """(sha, snapshot folder, the chosen files, origin) with every chosen file present."""
-    sha, listing = _commit(kind, ref)
+    sha, listing = _commit(kind, ref, log)
     where = f"{ref.repo_id}@{sha[:7]}"
     folder = _storage(kind, ref.repo_id) / "snapshots" / sha
     if listing is not None:
@@ -507,6 +508,16 @@ def _snapshot_files(
         if still:
             raise HubError(f"{kind} {where}: the download did not bring {still[0]}; run again to resume")
     return sha, folder, chosen, origin
+
+
+def pin(text: str, repo_type: RepoType = "model") -> str:
+    """`ORG/NAME[@branch or tag]` -> `ORG/NAME@<sha>` (the commit this run resolved it to), for
+    work handed to other processes (Ray tasks) that must not resolve the branch again; a local
+    path or a non-id is returned as it is."""
+    ref = None if Path(text).expanduser().exists() else parse_hub_id(text)
+    if ref is None:
+        return text
+    return f"{ref.repo_id}@{_commit(repo_type, ref)[0]}"
 
 
 def resolve_model(
