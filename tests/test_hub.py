@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -461,6 +462,13 @@ def test_errors_are_one_line(hub: FakeHub, tmp_path: Path) -> None:
     assert "HF_HUB_OFFLINE=1 and it is not in the hub cache" in offline
     data = _one_line_error(_run(env, "run", "--model", "org/tiny", "--data", "org/nodata", *RUN_ARGS, *out))
     assert "no dataset org/nodata on the hub" in data
+    with socket.socket() as s:  # a port nothing listens on: the hub cannot be reached
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    down = _one_line_error(
+        _run({**env, "HF_ENDPOINT": closed}, "run", "--model", "org/tiny", *RUN_ARGS, *out)
+    )
+    assert "is no local path, and the hub at" in down and "cannot be reached" in down
     assert hub.fetched() == []  # every refusal came before a download
 
 

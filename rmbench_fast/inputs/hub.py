@@ -360,23 +360,24 @@ def _hub_error(exc: BaseException, kind: RepoType, ref: HubId) -> HubError:
         return HubError(f"{kind} {ref.asked}: the hub answered HTTP {status}; try again later")
     first = (str(exc).strip().splitlines() or [""])[0][:200]
     return HubError(
-        f"{kind} {ref.asked}: cannot reach the hub at {endpoint} ({type(exc).__name__}: {first}) and it is not "
-        f"in the hub cache {hub_cache_dir()}; check the network, or set HF_HUB_OFFLINE=1 to use the cache only"
+        f"{kind} {ref.asked} is no local path, and the hub at {endpoint} cannot be reached ({type(exc).__name__}: "
+        f"{first}) while the hub cache {hub_cache_dir()} does not hold it; check the path or the network, or set "
+        "HF_HUB_OFFLINE=1 to use the cache only"
     )
 
 
-def _ask_hub(kind: RepoType, ref: HubId, revision: str) -> tuple[str, Listing] | None:
-    """(commit sha, listing) of `revision` from the hub; None when the hub cannot be reached."""
+def _ask_hub(kind: RepoType, ref: HubId, revision: str) -> tuple[str, Listing] | Exception:
+    """(commit sha, listing) of `revision` from the hub; the error when the hub cannot be reached."""
     hf = _hf()
     try:
         info = hf.HfApi().repo_info(ref.repo_id, repo_type=kind, revision=revision, files_metadata=True)
     except hf.errors.HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status is not None and status >= 500:
-            return None  # the hub is down: the cache may still have it
+            return e  # the hub is down: the cache may still have it
         raise _hub_error(e, kind, ref) from None
-    except Exception:  # noqa: BLE001 - any transport error (its class depends on the client version)
-        return None
+    except Exception as e:  # noqa: BLE001 - any transport error (its class depends on the client version)
+        return e
     if not info.sha:
         raise HubError(f"{kind} {ref.asked}: the hub sent no commit sha for revision {revision!r}")
     listing: Listing = {s.rfilename: s.size for s in (info.siblings or [])}
@@ -450,10 +451,10 @@ def _commit(kind: RepoType, ref: HubId, log: Callable[[str], None] = print) -> t
             )
     else:
         asked = _ask_hub(kind, ref, revision)
-        if asked is None:  # unreachable: fall back on what the cache says the revision is
+        if isinstance(asked, Exception):  # unreachable: fall back on what the cache says the revision is
             sha = _cached_ref(kind, ref.repo_id, revision)
             if sha is None:
-                raise _hub_error(ConnectionError("no answer"), kind, ref)
+                raise _hub_error(asked, kind, ref)
             log(f"note: the hub did not answer; {ref.asked} is the cached commit {sha[:7]}")
         else:
             sha, listing = asked
@@ -486,9 +487,9 @@ def _snapshot_files(
             listing = _snapshot_listing(folder)
         else:
             asked = _ask_hub(kind, ref, sha)
-            if asked is None:
+            if isinstance(asked, Exception):
                 if not folder.is_dir():
-                    raise _hub_error(ConnectionError("no answer"), kind, ref)
+                    raise _hub_error(asked, kind, ref)
                 listing = _snapshot_listing(folder)
             else:
                 listing = asked[1]
