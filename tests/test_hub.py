@@ -341,7 +341,7 @@ def test_parse_hub_id() -> None:
 
 def test_file_choice_rules() -> None:
     """What a model and a dataset download fetch, decided from the listing alone."""
-    from rmbench_fast.inputs import hub
+    from rmbench_fast.inputs import hub_files as hub
 
     listing: dict[str, int | None] = dict.fromkeys(
         [

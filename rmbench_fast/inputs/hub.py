@@ -11,13 +11,10 @@ An argument (`--model`, `--ref-model`, a sweep MODEL, the judge's `--model`, `--
      reached, the cache's `refs/<REVISION>` names it instead;
    - the files: the cache's `snapshots/<sha>/` folder (`HF_HUB_CACHE`, else `$HF_HOME/hub`,
      else ~/.cache/huggingface/hub). A file the run needs and the snapshot lacks is downloaded
-     by `snapshot_download` (with the hub's progress bars), only those files:
-       model:   config.json, the tokenizer and chat-template files, the safetensors index and
-                the weights it names (else every top-level *.safetensors); pickle weights
-                (pytorch_model*.bin, *.pt, *.pth) only with --allow-pickle and only when there
-                are no safetensors; *.py only with --trust-remote-code;
-       dataset: total_dataset.json, else one folder of parquet shards, else the
-                <domain>_filtered.json files (`dataset_files`). Never a loading script.
+     by `snapshot_download` (with the hub's progress bars), only the files `hub_files` picks
+     (config, tokenizer, chat templates, safetensors; pickle only with --allow-pickle, *.py only
+     with --trust-remote-code; a dataset's data files, never a loading script). A model comes
+     in two steps, the small files first: the safetensors index decides which shards follow.
    The listing the hub sent for a commit is kept (`~/.cache/rmbench_fast/hub/`, or
    `$RMBENCH_FAST_CACHE/hub/`): an offline run picks the same files from it, and a snapshot
    that misses one (a download killed halfway) is said to be incomplete, not half used.
@@ -36,45 +33,20 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import RMBenchError
-from ..modelio import pickle_only_message
-from ..records import DOMAINS
+from .hub_files import HubError, Listing, dataset_files, model_meta_files, model_weight_files
 
 RepoType = Literal["model", "dataset"]
-Listing = dict[str, int | None]  # repo file path -> size in bytes (None: the hub did not say)
 
 # `ORG/NAME` as the hub spells repo ids (letters, digits, '-', '_', '.'), then an optional
 # `@REVISION` (a branch, tag or sha; a branch may hold '/', e.g. refs/pr/1).
 _ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^\s@]+))?$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_REVISION = "main"
-
-CONFIG_FILES = ("config.json",)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "spiece.model",
-)
-TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-TEMPLATE_DIR = "additional_chat_templates"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-class HubError(RMBenchError):
-    """A model or dataset id that cannot be resolved (one line, exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -144,91 +116,6 @@ def source_label(source: Mapping[str, Any] | None) -> str | None:
         return None
     return f"{source['repo_id']}@{str(source['sha'])[:7]}"
 
-
-# --------------------------------------------------------------------------------------------
-# Which files a run reads
-# --------------------------------------------------------------------------------------------
-
-
-def _top(names: Iterable[str]) -> list[str]:
-    return sorted(n for n in names if "/" not in n)
-
-
-def model_meta_files(listing: Listing, *, trust_remote_code: bool) -> list[str]:
-    """The small files of a model repo that a run reads: config, tokenizer, chat templates, the
-    weight indexes, and (with --trust-remote-code only) the top-level *.py."""
-    wanted = set(CONFIG_FILES + TOKENIZER_FILES + TEMPLATE_FILES + (SAFETENSORS_INDEX, PICKLE_INDEX))
-    out = [n for n in _top(listing) if n in wanted]
-    out += sorted(n for n in listing if n.startswith(TEMPLATE_DIR + "/") and n.endswith(".jinja"))
-    if trust_remote_code:
-        out += [n for n in _top(listing) if n.endswith(".py")]
-    return out
-
-
-def _index_files(index: Path) -> list[str] | None:
-    """The shard names a weight index's `weight_map` points to; None when it is unreadable."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return sorted({str(v) for v in weight_map.values()})
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def model_weight_files(listing: Listing, snapshot: Path, where: str, *, allow_pickle: bool) -> list[str]:
-    """The weight files to fetch: the shards the safetensors index names, else `model.safetensors`,
-    else every top-level *.safetensors; with none, pickle weights only with `allow_pickle` (the
-    refusal is the one a local directory gets). `snapshot` holds the index once fetched."""
-    top = _top(listing)
-    safetensors = [n for n in top if n.endswith(".safetensors")]
-    if safetensors:
-        if SAFETENSORS_INDEX in listing:
-            shards = _index_files(snapshot / SAFETENSORS_INDEX)
-            if shards is not None:
-                return shards
-        return ["model.safetensors"] if "model.safetensors" in safetensors else safetensors
-    pickles = [n for n in top if n.endswith(PICKLE_SUFFIXES) and n != "training_args.bin"]
-    if not pickles:
-        raise HubError(f"model {where} has no weights (no *.safetensors, pytorch_model*.bin or *.pt)")
-    if not allow_pickle:
-        raise HubError(pickle_only_message(f"model {where}", pickles))
-    if PICKLE_INDEX in listing:
-        shards = _index_files(snapshot / PICKLE_INDEX)
-        if shards is not None:
-            return shards
-    main = [n for n in pickles if n.startswith("pytorch_model") and n.endswith(".bin")]
-    return main or pickles
-
-
-def dataset_files(listing: Listing, where: str) -> tuple[list[str], str]:
-    """The RM-Bench data files of a dataset repo and the path (file or folder) to load:
-    `total_dataset.json` (the shallowest), else every parquet shard of the first folder that has
-    any, else the `<domain>_filtered.json` files of the first folder that has any."""
-
-    def per_domain(name: str) -> bool:
-        return name.endswith("_filtered.json") and name.removesuffix("_filtered.json") in DOMAINS
-
-    def depth(n: str) -> tuple[int, str]:
-        return (n.count("/"), n)
-
-    total = sorted((n for n in listing if PurePosixPath(n).name == "total_dataset.json"), key=depth)
-    if total:
-        return [total[0]], total[0]
-    for suffix, keep in ((".parquet", lambda _n: True), (".json", per_domain)):
-        found = sorted((n for n in listing if n.endswith(suffix)), key=depth)
-        found = [n for n in found if keep(PurePosixPath(n).name)]
-        if found:
-            folder = str(PurePosixPath(found[0]).parent)
-            files = [n for n in found if str(PurePosixPath(n).parent) == folder]
-            return files, ("" if folder == "." else folder)
-    raise HubError(
-        f"dataset {where} holds no RM-Bench data (no total_dataset.json, parquet shards or "
-        "<domain>_filtered.json files)"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The cache: commits per (endpoint, cache, id, revision), the listings kept per commit
-# --------------------------------------------------------------------------------------------
 
 # One resolution of a branch or tag per process (a run, or a whole sweep): the key holds the
 # endpoint and the cache folder, so a changed environment is a different key.
@@ -325,11 +212,6 @@ def _snapshot_listing(folder: Path) -> Listing:
     return {p.relative_to(folder).as_posix(): None for p in folder.rglob("*") if p.is_file()}
 
 
-# --------------------------------------------------------------------------------------------
-# Hub requests, their errors as one line
-# --------------------------------------------------------------------------------------------
-
-
 def _hub_error(exc: BaseException, kind: RepoType, ref: HubId) -> HubError:
     """The one-line error for a failed hub request (nothing of the request's headers in it)."""
     hf = _hf()
@@ -424,11 +306,6 @@ def _fetch(
 def _glob_escape(name: str) -> str:
     """A file name as an fnmatch pattern that matches only itself."""
     return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-# --------------------------------------------------------------------------------------------
-# Resolution
-# --------------------------------------------------------------------------------------------
 
 
 def _commit(kind: RepoType, ref: HubId, log: Callable[[str], None] = print) -> tuple[str, Listing | None]:
@@ -555,8 +432,9 @@ def resolve_model(
             listing, folder, where, allow_pickle=allow_pickle
         )
 
-    _snapshot_files("model", ref, small, log)  # the index must be here before the weights are chosen
+    first = _snapshot_files("model", ref, small, log)[3]  # the index is here before the weights are chosen
     sha, folder, files, origin = _snapshot_files("model", ref, weights, log)
+    origin = "download" if "download" in (first, origin) else origin
     rev = ref.revision or DEFAULT_REVISION
     snap = HubSnapshot("model", ref.repo_id, rev, sha, folder, origin, tuple(files))
     return folder, snap
