@@ -335,7 +335,18 @@ def test_parse_hub_id() -> None:
     )
     assert parse_hub_id("THU-KEG/RM-Bench@refs/pr/3") == HubId("THU-KEG/RM-Bench", "refs/pr/3")
     assert parse_hub_id(f"org/tiny@{SHA_A}") == HubId("org/tiny", SHA_A)
-    for not_an_id in ("./org/tiny", "/abs/path", "a/b/c", "tiny", "org/..", "org/tiny@", "~/x/y"):
+    bad = (
+        "./org/tiny",
+        "/abs/path",
+        "a/b/c",
+        "tiny",
+        "org/..",
+        "org/tiny@",
+        "~/x/y",
+        "org/t@../../etc",
+        "o/t@a//b",
+    )
+    for not_an_id in bad:
         assert parse_hub_id(not_an_id) is None, not_an_id
 
 

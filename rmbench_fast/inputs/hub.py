@@ -107,7 +107,10 @@ def parse_hub_id(text: str) -> HubId | None:
     m = _ID.match(text)
     if m is None or ".." in m.group("repo"):
         return None
-    return HubId(m.group("repo"), m.group("rev"))
+    rev = m.group("rev")
+    if rev is not None and any(part in ("", ".", "..") for part in rev.split("/")):
+        return None  # a revision names a ref file in the cache: never a path outside it
+    return HubId(m.group("repo"), rev)
 
 
 def source_label(source: Mapping[str, Any] | None) -> str | None:
@@ -212,8 +215,9 @@ def _snapshot_listing(folder: Path) -> Listing:
     return {p.relative_to(folder).as_posix(): None for p in folder.rglob("*") if p.is_file()}
 
 
-def _hub_error(exc: BaseException, kind: RepoType, ref: HubId) -> HubError:
-    """The one-line error for a failed hub request (nothing of the request's headers in it)."""
+def _hub_error(exc: BaseException, kind: RepoType, ref: HubId, *, downloading: bool = False) -> HubError:
+    """The one-line error for a failed hub request (nothing of the request's headers in it);
+    `downloading`: the failure came while files were being fetched."""
     hf = _hf()
     errors = hf.errors
     endpoint = hf.constants.ENDPOINT
@@ -241,6 +245,11 @@ def _hub_error(exc: BaseException, kind: RepoType, ref: HubId) -> HubError:
     if isinstance(exc, errors.HfHubHTTPError):
         return HubError(f"{kind} {ref.asked}: the hub answered HTTP {status}; try again later")
     first = (str(exc).strip().splitlines() or [""])[0][:200]
+    if downloading:
+        return HubError(
+            f"{kind} {ref.asked}: the download stopped ({type(exc).__name__}: {first}); run again to resume "
+            "(the files already fetched are kept in the hub cache)"
+        )
     return HubError(
         f"{kind} {ref.asked} is no local path, and the hub at {endpoint} cannot be reached ({type(exc).__name__}: "
         f"{first}) while the hub cache {hub_cache_dir()} does not hold it; check the path or the network, or set "
@@ -300,7 +309,7 @@ def _fetch(
     except HubError:
         raise
     except Exception as e:  # noqa: BLE001 - HTTP, transport and disk errors, each as one line
-        raise _hub_error(e, kind, ref) from None
+        raise _hub_error(e, kind, ref, downloading=True) from None
 
 
 def _glob_escape(name: str) -> str:
