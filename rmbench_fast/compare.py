@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UsageError
+from .inputs.hub import source_label
 from .metrics import domain_groups
 from .records import METRIC_DOMAINS, N_STYLES
 from .report import METRICS_FILE, SCORES_FILE, read_metrics
@@ -277,8 +278,6 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
 
 def model_label(meta: dict[str, Any]) -> str | None:
     """A run's model as compare prints it: ORG/NAME@sha7 for a hub id, else the directory."""
-    from .inputs.hub import source_label
-
     return source_label(meta.get("model_source")) or meta.get("model")
 
 

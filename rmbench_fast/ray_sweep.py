@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RMBenchError, UsageError
+from .inputs.hub import pin
 from .report import write_json_atomic, write_outputs
 from .sweep import DEFAULT_SWEEP_OUT, SWEEP_FILE, _summary_row, check_model, print_sweep, run_dirs
 
@@ -148,8 +149,6 @@ def run_ray_sweep(
     out = Path(base.out or DEFAULT_SWEEP_OUT)
     dirs = run_dirs(models, out)
     # Hub ids go to the tasks pinned to the commit resolved here: no task resolves a branch again.
-    from .inputs.hub import pin
-
     pinned = replace(base, ref_model=pin(base.ref_model)) if base.ref_model else base
     cfgs = {
         i: asdict(replace(pinned, model=pin(m), out=str(d), progress=False))

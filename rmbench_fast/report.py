@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UsageError
+from .inputs.hub import source_label
 from .records import N_STYLES, Record
 
 SCORES_FILE = "scores.json"
@@ -48,8 +49,6 @@ def check_out_dir(out_dir: Path) -> None:
 
 def input_labels(meta: dict[str, Any]) -> list[str]:
     """`model ORG/NAME@sha7`-style lines for the inputs that came from the hub (metrics.json meta)."""
-    from .inputs.hub import source_label
-
     out = []
     for key, name in (("model_source", "model"), ("ref_model_source", "reference")):
         label = source_label(meta.get(key))

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..demo import default_cache_dir
 from .hub_files import HubError, Listing, dataset_files, model_meta_files, model_weight_files
 
 RepoType = Literal["model", "dataset"]
@@ -157,9 +158,7 @@ def _storage(repo_type: RepoType, repo_id: str) -> Path:
 
 
 def _listing_file(repo_type: RepoType, repo_id: str, sha: str) -> Path:
-    from .. import demo  # the project's own cache folder (RMBENCH_FAST_CACHE) lives there
-
-    return demo.default_cache_dir() / "hub" / f"{repo_type}s--{repo_id.replace('/', '--')}" / f"{sha}.json"
+    return default_cache_dir() / "hub" / f"{repo_type}s--{repo_id.replace('/', '--')}" / f"{sha}.json"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..inputs.hub import resolve_model
 from .client import JudgeError
 from .requests import JudgeRequest, JudgeResponse
 
@@ -45,8 +46,6 @@ def resolve_model_source(model: str | None, log: Callable[[str], None]) -> tuple
 
         log("no --model given: the judge is the embedded demo model SmolLM2-135M-Instruct")
         return ensure_smollm2(), None
-    from ..inputs.hub import resolve_model
-
     path, snap = resolve_model(model, log=log)
     if not (path / "config.json").is_file():
         raise JudgeError("not a model directory (no config.json)", file=str(path))
