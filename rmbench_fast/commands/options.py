@@ -29,7 +29,12 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     """The options of a run (`run`, `profile`, `bench`, the stand-alone judge), or of a `sweep`: its
     MODEL directories instead of --model, and no judge options."""
     if sweep:
-        p.add_argument("models", nargs="+", metavar="MODEL", help="model directories (e.g. checkpoints)")
+        p.add_argument(
+            "models",
+            nargs="+",
+            metavar="MODEL",
+            help="model directories (e.g. checkpoints) or hub ids ORG/NAME[@REVISION]",
+        )
         p.add_argument(
             "--ray",
             metavar="ADDRESS",
@@ -44,9 +49,14 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
             help="with --ray: GPUs per checkpoint (default 1)",
         )
     else:
-        p.add_argument("--model", help="model directory (default: the embedded SmolLM2-135M-Instruct demo)")
+        p.add_argument(
+            "--model",
+            help="model directory or hub id ORG/NAME[@REVISION] (default: the embedded SmolLM2-135M-Instruct demo)",
+        )
     ref = p.add_mutually_exclusive_group()
-    ref.add_argument("--ref-model", help="reference model directory (DPO with a reference)")
+    ref.add_argument(
+        "--ref-model", help="reference model directory or hub id ORG/NAME[@REVISION] (DPO with a reference)"
+    )
     ref.add_argument(
         "--ref-free",
         choices=["avg", "sum", "norm"],
@@ -60,7 +70,8 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     )
     p.add_argument(
         "--data",
-        help="RM-Bench data: total_dataset.json, <domain>_filtered.json, a directory, .jsonl or .parquet",
+        help="RM-Bench data: total_dataset.json, <domain>_filtered.json, a directory, .jsonl, .parquet, or a hub "
+        "dataset id such as THU-KEG/RM-Bench[@REVISION]",
     )
     p.add_argument("--limit", type=int, help="score only the first N records of each domain")
     p.add_argument(
@@ -197,6 +208,12 @@ def add_stats_options(p: argparse.ArgumentParser, *, allow_zero: bool) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
 
 
+def check_limit(limit: int | None) -> None:
+    """Refuse a --limit below 1 (one line, exit 2), before anything is loaded."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1 (records per domain), got {limit}")
+
+
 def check_stats_options(args: argparse.Namespace, *, allow_zero: bool) -> None:
     """Refuse a bad --resamples or --seed (one line, exit 2)."""
     least = 0 if allow_zero else 1
@@ -281,6 +298,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     """The parsed run options as the pipeline's RunConfig (the one mapping of the run options)."""
     from rmbench_fast.pipeline import RunConfig  # start-up cost: the pipeline imports torch
 
+    check_limit(args.limit)
     return RunConfig(
         model=getattr(args, "model", None),
         ref_model=args.ref_model,
@@ -338,6 +356,7 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
         ("batch_tokens", "--batch-tokens"),
     ):
         _reject(args, name, option)
+    check_limit(getattr(args, "limit", None))
     if getattr(args, "backend", "auto") not in ("auto", None):
         raise UsageError("--backend does not apply to --kind generative")
     engine = "vllm" if getattr(args, "judge_engine", None) == "vllm" else "server"

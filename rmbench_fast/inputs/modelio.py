@@ -249,6 +249,11 @@ def _glob_all(path: Path, patterns: tuple[str, ...]) -> list[str]:
     return sorted({p.name for pat in patterns for p in path.glob(pat) if p.is_file()})
 
 
+def pickle_only_message(where: str, files: list[str]) -> str:
+    """The one refusal of a checkpoint with only pickle weights (a local directory or a hub repo)."""
+    return f"{where} has only pickle weights ({', '.join(files)}); pass --allow-pickle to load them (this runs pickle)"
+
+
 def _weight_files(path: Path, allow_pickle: bool) -> tuple[WeightFormat, list[str]]:
     """Safetensors win when both are present; pickle-only needs an explicit opt-in (it runs pickle)."""
     st = _glob_all(path, SAFETENSORS_GLOBS)
@@ -257,10 +262,7 @@ def _weight_files(path: Path, allow_pickle: bool) -> tuple[WeightFormat, list[st
     pk = _glob_all(path, PICKLE_GLOBS)
     if pk:
         if not allow_pickle:
-            raise ModelError(
-                f"model directory {path} has only pickle weights ({', '.join(pk)}); "
-                "pass --allow-pickle to load them (this runs pickle)"
-            )
+            raise ModelError(pickle_only_message(f"model directory {path}", pk))
         return "pickle", pk
     raise ModelError(f"model directory {path} has no weights (no *.safetensors, pytorch_model*.bin or *.pt)")
 

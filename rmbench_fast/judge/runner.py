@@ -25,7 +25,7 @@ from rmbench_fast.judge.log import LOG_FILE, LogWriter, read_log
 from rmbench_fast.judge.prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
 from rmbench_fast.judge.requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
 from rmbench_fast.judge.scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
-from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, print_report
+from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, check_out_dir, print_report
 from rmbench_fast.settings import DEFAULT_OUT
 from rmbench_fast.utils.atomic import write_json_atomic, write_jsonl_atomic
 from rmbench_fast.utils.versions import versions
@@ -280,6 +280,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
         RunConfig(data=cfg.data, limit=cfg.limit, domains=cfg.domains, ids=cfg.ids, out=None), EvalCache()
     )
     records = data.records
+    check_out_dir(Path(cfg.out))  # before any request: an unwritable --out is said now, in one line
     judge = make_judge(cfg, console.print)  # validated, nothing contacted or loaded yet
     identity = judge.identity
     if isinstance(getattr(judge, "model_dir", None), Path):

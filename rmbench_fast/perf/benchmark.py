@@ -76,9 +76,10 @@ class Prepared:
 
 def prepare(cfg: Any, log: Callable[[str], None] = print) -> Prepared:
     """Load, validate and tokenize with the pipeline's own steps (no model weights loaded)."""
-    from rmbench_fast.pipeline import EvalCache, choose_models, load_data, tokenize_run
+    from rmbench_fast.pipeline import EvalCache, choose_models, load_data, resolve_hub_models, tokenize_run
 
     cache = EvalCache()
+    cfg, _sources = resolve_hub_models(cfg, log)  # hub ids -> their snapshot directories
     data = load_data(cfg, cache)
     model = choose_models(cfg, log)
     toks = tokenize_run(cfg, data, model, cache, log)

@@ -15,13 +15,14 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rmbench_fast.benchmarks.rmbench.data import (
+    HF_DATASET,
     data_files,
     hash_files,
     hf_cached_dataset,
@@ -30,8 +31,9 @@ from rmbench_fast.benchmarks.rmbench.data import (
 )
 from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
 from rmbench_fast.errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
+from rmbench_fast.inputs import hub
 from rmbench_fast.records import N_STYLES, Record, TokSeq
-from rmbench_fast.results.report import print_report, score_rows, write_outputs
+from rmbench_fast.results.report import check_out_dir, print_report, score_rows, write_outputs
 from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings
 from rmbench_fast.utils.dtypes import run_dtype
 from rmbench_fast.utils.phases import phase
@@ -138,12 +140,57 @@ def sample_data_path() -> Path:
 
 def resolve_data(data: str | None) -> tuple[Path, str]:
     """The data path and where it came from: the user's, the HF cache, or the embedded sample."""
+    path, origin, _source = resolve_data_source(data)
+    return path, origin
+
+
+def resolve_data_source(
+    data: str | None, *, progress: bool = True, log: Callable[[str], None] = print
+) -> tuple[Path, str, hub.HubSnapshot | None]:
+    """`resolve_data` and the hub snapshot behind a `--data ORG/NAME[@REV]` dataset id: a local
+    path of that name first, else the hub (inputs.hub; origin "huggingface-hub")."""
     if data is not None:
-        return Path(data), "user"
+        path, snap = hub.resolve_dataset(data, progress=progress, log=log)
+        return path, ("user" if snap is None else "huggingface-hub"), snap
     cached = hf_cached_dataset()
     if cached is not None:
-        return cached, "huggingface-cache"
-    return sample_data_path(), "embedded-sample"
+        return cached, "huggingface-cache", None
+    return sample_data_path(), "embedded-sample", None
+
+
+def resolve_hub_models(
+    cfg: RunConfig, log: Callable[[str], None] = print
+) -> tuple[RunConfig, dict[str, hub.HubSnapshot]]:
+    """`--model` / `--ref-model` given as `ORG/NAME[@REV]` -> the config with their snapshot
+    directories (a local directory of that name wins), and the snapshots by option name. A
+    branch or tag resolves once per process, so a second call (a sweep's next checkpoint, its
+    checks before scoring) gets the same commit."""
+    sources: dict[str, hub.HubSnapshot] = {}
+    paths: dict[str, str] = {}
+    for name in ("model", "ref_model"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        path, snap = hub.resolve_model(
+            value,
+            allow_pickle=cfg.allow_pickle,
+            trust_remote_code=cfg.trust_remote_code,
+            progress=cfg.progress,
+            log=log,
+        )
+        if snap is not None:
+            sources[name], paths[name] = snap, str(path)
+    return (replace(cfg, **paths) if paths else cfg), sources
+
+
+def record_sources(meta: dict[str, Any], asked: RunConfig, sources: dict[str, hub.HubSnapshot]) -> None:
+    """metrics.json: each hub input's id, revision asked, commit sha (`<name>_source`, and
+    `model_ref` = ORG/NAME@sha); `settings` keeps the arguments as given."""
+    for name in ("model", "ref_model"):
+        snap = sources.get(name)
+        meta[f"{name}_source"] = snap.meta() if snap is not None else None
+        meta["settings"][name] = getattr(asked, name)
+    meta["model_ref"] = sources["model"].ref if "model" in sources else None
 
 
 def resolve_device(device: str) -> str:
@@ -550,6 +597,7 @@ class LoadedData:
     sha256: str
     records: list[Record]
     key: tuple[Any, ...]
+    source: hub.HubSnapshot | None = None  # a dataset id's commit and files
 
 
 @dataclass
@@ -584,11 +632,12 @@ class Scored:
     reference_mode: str | None  # together | reference-first | None (no reference on the native engine)
     seconds: float
     reference_note: str | None = None
+    budget: dict[str, int] | None = None  # --batch-tokens raised to the longest record
 
 
 def load_data(cfg: RunConfig, cache: EvalCache) -> LoadedData:
     """Step 1: the records, validated in full before anything else runs."""
-    path, origin = resolve_data(cfg.data)
+    path, origin, source = resolve_data_source(cfg.data, progress=cfg.progress)
     key = ("records", str(path), tuple(cfg.domains or ()), cfg.limit, tuple(cfg.ids or ()))
 
     def load() -> tuple[list[Path], str, list[Record]]:
@@ -599,7 +648,7 @@ def load_data(cfg: RunConfig, cache: EvalCache) -> LoadedData:
     files, sha, records = cache.get(key, load)
     if not records:
         raise UsageError(f"no records left to score in {path} after --domains/--limit/--ids")
-    return LoadedData(path, origin, files, sha, records, key)
+    return LoadedData(path, origin, files, sha, records, key, source)
 
 
 def choose_models(cfg: RunConfig, log: Callable[[str], None]) -> ModelChoice:
@@ -690,6 +739,7 @@ def score_run(
     t0 = time.perf_counter()
     n = len(toks.seqs)
     settings = score_settings(cfg, model.kind, model.ref_free, model.device, model.dtype, toks.pad_id)
+    settings, budget = raise_budget(cfg, settings, toks.seqs, log)
     store = open_run_store(cfg, model, toks)
     mode = reference_mode(cfg, model, sweep) if _ref_sums_cacheable(cfg, model) else None
     if mode != "reference-first":
@@ -704,7 +754,7 @@ def score_run(
         else:  # the transformers backend batches its own way: no store
             scores = scorer.score(toks.seqs, progress=progress)
         scores = np.asarray(scores, dtype=np.float64)
-        return Scored(backend, scorer, scores, None, mode, time.perf_counter() - t0)
+        return Scored(backend, scorer, scores, None, mode, time.perf_counter() - t0, budget=budget)
     ref_dir = Path(cfg.ref_model)  # type: ignore[arg-type]
     ref_key = reference_key(cfg, model, toks)
     fresh = ref_key not in cache
@@ -727,7 +777,28 @@ def score_run(
         ref = _native_sums(cfg, ref_dir, toks.seqs, settings, log, None, replay=scorer.schedule, store=store)
         cache.put(ref_key, ref)
         note = "recomputed on the policy's batches (out-of-memory back-off)"
-    return Scored(backend, scorer, sums - ref.sums, ref, "reference-first", time.perf_counter() - t0, note)
+    seconds = time.perf_counter() - t0
+    return Scored(backend, scorer, sums - ref.sums, ref, "reference-first", seconds, note, budget)
+
+
+def raise_budget(
+    cfg: RunConfig, settings: ScoreSettings, seqs: list[list[TokSeq]], log: Callable[[str], None]
+) -> tuple[ScoreSettings, dict[str, int] | None]:
+    """A `--batch-tokens` below the longest record's packed length (plan.segment_lengths, the
+    smallest budget the planner accepts) is raised to it, said once here rather than once per
+    pass by each scheduler (which would raise it to the same value), and returned for meta."""
+    if cfg.batch_tokens is None or cfg.backend == "hf" or cfg.device_map is not None or not seqs:
+        return settings, None
+    from rmbench_fast.scoring.plan import segment_lengths
+
+    longest = int(segment_lengths(seqs, share_prefix=settings.share_prefix).max())
+    if longest <= settings.batch_tokens:
+        return settings, None
+    log(
+        f"note: --batch-tokens {cfg.batch_tokens} is smaller than the longest record ({longest} packed tokens); "
+        f"raised to {longest} (metrics.json meta.batch_tokens_raised)"
+    )
+    return replace(settings, batch_tokens=longest), {"asked": cfg.batch_tokens, "used": longest}
 
 
 def json_safe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -750,6 +821,7 @@ def prepare_reference(cfg: RunConfig, log: Callable[[str], None] = print) -> dic
     with, so they share one set of reference sums (and batches), exactly as a local sweep does.
     Empty when `cfg` has no reference model the native engine runs."""
     cache = EvalCache()
+    cfg, _sources = resolve_hub_models(cfg, log)
     data = load_data(cfg, cache)
     model = choose_models(cfg, log)
     if not _ref_sums_cacheable(cfg, model) or reference_mode(cfg, model, sweep=True) != "reference-first":
@@ -799,6 +871,7 @@ def run_meta(
             "files": [str(f) for f in data.files],
             "sha256": data.sha256,
             "n_records": len(data.records),
+            "source": data.source.meta() if data.source is not None else None,
         },
         "settings": {
             **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
@@ -819,6 +892,7 @@ def run_meta(
         "seconds": {"total": total_s, "scoring": scored.seconds},
     }
     meta["reference_mode"] = scored.reference_mode
+    meta["batch_tokens_raised"] = scored.budget
     if scored.reference_note is not None:
         meta["reference_sums"] = scored.reference_note
         meta["reference_scorer_stats"] = scored.reference.stats if scored.reference else None
@@ -852,9 +926,11 @@ def run_evaluation(
         )
     world = join_world(cfg)
     threads = set_threads(cfg.threads)
+    asked = cfg
     with phase("data_tokenize"):
         data = load_data(cfg, cache)
     with phase("load"):
+        cfg, sources = resolve_hub_models(cfg, log)
         model = choose_models(cfg, log)
     with phase("data_tokenize"):
         toks = tokenize_run(cfg, data, model, cache, log)
@@ -862,6 +938,7 @@ def run_evaluation(
     with phase("metrics"):
         result = compute_metrics(data.records, scored.scores, resamples=cfg.resamples, seed=cfg.seed)
     result["meta"] = run_meta(cfg, data, model, toks, scored, time.perf_counter() - t0)
+    record_sources(result["meta"], asked, sources)
     result["meta"]["distributed"] = {
         "world_size": world.world_size,
         "tp": world.tp_size,
@@ -887,6 +964,8 @@ def run_and_report(
         TimeRemainingColumn,
     )
 
+    if _is_main():  # rank 0 writes the outputs: find out now, not after scoring, that it cannot
+        check_out_dir(Path(cfg.out or DEFAULT_OUT))
     with Progress(
         TextColumn("scoring"),
         BarColumn(),
@@ -927,9 +1006,9 @@ def run_and_report(
     )
     if meta["data"]["origin"] == "embedded-sample":
         console.print(
-            "[bold]This was the embedded 10-record sample, not RM-Bench.[/bold] For real numbers, get the RM-Bench "
-            "data (github.com/THU-KEG/RM-Bench, data/total_dataset.json, or the HF dataset THU-KEG/RM-Bench) and run:\n"
-            "  python -m rmbench_fast run --model YOUR_MODEL_DIR --data total_dataset.json"
+            "[bold]This was the embedded 10-record sample, not RM-Bench.[/bold] For real numbers, run on the hub "
+            f"dataset {HF_DATASET} (or github.com/THU-KEG/RM-Bench's data/total_dataset.json, as a path):\n"
+            f"  python -m rmbench_fast run --model ORG/NAME --data {HF_DATASET}"
         )
     return result
 
@@ -944,6 +1023,8 @@ def evaluate(model: str | None = None, **options: Any) -> dict[str, Any]:
     out = options.pop("out", None)
     options.setdefault("progress", False)
     cfg = RunConfig(model=model, out=out, **options)
+    if out is not None:
+        check_out_dir(Path(out))
     result = run_evaluation(cfg, log=lambda _msg: None)
     if out is not None:
         rows = result["rows"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmbench_fast.errors import RMBenchError, UsageError
+from rmbench_fast.inputs.hub import pin
 from rmbench_fast.pipeline.sweep import (
     DEFAULT_SWEEP_OUT,
     SWEEP_FILE,
@@ -155,8 +156,10 @@ def run_ray_sweep(
     ray = connect(address)
     out = Path(base.out or DEFAULT_SWEEP_OUT)
     dirs = run_dirs(models, out)
+    # Hub ids go to the tasks pinned to the commit resolved here: no task resolves a branch again.
+    pinned = replace(base, ref_model=pin(base.ref_model)) if base.ref_model else base
     cfgs = {
-        i: asdict(replace(base, model=m, out=str(d), progress=False))
+        i: asdict(replace(pinned, model=pin(m), out=str(d), progress=False))
         for i, (m, d) in enumerate(zip(models, dirs))
     }
     refs: dict[Any, int] = {}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmbench_fast.errors import UsageError
+from rmbench_fast.results.report import check_out_dir
 from rmbench_fast.utils.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # pipeline pulls in torch; `report SWEEP_OUT` does not need it
@@ -35,9 +36,11 @@ def check_model(model: str, base: RunConfig) -> None:
     code), the kind against the reward options, and the chat template."""
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.modelio import inspect_model_dir
-    from rmbench_fast.pipeline import check_kind, kind_hint
+    from rmbench_fast.pipeline import check_kind, kind_hint, resolve_hub_models
 
-    cfg = replace(base, model=model)
+    # A hub id resolves to its commit here, once: the run below gets the same commit.
+    cfg, _sources = resolve_hub_models(replace(base, model=model), print)
+    model = str(cfg.model)
     info = inspect_model_dir(
         Path(model),
         trust_remote_code=cfg.trust_remote_code,
@@ -61,6 +64,7 @@ def summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, 
 
     return {
         "model": model,
+        "model_ref": meta.get("model_ref"),  # ORG/NAME@sha for a hub id, else None
         "out": str(out_dir),
         "total": pick(result["total"], ("overall", "hard", "normal", "easy")),
         "domains": {d: pick(m, ("score", "hard", "normal", "easy")) for d, m in result["domains"].items()},
@@ -79,6 +83,7 @@ def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str
     for m in models:  # fail on a bad model or option now, not after hours of scoring
         check_model(m, base)
     out = Path(base.out or DEFAULT_SWEEP_OUT)
+    check_out_dir(out)
     cache = EvalCache()
     rows: list[dict[str, Any]] = []
     for i, (model, out_dir) in enumerate(zip(models, run_dirs(models, out))):
@@ -120,7 +125,13 @@ def _domain_order(rows: list[dict[str, Any]]) -> list[str]:
     return [d for d in METRIC_DOMAINS if d in seen] + sorted(seen - set(METRIC_DOMAINS))
 
 
-def _checkpoint_label(model: str) -> str:
+def _checkpoint_label(row: dict[str, Any]) -> str:
+    """ORG/NAME@sha7 for a hub id (two revisions of one repo stay apart), else the directory name."""
+    ref = row.get("model_ref")
+    if ref:
+        repo, _, sha = str(ref).partition("@")
+        return f"{repo}@{sha[:7]}"
+    model = str(row["model"])
     return Path(model).name or model
 
 
@@ -142,7 +153,7 @@ def print_sweep(rows: list[dict[str, Any]], console: Any) -> None:
             f"{100 * t[k]:.1f}" for k in ("hard", "normal", "easy")
         ]
         cells += [f"{100 * r['domains'][d]['score']:.1f}" if d in r["domains"] else "-" for d in domains]
-        table.add_row(_checkpoint_label(r["model"]), *cells)
+        table.add_row(_checkpoint_label(r), *cells)
     console.print(table)
 
 
@@ -159,7 +170,7 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
 
     plt = import_pyplot()
     x = np.arange(len(rows))
-    labels = [_checkpoint_label(r["model"]) for r in rows]
+    labels = [_checkpoint_label(r) for r in rows]
     domains = _domain_order(rows)
     panels: list[tuple[str, list[tuple[str, str, str | None]]]] = [
         ("overall", [("overall", "total", "overall")]),

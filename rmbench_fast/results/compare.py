@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast.errors import DataError, UsageError
+from rmbench_fast.inputs.hub import source_label
 from rmbench_fast.records import METRIC_DOMAINS, N_STYLES, domain_groups
 from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, read_metrics
 from rmbench_fast.results.stats import (
@@ -274,6 +275,11 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
     return [str(p) if n in dup else n for p, n in zip(paths, names)]
 
 
+def model_label(meta: dict[str, Any]) -> str | None:
+    """A run's model as compare prints it: ORG/NAME@sha7 for a hub id, else the directory."""
+    return source_label(meta.get("model_source")) or meta.get("model")
+
+
 def compare_runs(paths: Sequence[Path], *, resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
     """compare's result (the --json content).
 
@@ -305,7 +311,7 @@ def compare_runs(paths: Sequence[Path], *, resamples: int = 10000, seed: int = 0
             {
                 "name": r.name,
                 "path": str(r.path),
-                "model": (r.metrics.get("meta") or {}).get("model"),
+                "model": model_label(r.metrics.get("meta") or {}),
                 "overall": r.metrics["total"]["overall"],
                 "ci": (r.metrics["total"].get("ci") or {}).get("overall"),
             }
@@ -362,6 +368,9 @@ def print_comparison(result: dict[str, Any], console: Any) -> None:
     comps = result["comparisons"]
     data = result["data"]
     settings = result["settings"]
+    models = [f"{r['name']}: {r['model']}" for r in result["runs"] if r.get("model")]
+    if models:
+        console.print(escape("runs: " + "; ".join(models)), soft_wrap=True)
     scope = "" if data["complete"] else f" ({'+'.join(data['domains'])} only)"
     how = f"sign-flip test, {settings['resamples']} resamples, seed {settings['seed']}"
     if "ranking" not in result:

@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rmbench_fast.errors import DataError
+from rmbench_fast.errors import DataError, UsageError
+from rmbench_fast.inputs.hub import source_label
 from rmbench_fast.records import N_STYLES, Record
 from rmbench_fast.utils.atomic import write_json_atomic
 
 SCORES_FILE = "scores.json"
 METRICS_FILE = "metrics.json"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Make sure the outputs can be written to `out_dir` (created if missing), before any scoring:
+    a temporary file is created in it and removed. UsageError (one line, exit 2) if not."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".rmbench-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise UsageError(f"--out {out_dir}: cannot write the outputs there ({why})") from None
+
+
+def input_labels(meta: dict[str, Any]) -> list[str]:
+    """`model ORG/NAME@sha7`-style lines for the inputs that came from the hub (metrics.json meta)."""
+    out = []
+    for key, name in (("model_source", "model"), ("ref_model_source", "reference")):
+        label = source_label(meta.get(key))
+        if label:
+            out.append(f"{name} {label} (revision {meta[key].get('revision')})")
+    label = source_label((meta.get("data") or {}).get("source"))
+    if label:
+        out.append(f"data {label} (revision {meta['data']['source'].get('revision')})")
+    return out
 
 
 def score_rows(records: Sequence[Record], scores: np.ndarray) -> list[dict[str, Any]]:
@@ -108,6 +137,9 @@ def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
         *[f"[bold]{cell(total[k], tci.get(k))}[/bold]" for k in ("hard", "normal", "easy", "overall")],
     )
     console.print(t)
+    labels = input_labels(metrics.get("meta") or {})
+    if labels:
+        console.print(escape("; ".join(labels)))
     note = ci_note(metrics)
     if note:
         console.print(escape(note))

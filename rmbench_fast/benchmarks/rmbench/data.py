@@ -63,9 +63,23 @@ def _read_rows(path: Path) -> list[Any]:
         ) from None
     if isinstance(data, dict):
         # A mapping of id -> record, or a single record; both are seen in the wild.
-        data = [data] if "prompt" in data else list(data.values())
+        if "prompt" in data:
+            data = [data]
+        elif data and all(isinstance(v, dict) for v in data.values()):
+            data = list(data.values())
+        else:
+            keys = ", ".join(repr(k) for k in list(data)[:3]) + (", ..." if len(data) > 3 else "")
+            raise DataError(
+                f"a JSON object (keys {keys or 'none'}), not RM-Bench data: expected a list of records "
+                "(total_dataset.json) or the per-domain layout (<domain>_filtered.json files, each a list of records)",
+                file=str(path),
+            )
     if not isinstance(data, list):
-        raise DataError(f"expected a JSON list of records, got {type(data).__name__}", file=str(path))
+        raise DataError(
+            f"a JSON {type(data).__name__}, not RM-Bench data: expected a list of records (total_dataset.json) "
+            "or the per-domain layout (<domain>_filtered.json files, each a list of records)",
+            file=str(path),
+        )
     return data
 
 
