@@ -1,0 +1,182 @@
+"""Oracle driver: RewardBench 2's official scoring functions, run from the installed wheel.
+
+The functions are the ones `scripts/run_v2.py` calls, read at test time from the installed
+`rewardbench` wheel (0.1.4, whose `rewardbench/utils.py` is byte-identical to allenai/reward-bench
+at fdc742d, PR 236 "v2 code updates"):
+- `reroll_and_score_dataset(dataset, total_completions, cols_to_combine)`: best-of-N credit
+  per prompt, 1 / #(scores == max) when scores[0] is the max, else 0;
+- `process_single_model(dataset)` with its helper `sample_stats`: the Ties composite.
+
+Nothing is copied: the functions' source is taken out of the wheel's file with `ast` and run
+in a namespace that holds numpy, math, defaultdict and a `Dataset` / `pd` pair. The package
+`__init__` (and `rewardbench.utils` as a module) does not import here: it needs `datasets`,
+`fastchat` and transformers 4.x. When `pandas` and `datasets` are installed they are used as
+they are; otherwise two small stand-ins give the few DataFrame / Dataset operations the two
+functions call (slicing rows, a column's values, `unique`, building from a dict or rows).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OFFICIAL_FUNCTIONS = ("reroll_and_score_dataset", "sample_stats", "process_single_model")
+
+
+def utils_path() -> Path:
+    """The installed wheel's rewardbench/utils.py (ImportError when the wheel is missing)."""
+    spec = importlib.util.find_spec("rewardbench")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("official reward-bench code missing: pip install --no-deps rewardbench")
+    path = Path(next(iter(spec.submodule_search_locations))) / "utils.py"
+    if not path.is_file():
+        raise ImportError("rewardbench has no utils.py")
+    return path
+
+
+class _Column:
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+    def tolist(self) -> list[Any]:
+        return list(self.values)
+
+    def unique(self) -> list[Any]:
+        out: list[Any] = []
+        for v in self.values:
+            if not any(v == u for u in out):
+                out.append(v)
+        return out
+
+
+class _Frame:
+    """The DataFrame operations `reroll_and_score_dataset` uses, over a dict of columns."""
+
+    def __init__(self, data: Any = None) -> None:
+        if isinstance(data, list):  # rows
+            cols = list(dict.fromkeys(k for row in data for k in row))
+            self.cols = {c: [row.get(c) for row in data] for c in cols}
+        else:
+            self.cols = {k: list(v) for k, v in (data or {}).items()}
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.cols)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.cols.values()), []))
+
+    def __getitem__(self, col: str) -> _Column:
+        return _Column(self.cols[col])
+
+    @property
+    def iloc(self) -> Any:
+        frame = self
+
+        class _ILoc:
+            def __getitem__(self, sl: slice) -> _Frame:
+                return _Frame({k: v[sl] for k, v in frame.cols.items()})
+
+        return _ILoc()
+
+
+class _Dataset:
+    """The datasets.Dataset operations the two functions use: rows, columns, from_dict/pandas."""
+
+    def __init__(self, cols: dict[str, list[Any]]) -> None:
+        self.cols = cols
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[Any]]) -> _Dataset:
+        return cls({k: list(v) for k, v in d.items()})
+
+    @classmethod
+    def from_pandas(cls, df: Any) -> _Dataset:
+        return cls({c: list(df[c].tolist()) for c in df.columns})
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.cols)
+
+    def to_pandas(self) -> _Frame:
+        return _Frame(self.cols)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.cols.values()), []))
+
+    def __iter__(self) -> Any:
+        for i in range(len(self)):
+            yield {k: v[i] for k, v in self.cols.items()}
+
+    def __getitem__(self, col: str) -> list[Any]:
+        return self.cols[col]
+
+
+def _backends() -> tuple[Any, Any, str]:
+    try:
+        import pandas as pd
+        from datasets import Dataset
+
+        return Dataset, pd, "datasets+pandas"
+    except ImportError:
+        return _Dataset, type("pd", (), {"DataFrame": _Frame}), "stand-ins"
+
+
+def official_functions() -> dict[str, Any]:
+    """{name: function} for OFFICIAL_FUNCTIONS, compiled from the wheel's source; "backend" says
+    whether the real datasets/pandas or the stand-ins are in use."""
+    path = utils_path()
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in OFFICIAL_FUNCTIONS}
+    missing = set(OFFICIAL_FUNCTIONS) - set(found)
+    if missing:
+        raise ImportError(f"{path} has no {sorted(missing)} (not the PR 236 scoring code)")
+    Dataset, pd, backend = _backends()
+    ns: dict[str, Any] = {"np": np, "math": math, "defaultdict": defaultdict, "Dataset": Dataset, "pd": pd}
+    module = ast.Module(body=[found[n] for n in OFFICIAL_FUNCTIONS], type_ignores=[])
+    exec(compile(module, str(path), "exec"), ns)
+    out = {n: ns[n] for n in OFFICIAL_FUNCTIONS}
+    out["backend"] = backend
+    out["Dataset"] = Dataset
+    return out
+
+
+def official_scores(
+    prompts: list[dict[str, Any]], scores: list[list[float]]
+) -> tuple[dict[str, float], list[float]]:
+    """run_v2.py's results for RB2 records (`prompts`, in file order) and their per-completion
+    scores (chosen first, then rejected): ({subset: score}, per-prompt best-of-N credit).
+
+    Mirrors run_v2.py's flow after inference: unrolled rows (id, subset, text, scores) ->
+    `reroll_and_score_dataset` -> num_correct column -> per subset the mean of "results", or
+    `process_single_model` for the subset whose lower-cased name is "ties".
+    """
+    f = official_functions()
+    rows: dict[str, list[Any]] = {"text": [], "scores": [], "subset": [], "id": []}
+    for rec, sc in zip(prompts, scores):
+        for s in sc:
+            rows["text"].append("x")
+            rows["scores"].append(s)
+            rows["subset"].append(rec["subset"])
+            rows["id"].append(rec["id"])
+    ds = f["Dataset"].from_dict(rows)
+    rolled = f["reroll_and_score_dataset"](ds, [r["total_completions"] for r in prompts], ["text", "scores"])
+    cols = {k: list(rolled[k]) for k in rolled.column_names}
+    cols["num_correct"] = [r["num_correct"] for r in prompts]
+    results = [float(x) for x in cols["results"]]
+    out: dict[str, float] = {}
+    for subset in sorted(set(cols["subset"])):
+        idx = [i for i, s in enumerate(cols["subset"]) if s == subset]
+        sub = f["Dataset"].from_dict({k: [v[i] for i in idx] for k, v in cols.items()})
+        if subset.lower() == "ties":
+            _, overall = f["process_single_model"](sub)
+            out[subset] = float(overall)
+        else:
+            out[subset] = float(sum(results[i] for i in idx) / len(idx))
+    return out, results
