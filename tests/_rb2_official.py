@@ -118,7 +118,9 @@ class _Dataset:
         return self.cols[col]
 
 
-def _backends() -> tuple[Any, Any, str]:
+def _backends(containers: str) -> tuple[Any, Any, str]:
+    if containers == "stand-ins":
+        return _Dataset, type("pd", (), {"DataFrame": _Frame}), "stand-ins"
     try:
         import pandas as pd
         from datasets import Dataset
@@ -128,16 +130,20 @@ def _backends() -> tuple[Any, Any, str]:
         return _Dataset, type("pd", (), {"DataFrame": _Frame}), "stand-ins"
 
 
-def official_functions() -> dict[str, Any]:
+def official_functions(containers: str = "auto") -> dict[str, Any]:
     """{name: function} for OFFICIAL_FUNCTIONS, compiled from the wheel's source; "backend" says
-    whether the real datasets/pandas or the stand-ins are in use."""
+    whether the real datasets/pandas ("auto" when installed) or the stand-ins are in use.
+
+    The real `Dataset` stores a float NaN as null (Arrow), so the Ties code then sees None and
+    raises TypeError in `max`; the stand-ins keep the float, which is the function's arithmetic
+    on the scores as produced."""
     path = utils_path()
     tree = ast.parse(path.read_text(), filename=str(path))
     found = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in OFFICIAL_FUNCTIONS}
     missing = set(OFFICIAL_FUNCTIONS) - set(found)
     if missing:
         raise ImportError(f"{path} has no {sorted(missing)} (not the PR 236 scoring code)")
-    Dataset, pd, backend = _backends()
+    Dataset, pd, backend = _backends(containers)
     ns: dict[str, Any] = {"np": np, "math": math, "defaultdict": defaultdict, "Dataset": Dataset, "pd": pd}
     module = ast.Module(body=[found[n] for n in OFFICIAL_FUNCTIONS], type_ignores=[])
     exec(compile(module, str(path), "exec"), ns)
@@ -148,7 +154,7 @@ def official_functions() -> dict[str, Any]:
 
 
 def official_scores(
-    prompts: list[dict[str, Any]], scores: list[list[float]]
+    prompts: list[dict[str, Any]], scores: list[list[float]], containers: str = "auto"
 ) -> tuple[dict[str, float], list[float]]:
     """run_v2.py's results for RB2 records (`prompts`, in file order) and their per-completion
     scores (chosen first, then rejected): ({subset: score}, per-prompt best-of-N credit).
@@ -157,7 +163,7 @@ def official_scores(
     `reroll_and_score_dataset` -> num_correct column -> per subset the mean of "results", or
     `process_single_model` for the subset whose lower-cased name is "ties".
     """
-    f = official_functions()
+    f = official_functions(containers)
     rows: dict[str, list[Any]] = {"text": [], "scores": [], "subset": [], "id": []}
     for rec, sc in zip(prompts, scores):
         for s in sc:
