@@ -186,3 +186,77 @@ def official_scores(
         else:
             out[subset] = float(sum(results[i] for i in idx) / len(idx))
     return out, results
+
+
+# -- the classifier flow of run_v2.py (default_v2 config: RewardBenchPipeline) ------------------
+class _OnCPU:
+    """RewardBenchPipeline moves its inputs `.to("cuda")`: keep them on the CPU instead."""
+
+    def __init__(self, tok: Any) -> None:
+        self._tok = tok
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        enc = self._tok(*args, **kwargs)
+        enc.to = lambda _device: enc  # the tensors are already on the CPU
+        return enc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
+def official_classifier_scores(
+    model_dir: str | Path, prompts: list[dict[str, Any]], *, batch_size: int = 64, max_length: int = 2048
+) -> list[list[float]]:
+    """run_v2.py's scores for a sequence classifier, fp32 on the CPU: per prompt, one score per
+    completion (chosen first, then rejected).
+
+    What is reproduced: `load_bon_dataset_v2` unrolls every prompt into rows (chosen, then
+    rejected), each text `apply_chat_template([user prompt, assistant completion],
+    tokenize=False)` (`prepare_dialogue_from_tokenizer(ift=True)`); the tokenizer keeps its own
+    truncation side (run_v2.py never sets "left"); pad := EOS when missing (config pad too);
+    add_eos_token when there is no chat template; DataLoader batches of `batch_size` rows ->
+    `RewardBenchPipeline(texts, truncation, padding, max_length, function_to_apply="none")` ->
+    `.float().cpu().numpy().tolist()`, then cut back per prompt by `total_completions`.
+    """
+    import torch
+    from _official import official_classes
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, pipe_cls = official_classes()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if getattr(tok, "chat_template", None) is None:
+        raise ImportError(
+            "this driver covers tokenizers with a chat template (the FastChat path is not reproduced)"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
+    pipe = pipe_cls("text-classification", model=model, tokenizer=tok)
+    if pipe.tokenizer.pad_token_id is None:
+        pipe.model.config.pad_token_id = pipe.tokenizer.eos_token_id
+        pipe.tokenizer.pad_token_id = pipe.tokenizer.eos_token_id
+    if pipe.model.config.pad_token_id is None:
+        pipe.model.config.pad_token_id = pipe.tokenizer.pad_token_id
+    pipe.tokenizer = _OnCPU(pipe.tokenizer)
+    kwargs = {
+        "batch_size": batch_size,
+        "truncation": True,
+        "padding": True,
+        "max_length": max_length,
+        "function_to_apply": "none",
+        "return_token_type_ids": False,
+    }
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": c}], tokenize=False
+        )
+        for p in prompts
+        for c in list(p["chosen"]) + list(p["rejected"])
+    ]
+    flat: list[float] = []
+    for b0 in range(0, len(texts), batch_size):
+        out = pipe(texts[b0 : b0 + batch_size], **kwargs)
+        flat += [v[0] if isinstance(v, list) else v for v in out.float().cpu().numpy().tolist()]
+    rows, i = [], 0
+    for p in prompts:
+        rows.append(flat[i : i + p["total_completions"]])
+        i += p["total_completions"]
+    return rows
