@@ -83,7 +83,7 @@ def test_prints_per_subset_accuracies_with_intervals(
         "Ties",
         "95% CI",
         "Overall (mean of 2)",
-        "28 prompts" if False else "12 prompts",
+        "12 prompts (53 completions)",
     ):
         assert word in text, word
     assert "Factuality" not in text
