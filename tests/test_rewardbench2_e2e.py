@@ -180,3 +180,14 @@ def test_rm_bench_options_are_refused(
     ]
     assert main([*argv, "--out", str(tmp_path), *extra]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_report_reprints_the_table(
+    ran: dict[str, Any], setup: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    out = setup["root"] / "out"
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0  # the benchmark comes from metrics.json
+    text = capsys.readouterr().out
+    assert "RewardBench 2" in text and "Overall (mean of 6)" in text and "95% CI" in text
+    assert main(["report", str(out), "--leaderboard"]) == 2
