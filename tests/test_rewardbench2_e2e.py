@@ -191,3 +191,49 @@ def test_report_reprints_the_table(
     text = capsys.readouterr().out
     assert "RewardBench 2" in text and "Overall (mean of 6)" in text and "95% CI" in text
     assert main(["report", str(out), "--leaderboard"]) == 2
+
+
+def test_compare_paired(
+    ran: dict[str, Any], setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run against itself: Δ = 0, p = 1; against another model on the same prompts: the point
+    differences are the differences of the two runs' subset scores."""
+    from rmbench_fast.benchmarks.rewardbench2.compare import compare_runs
+
+    out = setup["root"] / "out"
+    other_model = make_tiny_model_dir(
+        tmp_path / "cls2", "llama", kind="classifier", vocab_size=SMOLLM2_VOCAB, seed=9
+    )
+    other = tmp_path / "run2"
+    argv = ["run", "--benchmark", "rewardbench2", "--model", str(other_model), "--data", str(setup["data"])]
+    assert main([*argv, "--out", str(other), "--device", "cpu", "--resamples", "100", "--no-progress"]) == 0
+    same = compare_runs([out, out], resamples=300)["pairs"][0]
+    for e in [*same["subsets"].values(), same["overall"]]:
+        assert e["delta"] == 0 and e["p"] == 1.0 and e["ci"]["lo"] == e["ci"]["hi"] == 0
+    pair = compare_runs([out, other], resamples=300)["pairs"][0]
+    b = json.loads((other / "metrics.json").read_text())
+    for name, e in pair["subsets"].items():
+        assert e["a"] == ran["metrics"]["subsets"][name]["score"] and e["b"] == b["subsets"][name]["score"]
+        assert e["delta"] == e["b"] - e["a"] and 0 < e["p"] <= e["p_holm"] <= 1
+        assert e["ci"]["lo"] <= e["delta"] <= e["ci"]["hi"]
+    capsys.readouterr()
+    assert main(["compare", str(out), str(other), "--resamples", "200"]) == 0  # benchmark from metrics.json
+    assert "RewardBench 2: run2 - out" in capsys.readouterr().out
+
+
+def test_compare_refuses_unpaired_runs(
+    ran: dict[str, Any], setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    other = tmp_path / "sub"
+    argv = [
+        "run",
+        "--benchmark",
+        "rewardbench2",
+        "--model",
+        str(setup["model"]),
+        "--data",
+        str(setup["data"]),
+    ]
+    assert main([*argv, "--out", str(other), "--subsets", "Math", "--resamples", "100", "--no-progress"]) == 0
+    assert main(["compare", str(setup["root"] / "out"), str(other)]) == 2
+    assert "scored different prompts" in capsys.readouterr().err

@@ -123,53 +123,97 @@ def _mean(values: list[bool]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _weighted(k: np.ndarray, mask: np.ndarray, values: np.ndarray, empty: float) -> np.ndarray:
-    """Per replicate, the mean of values over the resampled ids in mask: [R]; `empty` where none."""
-    den = k @ mask.astype(np.float64)
-    num = k @ (mask * values).astype(np.float64)
+@dataclass(frozen=True)
+class TiesTable:
+    """The Ties subset as per-id arrays over the sorted prompt ids U (each [U], or [R, U] when
+    two runs are mixed per replicate): which prompts exist, their accuracies, and the terms of
+    the pair statistics (0 where they do not apply)."""
+
+    has_ref: np.ndarray  # bool
+    has_tied: np.ndarray  # bool
+    acc_ref: np.ndarray  # float 0/1
+    acc_tied: np.ndarray  # float 0/1
+    both: np.ndarray  # bool: ref and tied present
+    usable: np.ndarray  # bool: both, and the tied prompt has a dcm (two correct answers)
+    pref: np.ndarray  # float 0/1: cim(tied) > dcm
+    hard: np.ndarray  # float 0/1: min(cim(ref), cim(tied)) > dcm
+    positive: np.ndarray  # bool: usable and dcm > 0 (in the margin mean)
+    margin: np.ndarray  # float: tanh(min(cim(ref), cim(tied)) / dcm - 1)
+
+    def select(self, other: TiesTable, take_other: np.ndarray) -> TiesTable:
+        """Per element, this table's entry or `other`'s where take_other ([R, U] bool)."""
+        return TiesTable(
+            *(
+                np.where(take_other, getattr(other, f), getattr(self, f))
+                for f in TiesTable.__dataclass_fields__
+            )
+        )
+
+
+def ties_table(prompts: Sequence[Prompt], rows: Sequence[Sequence[float]], ids: Sequence[int]) -> TiesTable:
+    """The TiesTable of `prompts` (all Ties) over the prompt ids `ids` (a superset of theirs)."""
+    ref, tied = _split_ties(prompts, rows)
+    n = len(ids)
+    t = {k: np.zeros(n) for k in ("acc_ref", "acc_tied", "pref", "hard", "margin")}
+    b = {k: np.zeros(n, dtype=bool) for k in ("has_ref", "has_tied", "both", "usable", "positive")}
+    for i, u in enumerate(ids):
+        b["has_ref"][i], b["has_tied"][i] = u in ref, u in tied
+        t["acc_ref"][i] = u in ref and ref[u].accurate
+        t["acc_tied"][i] = u in tied and tied[u].accurate
+        if not (u in ref and u in tied):
+            continue
+        b["both"][i] = True
+        d = tied[u].dcm
+        if d is None:
+            continue
+        cm = min(ref[u].cim, tied[u].cim)
+        b["usable"][i], t["pref"][i], t["hard"][i] = True, tied[u].cim > d, cm > d
+        if d > 0:
+            b["positive"][i], t["margin"][i] = True, math.tanh(cm / d - 1)
+    return TiesTable(**b, **t)  # type: ignore[arg-type]
+
+
+def ties_ids(prompts: Sequence[Prompt]) -> list[int]:
+    """The sorted prompt ids of the Ties prompts among `prompts`."""
+    return sorted({p.ties_key[1] for p in prompts if p.ties_key is not None})
+
+
+def _wmean(k: np.ndarray, mask: np.ndarray, values: np.ndarray, empty: float) -> np.ndarray:
+    """Per replicate, the k-weighted mean of values over mask: [R]; `empty` where the weight is 0."""
+    den = (k * mask).sum(axis=-1)
+    num = (k * mask * values).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), empty)
+
+
+def ties_replicates(t: TiesTable, k: np.ndarray) -> np.ndarray:
+    """The composite with id u weighted by k[b, u] (its count in replicate b), [R]: every mean of
+    the formula becomes a k-weighted mean; 0 / NaN where the point estimate has 0 / NaN."""
+    has_both = (k * t.both).sum(axis=-1) > 0
+    w = TIES_WEIGHTS
+    return (
+        w[0] * _wmean(k, t.has_tied, t.acc_tied, 0.0)
+        + w[1] * _wmean(k, t.has_ref, t.acc_ref, 0.0)
+        + w[2] * np.where(has_both, _wmean(k, t.usable, t.pref, np.nan), 0.0)
+        + w[3] * np.where(has_both, _wmean(k, t.usable, t.hard, np.nan), 0.0)
+        + w[4] * np.where(has_both, _wmean(k, t.positive, t.margin, 0.0), 0.0)
+    )
+
+
+def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """K[b, u]: how often item u is drawn in bootstrap replicate b (n draws with replacement)."""
+    idx = rng.integers(0, n, size=(resamples, n))
+    k = np.zeros((resamples, n))
+    np.add.at(k, (np.arange(resamples)[:, None], idx), 1.0)
+    return k
 
 
 def ties_bootstrap(
     prompts: Sequence[Prompt], rows: Sequence[Sequence[float]], resamples: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """R replicates of the Ties composite, resampling prompt ids (a ref/tied pair together):
-    replicate b weighs id u by K[b, u], its count in the resample, in every mean of the formula."""
-    ref, tied = _split_ties(prompts, rows)
-    ids = sorted(set(ref) | set(tied))
-    n = len(ids)
-    has_r = np.array([u in ref for u in ids])
-    has_t = np.array([u in tied for u in ids])
-    acc_r = np.array([ref[u].accurate if u in ref else False for u in ids], dtype=np.float64)
-    acc_t = np.array([tied[u].accurate if u in tied else False for u in ids], dtype=np.float64)
-    both = has_r & has_t
-    usable = np.array([bool(b) and tied[u].dcm is not None for u, b in zip(ids, both)])
-    pref = np.zeros(n)
-    hard = np.zeros(n)
-    pos = np.zeros(n, dtype=bool)
-    marg = np.zeros(n)
-    for i, u in enumerate(ids):
-        if usable[i]:
-            d, cm = tied[u].dcm, min(ref[u].cim, tied[u].cim)
-            pref[i], hard[i] = tied[u].cim > d, cm > d  # type: ignore[operator]
-            if d > 0:  # type: ignore[operator]
-                pos[i], marg[i] = True, math.tanh(cm / d - 1)  # type: ignore[operator]
-    idx = rng.integers(0, n, size=(resamples, n))
-    k = np.zeros((resamples, n))
-    np.add.at(k, (np.arange(resamples)[:, None], idx), 1.0)
-    has_both = (k @ both.astype(np.float64)) > 0
-    # As the point estimate: 0 without a ref/tied pair, NaN with pairs but no usable dcm.
-    p_pref = np.where(has_both, _weighted(k, usable, pref, np.nan), 0.0)
-    p_hard = np.where(has_both, _weighted(k, usable, hard, np.nan), 0.0)
-    w = TIES_WEIGHTS
-    return (
-        w[0] * _weighted(k, has_t, acc_t, 0.0)
-        + w[1] * _weighted(k, has_r, acc_r, 0.0)
-        + w[2] * p_pref
-        + w[3] * p_hard
-        + w[4] * np.where(has_both, _weighted(k, pos, marg, 0.0), 0.0)
-    )
+    """R replicates of the Ties composite, resampling prompt ids (a ref/tied pair together)."""
+    ids = ties_ids(prompts)
+    return ties_replicates(ties_table(prompts, rows, ids), resample_counts(len(ids), resamples, rng))
 
 
 def credit_bootstrap(credits: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
