@@ -12,8 +12,10 @@ Tokens. run_v2.py encodes every completion with its prompt, in DataLoader batche
     official_useful = sum_i len_i,   official_padded = sum_batches B_b * max_{i in b} len_i.
 The native engine packs a prompt's N completions into one segment, the common token prefix once:
     native_packed = sum_p (P_p + sum_j (len_pj - P_p)).
-Time: wall seconds of the scoring call alone (model loaded, texts tokenized), fp32 on the CPU,
-best of --repeats; max |score difference| between the two.
+Time: wall seconds, fp32 on the CPU, best of --repeats, each side including its model load:
+native = NativeScorer construction + scoring (texts tokenized before), official = the whole
+`official_classifier_scores` call (load, templating, tokenizing, scoring). Max |score
+difference| between the two. On the sample with a tiny model both are overhead-bound.
 """
 
 from __future__ import annotations
