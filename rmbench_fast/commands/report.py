@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rmbench_fast.benchmarks import BENCHMARKS, REWARDBENCH2
 from rmbench_fast.errors import UsageError
 
 HELP = "re-print the tables of a finished run or sweep"
@@ -22,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--leaderboard",
         action="store_true",
         help="place the run among the published RM-Bench results shipped with the package",
+    )
+    parser.add_argument(
+        "--benchmark",
+        choices=list(BENCHMARKS),
+        default=None,
+        help="the run's benchmark (default: what its metrics.json says; rm-bench for older runs)",
     )
 
 
@@ -42,6 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if is_sweep_dir or (out.is_file() and out.name == SWEEP_FILE):
         return _report_sweep(args, out if out.is_dir() else out.parent, console)
     metrics = read_metrics(out)
+    benchmark = args.benchmark or (metrics.get("meta") or {}).get("benchmark") or "rm-bench"
+    if benchmark == REWARDBENCH2:
+        from rmbench_fast.benchmarks.rewardbench2.report import print_report as print_rb2
+
+        if args.leaderboard or args.plot:
+            raise UsageError("--leaderboard and --plot are RM-Bench's; a rewardbench2 run has its table only")
+        if "subsets" not in metrics:
+            raise UsageError(f"{out} is not a rewardbench2 run (its metrics.json has no 'subsets')")
+        print_rb2(metrics, console)
+        return 0
     print_report(metrics, console)
     if args.leaderboard:
         from rmbench_fast.benchmarks.rmbench.leaderboard import (  # start-up cost: only with --leaderboard

@@ -5,7 +5,8 @@ before the first forward pass, so a bad input costs seconds, not a scoring run.
 
 Modules, in data-flow order: this one (RunConfig, the steps load_data -> choose_models ->
 tokenize_run -> score_run -> metrics, run_evaluation, evaluate), sweep (many checkpoints in one
-process, sharing the reference model's sums), ray_sweep (the sweep as Ray tasks).
+process, sharing the reference model's sums), ray_sweep (the sweep as Ray tasks), rewardbench2
+(the same steps for RewardBench 2: N completions per prompt).
 """
 
 from __future__ import annotations

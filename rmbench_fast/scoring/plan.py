@@ -1,19 +1,23 @@
 """The batch planner: records -> packed, prefix-shared, token-budgeted batches (SPEC §7).
 
-Each record becomes one *segment*: the longest common token-id prefix of its six sequences
-(P tokens, stored once), then the six branches in slot order, each the rest of its sequence.
+A record is a prompt with N completions (N = 1..MAX_GROUP, per record: RM-Bench's six, RewardBench
+2's four, a Ties prompt's twenty): N token sequences in slot order. Each record becomes one
+*segment*: the longest common token-id prefix of its N sequences (P tokens, stored once), then the
+N branches in slot order, each the rest of its sequence.
 Segments are sorted into length buckets and packed greedily into `PackedBatch`es of at most
 `batch_tokens` tokens (and `max_segments` segments). See `PackedBatch` for the flat layout.
 
 Layout details that the `PackedBatch` docstring leaves open (this module defines them):
 
-* Branch bounds. Branch j = s*6+b starts at `branch_offsets[j]`. It ends at
-  `branch_offsets[j+1]` for b < 5; the last branch of a segment (b == 5) ends at
-  `seg_offsets[s+1]` (the next entry of `branch_offsets` is the next segment's *branch* start,
-  after that segment's prefix). `branch_offsets[S*6] == T`. Use `branch_bounds(batch)`.
+* Sequences. Segment s holds the batch-local sequences j = seg_seqs[s] .. seg_seqs[s+1]-1, its
+  branch (slot) b being j = seg_seqs[s] + b (with N = 6 everywhere, j = 6s + b).
+* Branch bounds. Branch j starts at `branch_offsets[j]`. It ends at `branch_offsets[j+1]`,
+  except the last branch of a segment (j = seg_seqs[s+1]-1), which ends at `seg_offsets[s+1]`
+  (the next entry of `branch_offsets` is the next segment's *branch* start, after that
+  segment's prefix). `branch_offsets[J] == T`. Use `branch_bounds(batch)`.
 * mask_first. Token 0 of a sequence with `mask_first` has `key_valid = False` (a masked
   duplicated BOS that keeps its position). When P >= 1, token 0 lives in the shared prefix,
-  so sharing is only exact when all six sequences agree on `mask_first`; if they do not, the
+  so sharing is only exact when all N sequences agree on `mask_first`; if they do not, the
   planner does not share that record's prefix (P = 0) and each branch carries its own token 0.
 * Labels. For sequence j, every t in [label_start, len) gives one label: `label_ids = ids[t]`,
   `label_pos` = flat index of token t-1 (may lie in the shared prefix, and several sequences
@@ -35,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.records import PackedBatch, TokSeq
 
 try:  # the C++ core is optional: a source checkout without a build still plans (slowly).
     from rmbench_fast import _core
@@ -43,6 +47,7 @@ except ImportError:  # pragma: no cover - depends on the build
     _core = None
 
 Impl = Literal["auto", "cpp", "python"]
+MAX_GROUP = 64  # sequences per record at most (the C++ planner's kMaxGroup)
 
 
 def have_cpp() -> bool:
@@ -55,7 +60,7 @@ def have_cpp() -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def common_prefix_lengths_np(ids: np.ndarray, offsets: np.ndarray, group_size: int = N_SLOTS) -> np.ndarray:
+def common_prefix_lengths_np(ids: np.ndarray, offsets: np.ndarray, group_size: int) -> np.ndarray:
     """numpy reference of `_core.common_prefix_lengths`: per group of `group_size` consecutive
     sequences (flat ids [N], offsets [G*group_size+1]) the longest common token prefix. [G] int32."""
     ids = np.asarray(ids)
@@ -83,7 +88,7 @@ def common_prefix_lengths_np(ids: np.ndarray, offsets: np.ndarray, group_size: i
     return out
 
 
-def common_prefix_lengths(ids: np.ndarray, offsets: np.ndarray, group_size: int = N_SLOTS) -> np.ndarray:
+def common_prefix_lengths(ids: np.ndarray, offsets: np.ndarray, group_size: int) -> np.ndarray:
     """Per group of `group_size` consecutive sequences, their longest common token prefix:
     the C++ core when built, else `common_prefix_lengths_np` (same results, tested)."""
     if _core is not None:
@@ -110,7 +115,7 @@ def segment_bucket(length: int) -> int:
 
 def segment_lengths(seqs: Sequence[Sequence[TokSeq]], *, share_prefix: bool = True) -> np.ndarray:
     """Packed length of each record's segment, int64 [n]: P + sum_b (len_b - P), with P the
-    prefix the planner shares (0 when the six disagree on mask_first). The smallest valid
+    prefix the planner shares (0 when the N disagree on mask_first). The smallest valid
     `batch_tokens` is its max."""
     out = np.zeros(len(seqs), dtype=np.int64)
     for r, group in enumerate(seqs):
@@ -125,8 +130,8 @@ def segment_lengths(seqs: Sequence[Sequence[TokSeq]], *, share_prefix: bool = Tr
 
 
 def _check_record(r: int, group: Sequence[TokSeq], vocab_size: int | None) -> None:
-    if len(group) != N_SLOTS:
-        raise ValueError(f"record {r}: expected {N_SLOTS} sequences, got {len(group)}")
+    if not 1 <= len(group) <= MAX_GROUP:
+        raise ValueError(f"record {r}: expected 1 to {MAX_GROUP} sequences, got {len(group)}")
     for b, s in enumerate(group):
         n = len(s.ids)
         if not (s.label_start == n or 1 <= s.label_start <= n):
@@ -173,13 +178,13 @@ def _build_batch(seqs: Sequence[Sequence[TokSeq]], recs: list[int], prefix: Sequ
     input_ids: list[int] = []
     pos: list[int] = []
     valid: list[bool] = []
-    seg_off, pre, br_off = [0], [], []
+    seg_off, pre, br_off, seg_seq = [0], [], [], [0]
     l_pos: list[int] = []
     l_ids: list[int] = []
     l_seq: list[int] = []
     pool: list[int] = []
     srec: list[int] = []
-    for s, r in enumerate(recs):
+    for r in recs:
         group, p = seqs[r], prefix[r]
         base = len(input_ids)
         input_ids.extend(group[0].ids[:p])
@@ -198,7 +203,7 @@ def _build_batch(seqs: Sequence[Sequence[TokSeq]], recs: list[int], prefix: Sequ
             if p == 0 and ts.mask_first and ts.ids:
                 valid[st] = False
         for b, ts in enumerate(group):
-            j = s * N_SLOTS + b
+            j = seg_seq[-1] + b
             shift = starts[b] - p  # token t >= p of this sequence sits at flat shift + t
             for t in range(ts.label_start, len(ts.ids)):
                 l_pos.append(base + t - 1 if t - 1 < p else shift + t - 1)
@@ -208,6 +213,7 @@ def _build_batch(seqs: Sequence[Sequence[TokSeq]], recs: list[int], prefix: Sequ
             pool.append(-1 if q < 0 else (base + q if q < p else shift + q))
             srec.append(r)
         seg_off.append(len(input_ids))
+        seg_seq.append(seg_seq[-1] + len(group))
         pre.append(p)
     br_off.append(len(input_ids))
     i32 = np.int32
@@ -223,6 +229,7 @@ def _build_batch(seqs: Sequence[Sequence[TokSeq]], recs: list[int], prefix: Sequ
         label_seq=np.asarray(l_seq, dtype=i32),
         pool_pos=np.asarray(pool, dtype=i32),
         seq_record=np.asarray(srec, dtype=i32),
+        seg_seqs=np.asarray(seg_seq, dtype=i32),
     )
 
 
@@ -261,11 +268,12 @@ def _check_budget(seg_len: Sequence[int], batch_tokens: int) -> None:
 
 
 def flatten_seqs(seqs: Sequence[Sequence[TokSeq]]) -> dict[str, np.ndarray]:
-    """TokSeq groups -> the flat numpy inputs of `plan_batches_flat` (ids int32, offsets int64
-    [n*6+1], label_start / pool_index int32 [n*6], mask_first uint8 [n*6])."""
-    for r, g in enumerate(seqs):
-        if len(g) != N_SLOTS:
-            raise ValueError(f"record {r}: expected {N_SLOTS} sequences, got {len(g)}")
+    """TokSeq groups -> the flat numpy inputs of `plan_batches_flat` over M = sum_r N_r sequences
+    (ids int32, offsets int64 [M+1], label_start / pool_index int32 [M], mask_first uint8 [M],
+    group_offsets int64 [n+1]: record r holds sequences group_offsets[r] .. group_offsets[r+1]-1).
+    Group sizes are checked by the planner (1..MAX_GROUP)."""
+    group_offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum([len(g) for g in seqs], out=group_offsets[1:])
     flat = [s for g in seqs for s in g]
     lens = np.fromiter((len(s.ids) for s in flat), dtype=np.int64, count=len(flat))
     offsets = np.zeros(len(flat) + 1, dtype=np.int64)
@@ -281,18 +289,25 @@ def flatten_seqs(seqs: Sequence[Sequence[TokSeq]]) -> dict[str, np.ndarray]:
         "label_start": np.fromiter((s.label_start for s in flat), dtype=np.int32, count=len(flat)),
         "pool_index": np.fromiter((s.pool_index for s in flat), dtype=np.int32, count=len(flat)),
         "mask_first": np.fromiter((bool(s.mask_first) for s in flat), dtype=np.uint8, count=len(flat)),
+        "group_offsets": group_offsets,
     }
 
 
-def _check_flat(ids: np.ndarray, offsets: np.ndarray, per_seq: list[np.ndarray]) -> None:
+def _check_flat(ids: np.ndarray, offsets: np.ndarray, per_seq: list[np.ndarray], groups: np.ndarray) -> None:
     """The buffer checks the C++ binding makes, for the Python path (same messages)."""
     if ids.ndim != 1 or offsets.ndim != 1:
         raise ValueError("ids and offsets must be 1-D")
-    if len(offsets) < 1 or (len(offsets) - 1) % N_SLOTS:
-        raise ValueError(f"offsets must hold n_records * 6 + 1 entries, got {len(offsets)}")
+    if len(offsets) < 1:
+        raise ValueError("offsets must hold n_sequences + 1 entries, got 0")
+    n_seq = len(offsets) - 1
     for a, name in zip(per_seq, ("label_start", "pool_index", "mask_first")):
-        if len(a) != len(offsets) - 1:
-            raise ValueError(f"{name} must hold n_records * 6 = {len(offsets) - 1} entries, got {len(a)}")
+        if len(a) != n_seq:
+            raise ValueError(f"{name} must hold one entry per sequence ({n_seq}), got {len(a)}")
+    if groups.ndim != 1 or len(groups) < 1 or groups[0] != 0 or groups[-1] != n_seq:
+        raise ValueError(f"group_offsets must run from 0 to the number of sequences ({n_seq})")
+    down = np.flatnonzero(np.diff(groups) < 0)
+    if len(down):
+        raise ValueError(f"group_offsets must be non-decreasing (at {down[0]})")
     if offsets[0] != 0:
         raise ValueError(f"offsets[0] must be 0, got {offsets[0]}")
     bad = np.flatnonzero(np.diff(offsets) < 0)
@@ -308,6 +323,7 @@ def _unflatten(
     label_start: np.ndarray,
     pool_index: np.ndarray,
     mask_first: np.ndarray,
+    group_offsets: np.ndarray,
 ) -> list[list[TokSeq]]:
     n_seq = len(offsets) - 1
     seqs = [
@@ -319,7 +335,8 @@ def _unflatten(
         )
         for i in range(n_seq)
     ]
-    return [seqs[i : i + N_SLOTS] for i in range(0, n_seq, N_SLOTS)]
+    g = [int(x) for x in group_offsets]
+    return [seqs[g[r] : g[r + 1]] for r in range(len(g) - 1)]
 
 
 def _batches_from_core(out: dict[str, Any]) -> list[PackedBatch]:
@@ -327,23 +344,26 @@ def _batches_from_core(out: dict[str, Any]) -> list[PackedBatch]:
     tok = out["batch_tok"].tolist()  # [B+1] token ranges
     seg = out["batch_seg"].tolist()  # [B+1] segment ranges
     lab = out["batch_lab"].tolist()  # [B+1] label ranges
+    seq = out["batch_seq"].tolist()  # [B+1] sequence ranges
     batches = []
     for b in range(len(tok) - 1):
         t0, t1, s0, s1, k0, k1 = tok[b], tok[b + 1], seg[b], seg[b + 1], lab[b], lab[b + 1]
+        q0, q1 = seq[b], seq[b + 1]
         batches.append(
             PackedBatch(
                 input_ids=out["input_ids"][t0:t1],
                 position_ids=out["position_ids"][t0:t1],
                 key_valid=out["key_valid"][t0:t1],
-                # seg_offsets / branch_offsets carry one extra entry per batch
+                # seg_offsets / seg_seqs / branch_offsets carry one extra entry per batch
                 seg_offsets=out["seg_offsets"][s0 + b : s1 + b + 1],
                 prefix_len=out["prefix_len"][s0:s1],
-                branch_offsets=out["branch_offsets"][s0 * N_SLOTS + b : s1 * N_SLOTS + b + 1],
+                branch_offsets=out["branch_offsets"][q0 + b : q1 + b + 1],
                 label_pos=out["label_pos"][k0:k1],
                 label_ids=out["label_ids"][k0:k1],
                 label_seq=out["label_seq"][k0:k1],
-                pool_pos=out["pool_pos"][s0 * N_SLOTS : s1 * N_SLOTS],
-                seq_record=out["seq_record"][s0 * N_SLOTS : s1 * N_SLOTS],
+                pool_pos=out["pool_pos"][q0:q1],
+                seq_record=out["seq_record"][q0:q1],
+                seg_seqs=out["seg_seqs"][s0 + b : s1 + b + 1],
             )
         )
     return batches
@@ -378,6 +398,7 @@ def plan_batches_flat(
     label_start: np.ndarray,
     pool_index: np.ndarray,
     mask_first: np.ndarray,
+    group_offsets: np.ndarray,
     *,
     batch_tokens: int,
     max_segments: int | None = None,
@@ -395,13 +416,15 @@ def plan_batches_flat(
     if workspace is not None and not use_cpp:
         raise ValueError("workspace needs the C++ planner (impl='cpp' or 'auto' with the core built)")
     if not use_cpp:
-        _check_flat(np.asarray(ids), np.asarray(offsets), [label_start, pool_index, mask_first])
+        groups = np.asarray(group_offsets, dtype=np.int64)
+        _check_flat(np.asarray(ids), np.asarray(offsets), [label_start, pool_index, mask_first], groups)
         seqs = _unflatten(
             np.asarray(ids),
             np.asarray(offsets),
             np.asarray(label_start),
             np.asarray(pool_index),
             np.asarray(mask_first),
+            groups,
         )
         return _plan_python(seqs, batch_tokens, max_segments, share_prefix, vocab_size)
     out = _core.plan_batches(
@@ -410,6 +433,7 @@ def plan_batches_flat(
         label_start,
         pool_index,
         mask_first,
+        group_offsets,
         vocab_size=-1 if vocab_size is None else int(vocab_size),
         batch_tokens=int(batch_tokens),
         max_segments=0 if max_segments is None else int(max_segments),
@@ -438,7 +462,8 @@ def plan_batches(
 ) -> list[PackedBatch]:
     """Pack records into token-budgeted, prefix-shared batches.
 
-    seqs[r] are record r's six TokSeqs in slot order. Every record becomes one segment of
+    seqs[r] are record r's N_r TokSeqs in slot order (1 <= N_r <= MAX_GROUP; N_r may differ
+    between records). Every record becomes one segment of
     L_r = P_r + sum_b (len_b - P_r) tokens (P_r = shared prefix, 0 with share_prefix=False);
     each batch holds at most `batch_tokens` tokens and `max_segments` segments (None: no cap).
     Raises ValueError on malformed sequences, ids outside [0, vocab_size), or a segment longer
@@ -463,19 +488,33 @@ def plan_batches(
 
 
 def branch_bounds(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) flat indices of every branch j: two int64 arrays [S*6] (end exclusive).
+    """(start, end) flat indices of every branch j: two int64 arrays [J] (end exclusive).
 
     branch_offsets[j + 1] is the next branch's start, which for a segment's last branch lies
     past the next segment's prefix: the last branch ends at its segment's end instead.
     """
     bo = np.asarray(batch.branch_offsets, dtype=np.int64)
     end = bo[1:].copy()
-    end[N_SLOTS - 1 :: N_SLOTS] = np.asarray(batch.seg_offsets, dtype=np.int64)[1:]
+    last = np.asarray(batch.seg_seqs, dtype=np.int64)[1:] - 1  # [S] each segment's last branch
+    end[last] = np.asarray(batch.seg_offsets, dtype=np.int64)[1:]
     return bo[:-1], end
 
 
+def seq_segments(batch: PackedBatch) -> np.ndarray:
+    """The segment s of every sequence j: int64 [J]."""
+    return np.repeat(
+        np.arange(batch.n_segments, dtype=np.int64), np.diff(np.asarray(batch.seg_seqs, dtype=np.int64))
+    )
+
+
+def seq_slots(batch: PackedBatch) -> np.ndarray:
+    """The slot b of every sequence j inside its record (j = seg_seqs[s] + b): int64 [J]."""
+    first = np.asarray(batch.seg_seqs, dtype=np.int64)
+    return np.arange(first[-1], dtype=np.int64) - first[seq_segments(batch)]
+
+
 def gating_rows(batch: PackedBatch, pattern: Sequence[int]) -> np.ndarray:
-    """Flat index of each sequence's gating token: int64 [S*6].
+    """Flat index of each sequence's gating token: int64 [J].
 
     The gating token of sequence j is the start of the *last* occurrence of `pattern` in its ids
     (ArmoRM's and QRM's `find_token_for_gating`). Position t of sequence j sits at flat index
@@ -488,8 +527,9 @@ def gating_rows(batch: PackedBatch, pattern: Sequence[int]) -> np.ndarray:
     want = np.asarray(pattern, dtype=ids.dtype)
     k = len(want)
     out = np.empty(len(starts), dtype=np.int64)
+    segs, slots = seq_segments(batch), seq_slots(batch)
     for j in range(len(starts)):
-        s = j // N_SLOTS
+        s = int(segs[j])
         a, p = int(batch.seg_offsets[s]), int(batch.prefix_len[s])
         seq = np.concatenate([ids[a : a + p], ids[starts[j] : ends[j]]])  # [len_j]
         if len(seq) >= k:
@@ -499,7 +539,7 @@ def gating_rows(batch: PackedBatch, pattern: Sequence[int]) -> np.ndarray:
             hits = np.empty(0, dtype=np.int64)
         if hits.size == 0:
             raise ValueError(
-                f"record {int(batch.seq_record[j])} slot {j % N_SLOTS}: the gating token pattern "
+                f"record {int(batch.seq_record[j])} slot {int(slots[j])}: the gating token pattern "
                 f"{list(pattern)} does not occur (the head needs its Llama-3 chat template)"
             )
         t = int(hits[-1])
@@ -508,9 +548,9 @@ def gating_rows(batch: PackedBatch, pattern: Sequence[int]) -> np.ndarray:
 
 
 def seq_lengths(batch: PackedBatch) -> np.ndarray:
-    """Unpadded length of every sequence j (prefix + its branch): int64 [S*6]."""
+    """Unpadded length of every sequence j (prefix + its branch): int64 [J]."""
     start, end = branch_bounds(batch)
-    return np.repeat(np.asarray(batch.prefix_len, dtype=np.int64), N_SLOTS) + (end - start)
+    return np.asarray(batch.prefix_len, dtype=np.int64)[seq_segments(batch)] + (end - start)
 
 
 def plan_stats(batches: Sequence[PackedBatch]) -> dict[str, Any]:
@@ -532,25 +572,48 @@ def plan_stats(batches: Sequence[PackedBatch]) -> dict[str, Any]:
 
 
 def scatter_scores(
-    batches: Sequence[PackedBatch], per_seq_scores: Sequence[Any], n_records: int
+    batches: Sequence[PackedBatch],
+    per_seq_scores: Sequence[Any],
+    n_records: int,
+    group_sizes: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Per-batch per-sequence scores ([S_b*6] each, sequence order j) -> [n_records, 6] float64.
+    """Per-batch per-sequence scores ([J_b] each, sequence order j) -> [n_records, max N] float64,
+    record r's slot b in column b (NaN past its own N_r).
 
-    Raises ValueError unless every (record, slot) gets exactly one score.
+    `group_sizes` (N_r per record) defaults to what the batches hold. Raises ValueError unless
+    every (record, slot < N_r) gets exactly one score.
     """
     if len(per_seq_scores) != len(batches):
         raise ValueError(f"got scores for {len(per_seq_scores)} batches, planned {len(batches)}")
-    out = np.full((n_records, N_SLOTS), np.nan, dtype=np.float64)
-    seen = np.zeros((n_records, N_SLOTS), dtype=np.int64)
+    if group_sizes is None:
+        inferred = np.zeros(n_records, dtype=np.int64)
+        for batch in batches:
+            rec = np.asarray(batch.seq_record, dtype=np.int64)
+            first = np.asarray(batch.seg_seqs, dtype=np.int64)
+            if len(rec) and rec.max() >= n_records:
+                raise ValueError(f"a batch holds record {int(rec.max())}, but there are {n_records} records")
+            inferred[rec[first[:-1]]] = np.diff(first)
+        if len(inferred) and inferred.min() == 0:  # a record in no batch (a planned one has N >= 1)
+            raise ValueError(f"record {int(np.argmin(inferred))} slot 0 got 0 scores, expected exactly 1")
+        group_sizes = inferred.tolist()
+    if len(group_sizes) != n_records:
+        raise ValueError(f"got {len(group_sizes)} group sizes for {n_records} records")
+    sizes = np.asarray(group_sizes, dtype=np.int64)
+    width = int(sizes.max()) if len(sizes) else 0
+    out = np.full((len(sizes), width), np.nan, dtype=np.float64)
+    seen = np.zeros((len(sizes), width), dtype=np.int64)
     for b, (batch, sc) in enumerate(zip(batches, per_seq_scores)):
-        sc = np.asarray(sc, dtype=np.float64).reshape(-1)  # [S*6]
+        sc = np.asarray(sc, dtype=np.float64).reshape(-1)  # [J_b]
         rec = np.asarray(batch.seq_record, dtype=np.int64)
         if len(sc) != len(rec):
             raise ValueError(f"batch {b}: got {len(sc)} scores for {len(rec)} sequences")
-        slot = np.arange(len(rec)) % N_SLOTS
+        slot = seq_slots(batch)
+        if len(rec) and (rec.max() >= len(sizes) or np.any(slot >= sizes[rec])):
+            raise ValueError(f"batch {b}: a sequence outside the records' group sizes")
         out[rec, slot] = sc
         np.add.at(seen, (rec, slot), 1)
-    if not np.all(seen == 1):
-        r, s = np.argwhere(seen != 1)[0]
+    want = (np.arange(width)[None, :] < sizes[:, None]).astype(np.int64)
+    if not np.array_equal(seen, want):
+        r, s = np.argwhere(seen != want)[0]
         raise ValueError(f"record {r} slot {s} got {seen[r, s]} scores, expected exactly 1")
     return out

@@ -18,7 +18,7 @@ import numpy as np
 
 from rmbench_fast import __version__
 from rmbench_fast.engine.scheduler import ScheduledBatch
-from rmbench_fast.records import N_SLOTS, TokSeq
+from rmbench_fast.records import TokSeq
 from rmbench_fast.store.db import ResultStore, batch_key, seq_key_of
 
 N_VALUES = 3  # (S, N, Q) or (score, NaN, NaN): what the store keeps per sequence
@@ -43,11 +43,11 @@ class StoreBatchCache:
 
     def _seq_keys(self, sb: ScheduledBatch) -> list[str]:
         out = []
-        for j, r in enumerate(sb.records):
+        for r, b in zip(sb.records, sb.slots):
             r = int(r)
             if r not in self._keys:
                 self._keys[r] = [seq_key_of(s) for s in self.seqs[r]]
-            out.append(self._keys[r][j % N_SLOTS])
+            out.append(self._keys[r][int(b)])
         return out
 
     def _batch_key(self, sb: ScheduledBatch, keys: list[str]) -> str:

@@ -1,6 +1,6 @@
 """The "sdpa" backend: per segment, causal SDPA over the prefix once, then the segment's
 branches as one batch, padded to the longest branch, each attending to [prefix K/V ; own
-branch K/V]. Cost ~ P^2 + 6 B (P + B) instead of (P + 6B)^2.
+branch K/V]. Cost ~ P^2 + N B (P + B) instead of (P + N B)^2 for N branches.
 
 With an attention soft-cap (Gemma-2) SDPA cannot apply the cap, so the same plan runs through
 `math_attention`, which follows HF's eager attention op for op.
@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from rmbench_fast.engine.layout import PackedLayout
-from rmbench_fast.records import N_SLOTS
 from rmbench_fast.scoring.plan import branch_bounds
 
 
@@ -47,6 +46,7 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
     seg_off = np.asarray(b.seg_offsets, dtype=np.int64)
     key_valid = np.asarray(b.key_valid, dtype=bool)
     br_start, br_end = branch_bounds(b)
+    seg_seq = np.asarray(b.seg_seqs, dtype=np.int64)
     plans = []
     for s in range(b.n_segments):
         a, P = int(seg_off[s]), int(b.prefix_len[s])
@@ -55,8 +55,8 @@ def _build_segment_plans(layout: PackedLayout, window: int | None) -> list[Segme
         prefix_plain = bool(key_valid[a : a + P].all()) and (window is None or window > P)
         if P and not prefix_plain:
             prefix_mask = rule(None, None, pidx[:, None], pidx[None, :])
-        starts = br_start[s * N_SLOTS : (s + 1) * N_SLOTS]
-        ends = br_end[s * N_SLOTS : (s + 1) * N_SLOTS]
+        starts = br_start[seg_seq[s] : seg_seq[s + 1]]
+        ends = br_end[seg_seq[s] : seg_seq[s + 1]]
         lens = ends - starts
         keep = np.nonzero(lens > 0)[0]
         nb, bmax = len(keep), int(lens.max()) if len(lens) else 0
