@@ -117,6 +117,20 @@ def hf_model(config: dict[str, Any], device: str, dtype: Any, seed: int) -> Any:
     with torch.device("meta"):
         model = cls(cfg)
     model = model.to_empty(device=device).to(dtype)
+    # to_empty leaves every buffer uninitialised: the rotary tables (inv_freq) are computed from
+    # the config, so rebuild each rotary module on the device and take its buffers. Without this
+    # the official path read whatever memory held (CI: decisive agreement 0.5 with NaN scores,
+    # depending on what the process had freed before).
+    for mod in model.modules():
+        buffers = dict(mod.named_buffers(recurse=False))
+        if not buffers:
+            continue
+        if "RotaryEmbedding" not in type(mod).__name__:
+            raise RuntimeError(f"hf_model: no rule to initialise the buffers of {type(mod).__name__}")
+        with torch.device(device):
+            fresh = type(mod)(config=mod.config)
+        for bname, buf in fresh.named_buffers(recurse=False):
+            setattr(mod, bname, buf.to(buffers[bname].dtype))
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -141,7 +141,8 @@ class NativeScorer:
         self.cpu_gemm = resolve_cpu_gemm(s.cpu_gemm, self.device, self.dtype)
         self.packed_linears = 0
         # CPU: large freed blocks stay in the heap for the next layer (threads.retain_freed_memory).
-        self.heap_retained = retain_freed_memory() if self.device.type == "cpu" else False
+        with phase("load"):
+            self.heap_retained = retain_freed_memory() if self.device.type == "cpu" else False
         if self.cpu_gemm == "onednn":
             with phase("load"):  # part of loading: the packed weight replaces the plain one
                 self.packed_linears = sum(prepack(m) for m in (self.model, self.ref_model) if m is not None)

@@ -926,7 +926,8 @@ def run_evaluation(
             "0 < max-prompt-length < max-length"
         )
     world = join_world(cfg)
-    threads = set_threads(cfg.threads)
+    with phase("load"):  # the run's CPU set-up belongs to its start-up
+        threads = set_threads(cfg.threads)
     asked = cfg
     with phase("data_tokenize"):
         data = load_data(cfg, cache)
