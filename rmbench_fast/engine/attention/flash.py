@@ -12,6 +12,7 @@ Over the flat batch (segments [prefix | branch 0 | ... | branch 5] back to back)
      keys gathered when this torch has no seqused_k);
   prefix rows take A; branch rows of a segment with B keys take the LSE merge of A and B:
         o = (e^{l_A} o_A + e^{l_B} o_B) / (e^{l_A} + e^{l_B}),
+  (on CUDA one Triton kernel, kernels/lse_merge.py, when triton is installed);
   branch rows of a segment without B keys (no shared prefix, or a prefix that is only the
   masked BOS) take A: FlashAttention gives a row with no keys l = +inf (its CPU stand-ins give
   -inf), so l_B of those rows is set to -inf from the plan, never read from the kernel.
@@ -32,6 +33,7 @@ ambiguous when Tq == Hq.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 from typing import Any
 
@@ -283,4 +285,16 @@ def flash_attention(
         o_b, l_b = _call(
             q, kp, vp, p["cu_seg"], p["cu_prefix"], p["max_seg"], p["max_keys"], causal=False, scale=scale
         )
-    return lse_merge(o_a, l_a, o_b, l_b, p["merge_rows"])
+    merge = _fused_merge() if q.device.type == "cuda" else None
+    return (merge or lse_merge)(o_a, l_a, o_b, l_b, p["merge_rows"])
+
+
+@functools.cache
+def _fused_merge() -> Any:
+    """The merge as one Triton kernel (kernels/lse_merge.py, the same arithmetic in one pass over
+    o_A and o_B instead of ~8 [T, Hq, D] fp32 temporaries), or None without triton."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from rmbench_fast.kernels.lse_merge import lse_merge_triton
+
+    return lse_merge_triton
