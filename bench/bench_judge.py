@@ -181,14 +181,14 @@ def main() -> None:
     ap.add_argument("--out", help="write the JSON result here (only after a finished run)")
     args = ap.parse_args()
 
-    from rmbench_fast.data import load_records, select
+    from rmbench_fast.benchmarks.rmbench.data import load_records, select
     from rmbench_fast.judge.prompt import DEFAULT_TEMPLATE
     from rmbench_fast.judge.requests import build_requests
 
     if args.model:
         model_dir = Path(args.model)
     else:
-        from rmbench_fast.demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         model_dir = ensure_smollm2()
     records = select(load_records(args.data), limit=args.limit)

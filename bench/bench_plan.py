@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from rmbench_fast import plan
 from rmbench_fast.records import N_SLOTS, TokSeq
+from rmbench_fast.scoring import plan
 
 VOCAB = 32000
 
@@ -66,6 +66,7 @@ def synth_corpus(n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "label_start": seq_plen.astype(np.int32),
         "pool_index": np.full(n * N_SLOTS, -1, dtype=np.int32),
         "mask_first": np.zeros(n * N_SLOTS, dtype=np.uint8),
+        "group_offsets": np.arange(n + 1, dtype=np.int64) * N_SLOTS,
     }
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from rmbench_fast.engine.attention import split
+from rmbench_fast.engine.layers.attention import split
 from rmbench_fast.engine.layout import PackedLayout
-from rmbench_fast.plan import plan_batches
 from rmbench_fast.records import TokSeq
+from rmbench_fast.scoring.plan import plan_batches
 
 REPO = Path(__file__).resolve().parent.parent
-SPLIT = "rmbench_fast/engine/attention/split.py"
+SPLIT = "rmbench_fast/engine/layers/attention/split.py"
 
 
 def load_revision(rev: str):  # noqa: ANN201

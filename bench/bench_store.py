@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "store-cpu.json")
     args = ap.parse_args(argv)
     from rmbench_fast import evaluate
-    from rmbench_fast.demo import ensure_smollm2
+    from rmbench_fast.inputs.demo import ensure_smollm2
 
     ref = ensure_smollm2()
     with tempfile.TemporaryDirectory() as tmp:

@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from rmbench_fast import evaluate
     from rmbench_fast.pipeline import RunConfig
-    from rmbench_fast.sweep import run_sweep
+    from rmbench_fast.pipeline.sweep import run_sweep
 
     if args.model is None:
-        from rmbench_fast.demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         args.model = Path(ensure_smollm2())
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.keep is not None:
             shutil.copytree(root / "sweep", args.keep, dirs_exist_ok=True)
         if args.plot is not None:
-            from rmbench_fast.sweep import plot_sweep, read_sweep
+            from rmbench_fast.pipeline.sweep import plot_sweep, read_sweep
 
             png = plot_sweep(read_sweep(root / "sweep"), root / "sweep", title=_plot_title(args))
             args.plot.parent.mkdir(parents=True, exist_ok=True)

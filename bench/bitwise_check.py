@@ -141,7 +141,7 @@ def main() -> int:
     ]
     if _git("diff", "--stat", args.before, args.after, "--", *core):
         raise SystemExit("the C++ core differs between the commits: build each one instead of sharing it")
-    from rmbench_fast.demo import ensure_smollm2
+    from rmbench_fast.inputs.demo import ensure_smollm2
 
     root = Path(tempfile.mkdtemp(prefix="rmbf-bitwise-")) if args.out is None else args.out
     root.mkdir(parents=True, exist_ok=True)

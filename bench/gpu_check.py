@@ -78,7 +78,7 @@ MFU_GOAL, SPEEDUP_GOAL = 0.60, 2.5
 # --- data ------------------------------------------------------------------------------------
 def prepare(dst: Path = DATA_DIR, per_domain: int = PER_DOMAIN) -> Path:
     """Copy the first records of each shared domain file and SmolLM2's tokenizer into `dst`."""
-    from rmbench_fast.demo import ensure_smollm2
+    from rmbench_fast.inputs.demo import ensure_smollm2
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in DOMAIN_FILES:
@@ -96,10 +96,10 @@ def prepare(dst: Path = DATA_DIR, per_domain: int = PER_DOMAIN) -> Path:
 def load_seqs(data: Path, per_domain: int, shortest: bool = False) -> tuple[list[Any], list[list[Any]]]:
     """(records, six TokSeqs per record) of the prepared data, DPO tokenization (SPEC §5): the
     first `per_domain` records of each domain, or its shortest ones (`shortest`, the CPU dry run)."""
-    from rmbench_fast.data import load_records, select
-    from rmbench_fast.format import Formatter
+    from rmbench_fast.benchmarks.rmbench.data import load_records, select
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.tokenization import Tokenizer
     from rmbench_fast.pipeline import tokenize_records
-    from rmbench_fast.tokenize import Tokenizer
 
     records = load_records(data)
     if shortest:
@@ -322,6 +322,16 @@ def stage_classifiers(device: str, data: Path, per_domain: int) -> dict[str, Any
 
 
 # --- together: policy and reference in one pass (kernel A's fused ratio) ---------------------------
+def kernel_a_backend(device: Any) -> str:
+    """What token_logprobs' "auto" runs on `device` (scoring/logprobs.py): Triton on CUDA when
+    triton is installed, else the CUDA C++ kernel; the torch reference off CUDA."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return "torch"
+    return "triton" if importlib.util.find_spec("triton") is not None else "cuda"
+
+
 def stage_together(device: str, data: Path, per_domain: int) -> dict[str, Any]:
     """A tiny Llama policy with a tiny Qwen2 reference, scored together on the device (fp32 and
     bf16; fp32 only off the GPU) against the CPU fp32 engine, and which kernel A ran."""
@@ -329,7 +339,6 @@ def stage_together(device: str, data: Path, per_domain: int) -> dict[str, Any]:
 
     import rmbench_fast.engine.heads as heads
     from rmbench_fast.engine import NativeScorer
-    from rmbench_fast.logprobs import _resolve
 
     cuda = device.startswith("cuda")
     _, seqs = load_seqs(data, per_domain, shortest=not cuda)
@@ -338,7 +347,7 @@ def stage_together(device: str, data: Path, per_domain: int) -> dict[str, Any]:
 
     def spy(logits: Any, labels: Any, ref_logits: Any = None, **kw: Any) -> Any:
         mode = "ratio" if ref_logits is not None else "single"
-        backends[f"{_resolve('auto', logits.device)}:{mode}"] += 1
+        backends[f"{kernel_a_backend(logits.device)}:{mode}"] += 1
         return real(logits, labels, ref_logits, **kw)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -547,7 +556,7 @@ def kernel_checks(device: str) -> list[dict[str, Any]]:
     """Kernels A and B against float64 torch at real shapes (tiny ones off the GPU)."""
     import torch
 
-    from rmbench_fast.logprobs import linear_token_logprobs, token_logprobs
+    from rmbench_fast.scoring.logprobs import linear_token_logprobs, token_logprobs
 
     cuda = device.startswith("cuda")
     shapes = [(2048, 128256, 4096), (1024, 256000, 3584), (777, 152064, 3584)] if cuda else [(33, 1000, 64)]
@@ -655,6 +664,8 @@ def stage_speed(device: str, data: Path, per_domain: int, dry: bool, shape: str 
             "native": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
         },
         "decisive_agreement_vs_official": decisive_agreement(official, native, guard=1e-3),
+        # the dry run's few scores themselves, so a disagreement in CI can be read from its log
+        **({"scores": {"official": official.tolist(), "native": native.tolist()}} if dry else {}),
         "goals": {"mfu": mfu >= MFU_GOAL, "speedup": official_s / native_s >= SPEEDUP_GOAL},
     }
 
@@ -682,7 +693,7 @@ def stage_build(status_path: Path) -> dict[str, Any]:
         if info.get(key) == "failed" and (status_path.parent / log).is_file():
             info[f"{key}_log_tail"] = (status_path.parent / log).read_text(errors="replace")[-3000:]
     import rmbench_fast
-    from rmbench_fast.plan import have_cpp
+    from rmbench_fast.scoring.plan import have_cpp
 
     info["package"] = str(Path(rmbench_fast.__file__).parent)
     info["cpp_core"] = have_cpp()

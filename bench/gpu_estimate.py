@@ -7,7 +7,7 @@
 
 Method (no GPU involved):
 
-* The workload is the planner's real batches (`rmbench_fast.plan.plan_batches`, the engine's
+* The workload is the planner's real batches (`rmbench_fast.scoring.plan.plan_batches`, the engine's
   default token budget) for full RM-Bench, 1,327 records. chat (129), code (228) and
   safety-refuse (284) are the official files in ../shared/data/rm-bench. Math (529) and
   safety-response (157) are not available here. They are stand-ins with the published record
@@ -156,7 +156,7 @@ def full_rm_bench(data: Path = SHARED, seed: int = 0) -> tuple[list[Any], dict[s
     -> (records, a description of where each domain came from)."""
     from dataclasses import replace
 
-    from rmbench_fast.data import load_records
+    from rmbench_fast.benchmarks.rmbench.data import load_records
 
     real = load_records(data)
     by_domain: dict[str, list[Any]] = {}
@@ -186,10 +186,10 @@ def full_rm_bench(data: Path = SHARED, seed: int = 0) -> tuple[list[Any], dict[s
 
 def tokenize(records: Sequence[Any], kind: str, tok_dir: Path | None = None) -> list[list[Any]]:
     """Six TokSeqs per record for `kind` (classifier texts, or DPO pairs for the other kinds)."""
-    from rmbench_fast.demo import ensure_smollm2
-    from rmbench_fast.format import Formatter
+    from rmbench_fast.inputs.demo import ensure_smollm2
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.tokenization import Tokenizer
     from rmbench_fast.pipeline import tokenize_records
-    from rmbench_fast.tokenize import Tokenizer
 
     tok_dir = tok_dir or ensure_smollm2()
     tok = Tokenizer(tok_dir)
@@ -201,7 +201,7 @@ def tokenize(records: Sequence[Any], kind: str, tok_dir: Path | None = None) -> 
 
 
 def plan(seqs: Sequence[Sequence[Any]], batch_tokens: int) -> list[Any]:
-    from rmbench_fast.plan import plan_batches, segment_lengths
+    from rmbench_fast.scoring.plan import plan_batches, segment_lengths
 
     budget = max(batch_tokens, int(segment_lengths(seqs).max()) if len(seqs) else 1)
     return plan_batches(seqs, batch_tokens=budget)
@@ -213,8 +213,8 @@ def attention_pairs(batch: Any) -> tuple[int, int]:
 
     Its call A attends every piece (a prefix, a branch) causally to itself; call B attends every
     row of a segment, the prefix rows included, to the segment's P prefix keys. The merge runs
-    over every row of a batch in which some segment has a prefix (engine/attention/flash.py)."""
-    from rmbench_fast.plan import branch_bounds
+    over every row of a batch in which some segment has a prefix (engine/layers/attention/flash.py)."""
+    from rmbench_fast.scoring.plan import branch_bounds
 
     P = np.asarray(batch.prefix_len, dtype=np.int64)  # [S]
     start, end = branch_bounds(batch)
@@ -226,7 +226,7 @@ def attention_pairs(batch: Any) -> tuple[int, int]:
 
 
 # Bytes each unfused element-wise step moves per element, as the engine runs it in bf16 today
-# (engine/layers.py, engine/attention/flash.py): RMSNorm's fp32 upcast, square, mean, rsqrt
+# (engine/layers/{norms,rope,mlp}.py, engine/layers/attention/flash.py): RMSNorm's fp32 upcast, square, mean, rsqrt
 # product, cast and weight product; RoPE's two multiplies and two addcmul on halves; SiLU then
 # the in-place product with up; a residual add; the fp32 merge of the two attention partials.
 BYTES_RMSNORM, BYTES_ROPE, BYTES_SILU_MUL, BYTES_RESIDUAL, BYTES_MERGE = 32, 10, 10, 6, 68
@@ -492,7 +492,7 @@ def compare_measured(
     (DPO tokenization, the SmolLM2 tokenizer) in `batch_tokens` batches (16384 unless the stage
     says). The workload is rebuilt from the shared data; when its packed token count differs from
     the measured one, the prediction is scaled by the ratio (and the row says so)."""
-    from rmbench_fast.data import load_records, select
+    from rmbench_fast.benchmarks.rmbench.data import load_records, select
 
     g = gpu or gpu_of(str(report.get("device", "")))
     if g not in GPUS:

@@ -97,7 +97,7 @@ def implementations(device: str) -> dict[str, Impl]:
     impls["triton_linear"] = lambda x: linear_logratio_triton(x["hidden"], x["weight"], x["labels"])
     try:
         from rmbench_fast import _cuda  # noqa: F401
-        from rmbench_fast.logprobs import cuda_dpo_logratio
+        from rmbench_fast.scoring.logprobs import cuda_dpo_logratio
 
         impls["cuda_logits"] = lambda x: cuda_dpo_logratio(x["logits"], None, x["labels"])[0]
     except ImportError:

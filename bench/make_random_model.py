@@ -214,7 +214,7 @@ def write_random_model(
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     if tokenizer_from is None:
-        from rmbench_fast.demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         tokenizer_from = ensure_smollm2()
     for f in ("tokenizer.json", "tokenizer_config.json"):

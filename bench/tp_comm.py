@@ -82,13 +82,14 @@ def synthetic_seqs(n: int, vocab: int, seed: int = 0) -> list[list[Any]]:
 
 def count_forward(cfg_dict: dict[str, Any], k: int, rank: int, dtype: torch.dtype, batches: list[Any]) -> Any:
     """One forward + LM head of rank `rank`'s shard on meta tensors; the CommCounter it filled."""
-    from rmbench_fast.distributed import TPInfo
-    from rmbench_fast.engine.attention import PackedLayout
     from rmbench_fast.engine.config import EngineConfig
     from rmbench_fast.engine.heads import dpo_stats
-    from rmbench_fast.engine.layers import rope_inv_freq
+    from rmbench_fast.engine.layers.attention import PackedLayout
+    from rmbench_fast.engine.layers.parallel import CommCounter
+    from rmbench_fast.engine.layers.rope import rope_inv_freq
     from rmbench_fast.engine.loader import model_class
-    from rmbench_fast.engine.parallel import CommCounter, parallelize
+    from rmbench_fast.engine.models.tensor_parallel import parallelize
+    from rmbench_fast.utils.distributed import TPInfo
 
     cfg = EngineConfig.from_dict(cfg_dict)
     counter = CommCounter()
@@ -111,7 +112,7 @@ def count_forward(cfg_dict: dict[str, Any], k: int, rank: int, dtype: torch.dtyp
 
 def measure(k: int, dtype: torch.dtype, batches: list[Any]) -> dict[str, Any]:
     """Per-rank counts for K ranks, extrapolated to 80 layers (module docstring)."""
-    from rmbench_fast.engine.parallel import CommCounter
+    from rmbench_fast.engine.layers.parallel import CommCounter
 
     T = sum(b.n_tokens for b in batches)
     n_labels = sum(len(b.label_ids) for b in batches)
@@ -131,7 +132,7 @@ def measure(k: int, dtype: torch.dtype, batches: list[Any]) -> dict[str, Any]:
     p = per_rank[0]
     H, L = LLAMA_31_70B["hidden_size"], LLAMA_31_70B["num_hidden_layers"]
     e = torch.finfo(dtype).bits // 8
-    # the layout's formula (parallel.py docstring): exact, or the count is wrong
+    # the layout's formula (engine/layers/parallel.py docstring): exact, or the count is wrong
     assert p["per_layer"] == {"attn_out": T * H * e, "mlp_out": T * H * e, "embed": 0, "logprob_max": 0,
                               "logprob_sum": 0}, p  # fmt: skip
     assert p["fixed"] == {"attn_out": 0, "mlp_out": 0, "embed": T * H * e, "logprob_max": 4 * n_labels,
@@ -184,7 +185,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=8192)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    from rmbench_fast.plan import plan_batches
+    from rmbench_fast.scoring.plan import plan_batches
 
     t0 = time.perf_counter()
     seqs = synthetic_seqs(args.records, LLAMA_31_70B["vocab_size"])

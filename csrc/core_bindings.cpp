@@ -121,26 +121,33 @@ class OutputAlloc {
 };
 
 py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, const py::handle& label_start_obj,
-                      const py::handle& pool_index_obj, const py::handle& mask_first_obj, int64_t vocab_size,
-                      int64_t batch_tokens, int64_t max_segments, bool share_prefix,
-                      const py::object& workspace) {
+                      const py::handle& pool_index_obj, const py::handle& mask_first_obj,
+                      const py::handle& group_offsets_obj, int64_t vocab_size, int64_t batch_tokens,
+                      int64_t max_segments, bool share_prefix, const py::object& workspace) {
   auto ids = input_array<int32_t>(ids_obj, "ids");
   auto offsets = input_array<int64_t>(offsets_obj, "offsets");
   auto label_start = input_array<int32_t>(label_start_obj, "label_start");
   auto pool_index = input_array<int32_t>(pool_index_obj, "pool_index");
   auto mask_first = input_array<uint8_t>(mask_first_obj, "mask_first");
+  auto group_offsets = input_array<int64_t>(group_offsets_obj, "group_offsets");
   const int64_t n_off = offsets.shape(0);
-  if (n_off < 1 || (n_off - 1) % rmbf::kSlots != 0)
-    throw py::value_error("offsets must hold n_records * 6 + 1 entries, got " + std::to_string(n_off));
+  if (n_off < 1) throw py::value_error("offsets must hold n_sequences + 1 entries, got 0");
   const int64_t n_seq = n_off - 1;
   for (auto [arr, name] : {std::pair<py::ssize_t, const char*>{label_start.shape(0), "label_start"},
                            {pool_index.shape(0), "pool_index"},
                            {mask_first.shape(0), "mask_first"}})
     if (arr != n_seq)
-      throw py::value_error(std::string(name) + " must hold n_records * 6 = " + std::to_string(n_seq) +
-                            " entries, got " + std::to_string(arr));
+      throw py::value_error(std::string(name) + " must hold one entry per sequence (" + std::to_string(n_seq) +
+                            "), got " + std::to_string(arr));
+  const int64_t n_rec = group_offsets.shape(0) - 1;
+  const int64_t* goff = group_offsets.data();
+  if (n_rec < 0 || goff[0] != 0 || goff[n_rec] != n_seq)
+    throw py::value_error("group_offsets must run from 0 to the number of sequences (" + std::to_string(n_seq) + ")");
+  for (int64_t r = 0; r < n_rec; ++r)
+    if (goff[r + 1] < goff[r])
+      throw py::value_error("group_offsets must be non-decreasing (at " + std::to_string(r) + ")");
   if (batch_tokens > INT32_MAX) throw py::value_error("batch_tokens must be < 2**31 (batch indices are int32)");
-  if (n_seq / rmbf::kSlots > INT32_MAX) throw py::value_error("too many records for int32 record indices");
+  if (n_seq > INT32_MAX) throw py::value_error("too many sequences for int32 sequence indices");
   if (max_segments < 0) throw py::value_error("max_segments must be >= 0 (0 = no cap)");
   const int64_t* off = offsets.data();
   if (off[0] != 0) throw py::value_error("offsets[0] must be 0, got " + std::to_string(off[0]));
@@ -156,7 +163,8 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
   p.label_start = label_start.data();
   p.pool_index = pool_index.data();
   p.mask_first = mask_first.data();
-  p.n_records = n_seq / rmbf::kSlots;
+  p.group_off = goff;
+  p.n_records = n_rec;
   p.n_ids = ids.shape(0);
   p.vocab_size = vocab_size;
   p.batch_tokens = batch_tokens;
@@ -174,7 +182,7 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
 
   const int64_t B = layout.n_batches(), S = p.n_records;
   const int64_t T = layout.batch_tok.back(), K = layout.batch_lab.back();
-  const int64_t n_seq_out = S * rmbf::kSlots;
+  const int64_t n_seq_out = n_seq;
   OutputAlloc alloc(workspace);
   auto input_ids = alloc.get<int32_t>("input_ids", T), position_ids = alloc.get<int32_t>("position_ids", T);
   auto key_valid = alloc.get<bool>("key_valid", T);
@@ -183,6 +191,7 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
   auto label_pos = alloc.get<int32_t>("label_pos", K), label_ids = alloc.get<int32_t>("label_ids", K);
   auto label_seq = alloc.get<int32_t>("label_seq", K);
   auto pool_pos = alloc.get<int32_t>("pool_pos", n_seq_out), seq_record = alloc.get<int32_t>("seq_record", n_seq_out);
+  auto seg_seqs = alloc.get<int32_t>("seg_seqs", S + B);
   rmbf::PlanOutputs o{input_ids.mutable_data(),
                       position_ids.mutable_data(),
                       reinterpret_cast<uint8_t*>(key_valid.mutable_data()),
@@ -193,7 +202,8 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
                       label_ids.mutable_data(),
                       label_seq.mutable_data(),
                       pool_pos.mutable_data(),
-                      seq_record.mutable_data()};
+                      seq_record.mutable_data(),
+                      seg_seqs.mutable_data()};
   {
     py::gil_scoped_release release;
     rmbf::fill_plan(p, layout, o);
@@ -215,6 +225,8 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
   out["label_seq"] = label_seq;
   out["pool_pos"] = pool_pos;
   out["seq_record"] = seq_record;
+  out["seg_seqs"] = seg_seqs;
+  out["batch_seq"] = vec(layout.batch_seq);
   out["batch_tok"] = vec(layout.batch_tok);
   out["batch_seg"] = vec(layout.batch_seg);
   out["batch_lab"] = vec(layout.batch_lab);
@@ -226,17 +238,19 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rmbench_fast C++ core (CPU): token-level prefix sharing and batch planning";
   m.def("common_prefix_lengths", &common_prefix_lengths, py::arg("ids"), py::arg("offsets"),
-        py::arg("group_size") = 6,
+        py::arg("group_size"),
         "For each group of `group_size` consecutive sequences (flat int32 ids + int64 offsets), "
         "the length of their longest common token prefix. Returns int32 [n_groups].");
   m.def("plan_batches", &plan_batches, py::arg("ids"), py::arg("offsets"), py::arg("label_start"),
-        py::arg("pool_index"), py::arg("mask_first"), py::kw_only(), py::arg("vocab_size") = -1,
+        py::arg("pool_index"), py::arg("mask_first"), py::arg("group_offsets"), py::kw_only(),
+        py::arg("vocab_size") = -1,
         py::arg("batch_tokens"), py::arg("max_segments") = 0, py::arg("share_prefix") = true,
         py::arg("workspace") = py::none(),
         "Plan prefix-shared, token-budgeted batches (see rmbench_fast.plan). Inputs: ids int32 [N], "
-        "offsets int64 [n*6+1], label_start / pool_index int32 [n*6], mask_first uint8/bool [n*6]. "
-        "Returns a dict of concatenated batch-local arrays plus batch_tok / batch_seg / batch_lab "
-        "int64 [B+1] ranges. vocab_size <= 0 skips the upper id check; max_segments 0 = no cap. "
+        "offsets int64 [M+1] over M sequences, label_start / pool_index int32 [M], mask_first uint8/bool "
+        "[M], group_offsets int64 [n+1] (record r = sequences group_offsets[r]..group_offsets[r+1]-1, "
+        "1 to 64 each). Returns a dict of concatenated batch-local arrays plus batch_tok / batch_seg / "
+        "batch_lab / batch_seq int64 [B+1] ranges. vocab_size <= 0 skips the upper id check; max_segments 0 = no cap. "
         "workspace: a dict of reusable output buffers (filled and grown in place); the returned "
         "arrays are then views into it, overwritten by the next call with the same workspace.");
 }

@@ -1,4 +1,4 @@
-"""The flash backend's log-sum-exp merge as one Triton kernel (engine/attention/flash.py).
+"""The flash backend's log-sum-exp merge as one Triton kernel (engine/layers/attention/flash.py).
 
 Two attention results over disjoint key sets, o_A, o_B [T, H, D] with their row log-sum-exps
 l_A, l_B [T, H] fp32, merge exactly into the attention over the union:

@@ -2,13 +2,15 @@
 
 data -> format -> tokenize -> plan -> engine -> scores -> metrics -> report
 
-A record has six sequences, always in this slot order (SPEC §1):
+Below the benchmarks (plan, engine, store) a record is a prompt with N token sequences, N = 1..64
+per record, in slot order. An RM-Bench record has six, always in this slot order (SPEC §1):
     slot 0..2 = chosen[style 0..2], slot 3..5 = rejected[style 0..2]
 with style 0 = concise, 1 = detailed plain, 2 = detailed markdown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,18 @@ METRIC_DOMAINS = ("chat", "math", "code", "safety")
 def metric_domain(domain: str) -> str:
     """The metric group of a record domain: 'safety-refuse' -> 'safety'."""
     return "safety" if domain.startswith("safety") else domain
+
+
+def domain_groups(domains: Iterable[str]) -> dict[str, list[int]]:
+    """Positions per metric domain (safety-refuse and safety-response pooled into 'safety'), in
+    leaderboard order (chat, math, code, safety), then any other domain sorted by name.
+
+    domains: each record's raw domain, in record order."""
+    groups: dict[str, list[int]] = {}
+    for n, d in enumerate(domains):
+        groups.setdefault(metric_domain(d), []).append(n)
+    order = [d for d in METRIC_DOMAINS if d in groups] + sorted(set(groups) - set(METRIC_DOMAINS))
+    return {d: groups[d] for d in order}
 
 
 @dataclass(frozen=True)
@@ -67,9 +81,10 @@ class TokSeq:
 class PackedBatch:
     """One batch from the planner: whole records packed with a shared prompt prefix (SPEC §7).
 
-    A segment is one record: its six sequences' longest common token prefix (P tokens, stored
-    once), then six branches (slot order 0..5), each the rest of its sequence. Flat layout:
-        [seg0: prefix | branch0 | ... | branch5][seg1: ...]...
+    A segment is one record: its N sequences' longest common token prefix (P tokens, stored
+    once), then N branches (slot order 0..N-1), each the rest of its sequence. N may differ
+    between segments (RM-Bench: 6; RewardBench 2: 4, or more in Ties). Flat layout:
+        [seg0: prefix | branch0 | ... | branch(N0-1)][seg1: ...]...
     Position ids run 0..P-1 over the prefix and continue P, P+1, ... inside each branch.
     Attention: token q sees key k iff same segment, flat(k) <= flat(q), and k is in the prefix
     or in q's own branch; and key_valid[k] (False only for a masked duplicated BOS, SPEC §4).
@@ -78,8 +93,8 @@ class PackedBatch:
     itself to avoid an all-masked softmax row.
     With prefix sharing off, P = 0 and every branch is a whole sequence.
 
-    Sequence index j = s * 6 + b for segment s, branch (slot) b.
-    All arrays are numpy int32 (key_valid: bool).
+    Sequence index j = seg_seqs[s] + b for segment s, branch (slot) b (= 6s + b when every
+    record has six). J = seg_seqs[S] sequences in all. All arrays are numpy int32 (key_valid: bool).
     """
 
     input_ids: Any  # [T] token ids
@@ -87,16 +102,18 @@ class PackedBatch:
     key_valid: Any  # [T] bool
     seg_offsets: Any  # [S+1] flat start of each segment (cu_seqlens over segments)
     prefix_len: Any  # [S]
-    branch_offsets: Any  # [S*6+1] flat start of branch j = s*6+b
+    branch_offsets: Any  # [J+1] flat start of branch j = seg_seqs[s] + b
     # Segment s's prefix occupies seg_offsets[s] .. seg_offsets[s]+prefix_len[s]; its branches
-    # follow contiguously, so branch_offsets[s*6] == seg_offsets[s] + prefix_len[s]. Branch j
-    # ends at branch_offsets[j+1] for b < 5; the last branch (b == 5) ends at seg_offsets[s+1]
-    # (branch_offsets[(s+1)*6] is after the next segment's prefix). plan.branch_bounds has both.
+    # follow contiguously, so branch_offsets[seg_seqs[s]] == seg_offsets[s] + prefix_len[s].
+    # Branch j ends at branch_offsets[j+1], except a segment's last branch, which ends at
+    # seg_offsets[s+1] (branch_offsets[seg_seqs[s+1]] is after the next segment's prefix).
+    # plan.branch_bounds has both.
     label_pos: Any  # [K] flat index whose output predicts label k (the previous token)
     label_ids: Any  # [K] the label token ids
     label_seq: Any  # [K] sequence index j of label k; labels are grouped by j, in token order
-    pool_pos: Any  # [S*6] flat index of the classifier's pooled token, -1 for DPO
-    seq_record: Any  # [S*6] index of the record (in the planner's input list) of sequence j
+    pool_pos: Any  # [J] flat index of the classifier's pooled token, -1 for DPO
+    seq_record: Any  # [J] index of the record (in the planner's input list) of sequence j
+    seg_seqs: Any  # [S+1] first sequence j of each segment, then J (cu_seqlens over sequences)
 
     @property
     def n_tokens(self) -> int:

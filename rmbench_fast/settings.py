@@ -29,7 +29,8 @@ class ScoreSettings:
     pad_token_id: int | None = None  # hf classifiers: the pad id run_rm.py ends up with
     device_map: str | None = None  # hf: "auto" spreads layers over the GPUs (accelerate)
     causal_logit_token: int | None = None  # classifier kind on a causal LM: this token's logit
-    tp_size: int = 1  # tensor parallelism under torchrun (rmbench_fast.distributed)
+    tp_size: int = 1  # tensor parallelism under torchrun (rmbench_fast.utils.distributed)
+    cpu_gemm: str = "auto"  # native on CPU: auto | onednn | torch (engine/layers/cpu_gemm.py)
 
     def with_kind_dpo_sum(self) -> ScoreSettings:
         """The settings of a pass that only needs Σ log π (a reference model, or a policy whose

@@ -21,8 +21,8 @@ def _die() -> None:
 
 def main() -> None:
     model, data, out, store, point = sys.argv[1:6]
-    from rmbench_fast import store as store_mod
     from rmbench_fast.engine import loader
+    from rmbench_fast.store import db as store_mod
 
     if point == "load":
         real_tensors = loader._checkpoint_tensors

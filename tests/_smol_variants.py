@@ -53,7 +53,7 @@ def make_tiny_smol_source(dst: Path, smol: Path | None = None, *, seed: int = 0)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if smol is None:
-        from rmbench_fast.demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         smol = Path(ensure_smollm2())
     ref = json.loads((smol / "config.json").read_text())
@@ -122,7 +122,7 @@ def make_smol_variants(base: Path, src: Path | None = None, *, ref_noise: float 
     ref_noise: the reference's relative perturbation (noise std = ref_noise·std(w) per tensor).
     """
     if src is None:
-        from rmbench_fast.demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         src = Path(ensure_smollm2())
     v = SmolVariants(src, base / "reference", base / "classifier", base / "classifier_nt")

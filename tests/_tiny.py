@@ -208,7 +208,7 @@ def make_tiny_head_dir(
 def _write_tokenizer(path: Path, vocab_size: int) -> None:
     if vocab_size == SMOLLM2_VOCAB:
         try:
-            from rmbench_fast.demo import ensure_smollm2  # type: ignore[attr-defined]
+            from rmbench_fast.inputs.demo import ensure_smollm2  # type: ignore[attr-defined]
 
             src = ensure_smollm2()
             for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

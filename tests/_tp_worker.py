@@ -26,14 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny import synthetic_records  # noqa: E402
 
-from rmbench_fast import distributed  # noqa: E402
 from rmbench_fast.engine import loader  # noqa: E402
-from rmbench_fast.engine.attention import PackedLayout  # noqa: E402
 from rmbench_fast.engine.heads import classifier_stats, dpo_stats, logit_chunk_rows  # noqa: E402
+from rmbench_fast.engine.layers.attention import PackedLayout  # noqa: E402
+from rmbench_fast.engine.layers.parallel import CommCounter  # noqa: E402
 from rmbench_fast.engine.loader import load_model  # noqa: E402
-from rmbench_fast.engine.parallel import CommCounter  # noqa: E402
-from rmbench_fast.plan import plan_batches, scatter_scores  # noqa: E402
-from rmbench_fast.rewards import SUM, rewards_from_stats  # noqa: E402
+from rmbench_fast.scoring.plan import plan_batches, scatter_scores  # noqa: E402
+from rmbench_fast.scoring.rewards import SUM, rewards_from_stats  # noqa: E402
+from rmbench_fast.utils import distributed  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -68,8 +68,8 @@ def _own_results_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    from rmbench_fast.demo import ensure_smollm2
     from rmbench_fast.errors import ModelError
+    from rmbench_fast.inputs.demo import ensure_smollm2
 
     try:
         return ensure_smollm2()

@@ -1,4 +1,4 @@
-"""Every version-branched call in rmbench_fast/engine/attention/ binds against the installed
+"""Every version-branched call in rmbench_fast/engine/layers/attention/ binds against the installed
 torch and against torch 2.11's signatures (the H200 we can reach has torch 2.11 + triton 3.6;
 CI has 2.13). Issue 21.
 
@@ -20,11 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rmbench_fast.engine import attention as attn
-from rmbench_fast.engine.attention import flash, sdpa, split
+from rmbench_fast.engine.layers import attention as attn
+from rmbench_fast.engine.layers.attention import flash, sdpa, split
 from rmbench_fast.engine.layout import PackedLayout
-from rmbench_fast.plan import plan_batches
 from rmbench_fast.records import TokSeq
+from rmbench_fast.scoring.plan import plan_batches
 
 
 # --- torch 2.11.0's signatures (inspect.signature / the op schemas of a 2.11.0 install) ---------

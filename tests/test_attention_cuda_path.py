@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from _varlen_ref import ALL_NAMES, Aux, make_varlen
 
-from rmbench_fast.engine import attention as attn
-from rmbench_fast.engine.attention import flash, sdpa
+from rmbench_fast.engine.layers import attention as attn
+from rmbench_fast.engine.layers.attention import flash, sdpa
 from rmbench_fast.engine.layout import PackedLayout
-from rmbench_fast.plan import plan_batches
 from rmbench_fast.records import TokSeq
+from rmbench_fast.scoring.plan import plan_batches
 
 CPU = torch.device("cpu")
 

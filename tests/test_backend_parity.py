@@ -100,10 +100,10 @@ def _decisive_fraction(scores: np.ndarray, margin: float) -> float:
 
 def _scored_tokens(model: Path, data: Path) -> np.ndarray:
     """Scored (label) tokens per sequence on the DPO path: [n, 6]."""
-    from rmbench_fast.data import load_records
-    from rmbench_fast.format import Formatter
+    from rmbench_fast.benchmarks.rmbench.data import load_records
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.tokenization import Tokenizer
     from rmbench_fast.pipeline import tokenize_records
-    from rmbench_fast.tokenize import Tokenizer
 
     seqs = tokenize_records(
         load_records(data), Formatter.from_model_dir(model, None), Tokenizer(model), "dpo"

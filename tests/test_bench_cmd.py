@@ -18,10 +18,10 @@ import pytest
 from conftest import missing
 from rich.console import Console
 
-from rmbench_fast.benchmark import HF_HINT, decisive_agreement
 from rmbench_fast.commands.bench import add_bench_options, main, run_bench
 from rmbench_fast.commands.options import add_run_options
 from rmbench_fast.errors import UsageError
+from rmbench_fast.perf.benchmark import HF_HINT, decisive_agreement
 from rmbench_fast.pipeline import sample_data_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def test_e2e_script_is_a_wrapper() -> None:
         import e2e
     finally:
         sys.path.remove(str(REPO / "bench"))
-    from rmbench_fast.benchmark import official_style_scores
+    from rmbench_fast.perf.benchmark import official_style_scores
 
     assert e2e.official_style_scores is official_style_scores  # bench/gpu_check.py imports it from e2e
     argv = e2e.bench_argv(["--model", "M", "--limit", "4"])

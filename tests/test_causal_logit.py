@@ -14,9 +14,9 @@ transformers = pytest.importorskip("transformers")
 from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir  # noqa: E402
 
 from rmbench_fast import evaluate  # noqa: E402
+from rmbench_fast.benchmarks.rmbench.data import load_records, select  # noqa: E402
+from rmbench_fast.benchmarks.rmbench.metrics import style_matrix  # noqa: E402
 from rmbench_fast.commands import main  # noqa: E402
-from rmbench_fast.data import load_records, select  # noqa: E402
-from rmbench_fast.metrics import style_matrix  # noqa: E402
 
 TOKEN = 0
 

@@ -168,8 +168,8 @@ def test_python_m_from_the_repository_root() -> None:
 
     repo = Path(__file__).resolve().parents[1]
     code = (
-        "import rmbench_fast.kernels, rmbench_fast.logprobs, rmbench_fast.engine.scorer;"
-        "from rmbench_fast.plan import have_cpp; assert have_cpp(), 'C++ core not importable'"
+        "import rmbench_fast.kernels, rmbench_fast.scoring.logprobs, rmbench_fast.engine.scorer;"
+        "from rmbench_fast.scoring.plan import have_cpp; assert have_cpp(), 'C++ core not importable'"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -206,9 +206,9 @@ def test_bad_resamples_or_seed(
 
 def _fixture_metrics(tmp_path: Path) -> Path:
     """A run directory with metrics.json computed from synthetic scores (no model)."""
-    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
     from rmbench_fast.records import Record
-    from rmbench_fast.report import score_rows, write_outputs
+    from rmbench_fast.results.report import score_rows, write_outputs
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")
@@ -247,7 +247,7 @@ def test_heatmap_layout_nothing_overlaps_or_is_cut(tmp_path: Path) -> None:
     labels clear the colorbar (the cramped layout cut 'easy 83' and ran a tick label into it)."""
     pytest.importorskip("matplotlib")
 
-    from rmbench_fast.report import matrix_figure
+    from rmbench_fast.results.report import matrix_figure
 
     out = _fixture_metrics(tmp_path)
     m = json.loads((out / "metrics.json").read_text())
@@ -285,10 +285,10 @@ def _check_heatmap_layout(fig: Any) -> None:
 
 
 def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
-    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
+    from rmbench_fast.pipeline.sweep import SWEEP_FILE, summary_row
     from rmbench_fast.records import Record
-    from rmbench_fast.report import write_json_atomic
-    from rmbench_fast.sweep import SWEEP_FILE, _summary_row
+    from rmbench_fast.utils.atomic import write_json_atomic
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")
@@ -302,7 +302,7 @@ def _fixture_sweep(tmp_path: Path, n_models: int = 3) -> Path:
         scores[:, :3] += 0.2 * k  # later checkpoints get better
         result = compute_metrics(recs, scores, resamples=500)
         result["meta"] = {"backend": "native", "seconds": {"total": 1.0}}
-        rows.append(_summary_row(f"ckpt/step-{100 * (k + 1)}", tmp_path / f"{k:02d}", result))
+        rows.append(summary_row(f"ckpt/step-{100 * (k + 1)}", tmp_path / f"{k:02d}", result))
     out = tmp_path / "sweep"
     write_json_atomic(out / SWEEP_FILE, {"models": rows, "cache_reuses": {}})
     return out

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
 from rmbench_fast.commands import main
-from rmbench_fast.compare import compare_runs
-from rmbench_fast.metrics import compute_metrics
 from rmbench_fast.records import Record
-from rmbench_fast.report import score_rows, write_outputs
+from rmbench_fast.results.compare import compare_runs
+from rmbench_fast.results.report import score_rows, write_outputs
 
 DOMAIN_COUNTS = {"chat": 60, "math": 90, "code": 70, "safety-refuse": 50, "safety-response": 30}  # 300
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmbench_fast.plan import common_prefix_lengths_np
+from rmbench_fast.scoring.plan import common_prefix_lengths_np
 
 _core = pytest.importorskip("rmbench_fast._core", reason="the C++ core is not built")
 

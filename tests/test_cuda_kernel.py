@@ -8,7 +8,7 @@ import pytest
 import torch
 from rmbench_fast.kernels.reference import dpo_logratio_ref
 
-from rmbench_fast import logprobs
+from rmbench_fast.scoring import logprobs
 
 try:
     from rmbench_fast import _cuda

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rmbench_fast.data import load_records, select
+from rmbench_fast.benchmarks.rmbench.data import load_records, select
 from rmbench_fast.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rm-bench"
@@ -107,7 +107,7 @@ def test_real_rm_bench_files_load() -> None:
 
 
 def test_hf_hub_cache_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rmbench_fast.data import hf_cached_dataset
+    from rmbench_fast.benchmarks.rmbench.data import hf_cached_dataset
     from rmbench_fast.pipeline import resolve_data
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

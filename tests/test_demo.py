@@ -1,4 +1,4 @@
-"""The SmolLM2 demo model conversion (rmbench_fast.demo)."""
+"""The SmolLM2 demo model conversion (rmbench_fast.inputs.demo)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmbench_fast import demo
 from rmbench_fast.errors import ModelError
+from rmbench_fast.inputs import demo
 
 gguf = pytest.importorskip("gguf")
 

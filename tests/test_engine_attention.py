@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rmbench_fast.engine import attention
-from rmbench_fast.engine.attention import packed_attention, sdpa, split
+from rmbench_fast.engine.layers import attention
+from rmbench_fast.engine.layers.attention import packed_attention, sdpa, split
 from rmbench_fast.engine.layout import PackedLayout
-from rmbench_fast.plan import plan_batches
 from rmbench_fast.records import TokSeq
+from rmbench_fast.scoring.plan import plan_batches
 
 
 def _batch(mask_first: bool = False):  # noqa: ANN202

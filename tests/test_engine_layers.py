@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rmbench_fast.engine.layers import RMSNorm
+from rmbench_fast.engine.layers.norms import RMSNorm
 
 
 def hf_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -70,7 +70,7 @@ def test_rope_frequencies_equal_transformers(rope: dict, head_dim: int) -> None:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     from rmbench_fast.engine.config import EngineConfig
-    from rmbench_fast.engine.layers import rope_inv_freq
+    from rmbench_fast.engine.layers.rope import rope_inv_freq
 
     raw = {
         "architectures": ["Qwen2ForCausalLM"],
@@ -95,7 +95,7 @@ def test_rope_frequencies_equal_transformers(rope: dict, head_dim: int) -> None:
 
 def test_packed_linear_is_the_concatenated_linear() -> None:
     """Shards loaded into their row slices: the packed GEMM is x @ cat(W_q, W_k, W_v)ᵀ + cat(b)."""
-    from rmbench_fast.engine.layers import PackedLinear
+    from rmbench_fast.engine.layers.linear import PackedLinear
 
     g = torch.Generator().manual_seed(0)
     layer = PackedLinear(32, {"q": 64, "k": 16, "v": 16}, bias=True)

@@ -14,10 +14,10 @@ pytest.importorskip("transformers")
 from _tiny import make_tiny_model_dir, synthetic_records  # noqa: E402
 
 from rmbench_fast.engine import EngineConfig, NativeScorer, load_model, native_supports  # noqa: E402
-from rmbench_fast.engine.attention import PackedLayout  # noqa: E402
-from rmbench_fast.engine.attention.dense import dense_mask  # noqa: E402
+from rmbench_fast.engine.layers.attention import PackedLayout  # noqa: E402
+from rmbench_fast.engine.layers.attention.dense import dense_mask  # noqa: E402
 from rmbench_fast.errors import ModelError  # noqa: E402
-from rmbench_fast.plan import branch_bounds, plan_batches  # noqa: E402
+from rmbench_fast.scoring.plan import branch_bounds, plan_batches  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -185,7 +185,7 @@ def test_flex_compile_failure_falls_back_to_sdpa(
 ) -> None:
     """A FlexAttention build failure (CUDA) warns once, then the run goes on, exactly, on the
     per-segment SDPA plan; the stats say so."""
-    from rmbench_fast.engine import attention
+    from rmbench_fast.engine.layers import attention
 
     calls: list[int] = []
 
@@ -220,7 +220,7 @@ def test_compiled_flex_on_cpu_is_exact_and_compiles_for_llama(
     models here, a CPU-template bug (the CUDA template is Triton, a different code generator)."""
     import warnings
 
-    from rmbench_fast.engine import attention
+    from rmbench_fast.engine.layers import attention
 
     monkeypatch.setattr(attention.flex, "COMPILE_ON_CPU", True)
     mode = CASES[case][7]
@@ -262,8 +262,8 @@ def test_qwen3_qk_norm_switched_off_moves_the_scores(
     case: str, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Qwen3 without its q/k RMSNorm leaves the tolerance: the parity above can fail on it."""
-    from rmbench_fast.engine.llama import Attention
-    from rmbench_fast.engine.qwen3 import Qwen3Attention
+    from rmbench_fast.engine.models.llama import Attention
+    from rmbench_fast.engine.models.qwen3 import Qwen3Attention
 
     kind = "dpo" if CASES[case][1] == "causal" else "classifier"
     seqs = synthetic_records(6, vocab_size=CASES[case][4], kind=kind, seed=3)
@@ -278,7 +278,7 @@ def test_yarn_switched_off_moves_the_scores(
 ) -> None:
     """The same weights with default RoPE (same theta) score outside the tolerance, and
     so does YaRN's frequency blend without its attention factor (cos/sin scaling)."""
-    from rmbench_fast.engine import llama
+    from rmbench_fast.engine.models import llama
 
     kind = "dpo" if CASES[case][1] == "causal" else "classifier"
     mode = CASES[case][7] or "avg"

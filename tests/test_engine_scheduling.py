@@ -19,11 +19,11 @@ from _tiny import make_tiny_model_dir, synthetic_records  # noqa: E402
 from _varlen_ref import Aux, make_varlen  # noqa: E402
 
 from rmbench_fast.engine import NativeScorer  # noqa: E402
-from rmbench_fast.engine import attention as attn  # noqa: E402
-from rmbench_fast.engine.attention import flash  # noqa: E402
+from rmbench_fast.engine.layers import attention as attn  # noqa: E402
+from rmbench_fast.engine.layers.attention import flash  # noqa: E402
 from rmbench_fast.engine.layout import PackedLayout  # noqa: E402
-from rmbench_fast.plan import plan_batches  # noqa: E402
-from rmbench_fast.rewards import SUM, rewards_from_stats  # noqa: E402
+from rmbench_fast.scoring.plan import plan_batches  # noqa: E402
+from rmbench_fast.scoring.rewards import SUM, rewards_from_stats  # noqa: E402
 
 V = 512
 

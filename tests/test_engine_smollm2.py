@@ -19,11 +19,11 @@ def test_smollm2_real_records_match_hf(smollm2_dir: Path, rm_bench_data_dir: Pat
     import transformers
     from _tiny import hf_reference_scores
 
-    from rmbench_fast.data import load_records
+    from rmbench_fast.benchmarks.rmbench.data import load_records
     from rmbench_fast.engine import NativeScorer
-    from rmbench_fast.format import Formatter
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.tokenization import Tokenizer
     from rmbench_fast.pipeline import tokenize_records
-    from rmbench_fast.tokenize import Tokenizer
 
     recs = [
         load_records(rm_bench_data_dir / f)[0] for f in ("chat_filtered.json", "safety-refuse_filtered.json")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rmbench_fast.errors import TemplateError
-from rmbench_fast.format import FASTCHAT_TEMPLATES, NAMED_TEMPLATES, Formatter, render_chat_template
-from rmbench_fast.tokenize import read_tokenizer_config
+from rmbench_fast.inputs.format import FASTCHAT_TEMPLATES, NAMED_TEMPLATES, Formatter, render_chat_template
+from rmbench_fast.inputs.tokenization import read_tokenizer_config
 
 # SPEC §3 table: prompt "Hi?", answer "Yes.".
 SPEC_TABLE = [

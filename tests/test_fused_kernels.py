@@ -27,7 +27,7 @@ from rmbench_fast.kernels._triton_util import triton_interpreting  # noqa: E402
 from rmbench_fast.kernels.lse_merge import lse_merge_ref, lse_merge_triton  # noqa: E402
 from rmbench_fast.kernels.rmsnorm import rmsnorm_ref, rmsnorm_triton  # noqa: E402
 
-from rmbench_fast.engine.attention import flash  # noqa: E402
+from rmbench_fast.engine.layers.attention import flash  # noqa: E402
 
 INTERP = triton_interpreting()
 DEVICE = "cuda" if HAS_CUDA else "cpu"

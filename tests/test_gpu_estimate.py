@@ -30,7 +30,7 @@ def _record(prompt: int, answers: list[int], seed: int) -> list[TokSeq]:
 def _flash_pairs_brute(batch) -> int:
     """The flash backend's query-key pairs by enumeration: call A (each piece causally to itself)
     and call B (each segment's rows to its prefix keys)."""
-    from rmbench_fast.plan import branch_bounds
+    from rmbench_fast.scoring.plan import branch_bounds
 
     pairs = 0
     starts, ends = branch_bounds(batch)
@@ -57,7 +57,7 @@ def test_dims_match_the_published_parameter_counts() -> None:
 
 
 def test_attention_pairs_match_the_flash_calls() -> None:
-    from rmbench_fast.plan import plan_batches
+    from rmbench_fast.scoring.plan import plan_batches
 
     seqs = [_record(5, [3, 0, 7, 2, 4, 1], 0), _record(1, [6, 6, 6, 6, 6, 6], 1)]
     seqs.append(
@@ -72,7 +72,7 @@ def test_attention_pairs_match_the_flash_calls() -> None:
 
 
 def test_batch_cost_counts_linears_head_and_models() -> None:
-    from rmbench_fast.plan import plan_batches
+    from rmbench_fast.scoring.plan import plan_batches
 
     d = ge.Dims.of(ge.shapes()["llama-3.1-8b"])
     seqs = [_record(40, [30, 31, 32, 33, 34, 35], r) for r in range(3)]
@@ -134,7 +134,7 @@ def test_full_rm_bench_uses_the_published_counts(rm_bench_data_dir: Path) -> Non
 
 
 def test_table_on_a_few_records(rm_bench_data_dir: Path, smollm2_dir: Path) -> None:
-    from rmbench_fast.data import load_records, select
+    from rmbench_fast.benchmarks.rmbench.data import load_records, select
 
     recs = select(load_records(rm_bench_data_dir), limit=1)
     res = ge.run_table(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rmbench_fast.modelio import NativeHead
+from rmbench_fast.inputs.modelio import NativeHead
 from rmbench_fast.pipeline import head_pooling
 from rmbench_fast.records import TokSeq
 

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from _tiny import make_tiny_model_dir  # noqa: E402
 
 from rmbench_fast.backends.hf import HFScorer, resolve_classifier_pad_id  # noqa: E402
-from rmbench_fast.rewards import reward_from_logprobs  # noqa: E402
+from rmbench_fast.scoring.rewards import reward_from_logprobs  # noqa: E402
 
 V, BOS, EOS = 128, 1, 2  # tiny models: pad = eos = 2
 

@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
+from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
 from rmbench_fast.judge.prompt import DEFAULT_TEMPLATE, VERDICTS
 from rmbench_fast.judge.requests import REQUESTS_PER_RECORD, build_requests
 from rmbench_fast.judge.scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
-from rmbench_fast.metrics import compute_metrics
 from rmbench_fast.records import Record
 
 SAMPLING = {"max_tokens": 16, "temperature": 0.0, "top_p": 1.0}

@@ -146,7 +146,7 @@ def vllm_server(
 
 @pytest.fixture(scope="session")
 def short_ids(rm_bench_data_dir: Path) -> list[str]:
-    from rmbench_fast.data import load_records
+    from rmbench_fast.benchmarks.rmbench.data import load_records
 
     recs = load_records(rm_bench_data_dir)
     count = Counter(r.id for r in recs)

@@ -29,7 +29,7 @@ from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton  # noqa: E402
 from rmbench_fast.kernels.linear_logratio import linear_logratio_triton  # noqa: E402
 from rmbench_fast.kernels.reference import dpo_logratio_ref  # noqa: E402
 
-from rmbench_fast import logprobs, rewards  # noqa: E402
+from rmbench_fast.scoring import logprobs, rewards  # noqa: E402
 
 INTERP = triton_interpreting()
 DEVICE = "cuda" if HAS_CUDA else "cpu"

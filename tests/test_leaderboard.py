@@ -9,8 +9,14 @@ from typing import Any
 
 import pytest
 
+from rmbench_fast.benchmarks.rmbench.leaderboard import (
+    DOMAINS,
+    load_leaderboard,
+    ordinal,
+    place,
+    placement_lines,
+)
 from rmbench_fast.commands import main
-from rmbench_fast.leaderboard import DOMAINS, load_leaderboard, ordinal, place, placement_lines
 
 
 def _ci(lo: float, hi: float) -> dict[str, Any]:

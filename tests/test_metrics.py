@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmbench_fast.metrics import accuracies, compute_metrics, style_matrix
+from rmbench_fast.benchmarks.rmbench.metrics import accuracies, compute_metrics, style_matrix
 from rmbench_fast.records import Record
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rmbench_fast.errors import ModelError
-from rmbench_fast.modelio import inspect_model_dir
+from rmbench_fast.inputs.modelio import inspect_model_dir
 
 
 def _model_dir(
@@ -184,7 +184,7 @@ BODY = ["model.embed_tokens.weight", "model.norm.weight"]
 def test_native_head_detected_without_remote_code(
     tmp_path: Path, cfg: dict, tensors: list[str], head: str
 ) -> None:
-    from rmbench_fast.modelio import detect_native_head
+    from rmbench_fast.inputs.modelio import detect_native_head
 
     d = tmp_path / "m"
     d.mkdir()
@@ -198,7 +198,7 @@ def test_native_head_detected_without_remote_code(
 
 
 def test_head_pipelines_are_recorded() -> None:
-    from rmbench_fast.modelio import detect_native_head
+    from rmbench_fast.inputs.modelio import detect_native_head
 
     grm = detect_native_head({"model_type": "gemma2", "architectures": ["GRewardModel"]})
     inform = detect_native_head({"model_type": "llama", "architectures": ["INFORMForSequenceClassification"]})
@@ -218,7 +218,7 @@ def test_head_pipelines_are_recorded() -> None:
     ],
 )
 def test_native_head_not_recognised(cfg: dict, tensors: list[str]) -> None:
-    from rmbench_fast.modelio import detect_native_head
+    from rmbench_fast.inputs.modelio import detect_native_head
 
     assert detect_native_head(cfg, BODY + tensors) is None
 
@@ -241,7 +241,7 @@ def test_unrecognised_remote_code_still_needs_the_flag(tmp_path: Path) -> None:
 
 
 def test_checkpoint_tensor_names_from_index_and_headers(tmp_path: Path) -> None:
-    from rmbench_fast.modelio import checkpoint_tensor_names
+    from rmbench_fast.inputs.modelio import checkpoint_tensor_names
 
     _safetensors_header(tmp_path / "a.safetensors", ["x", "y"])
     _safetensors_header(tmp_path / "b.safetensors", ["z"])

@@ -69,10 +69,10 @@ def _ours(
     """The whole pipeline, as `python -m rmbench_fast run` runs it (fp32, CPU) ->
     (scores [n, 6], scored tokens per sequence [n, 6])."""
     from rmbench_fast import evaluate
-    from rmbench_fast.data import load_records
-    from rmbench_fast.format import Formatter
+    from rmbench_fast.benchmarks.rmbench.data import load_records
+    from rmbench_fast.inputs.format import Formatter
+    from rmbench_fast.inputs.tokenization import Tokenizer
     from rmbench_fast.pipeline import tokenize_records
-    from rmbench_fast.tokenize import Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "records.jsonl"

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rmbench_fast import plan
-from rmbench_fast.plan import (
+from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.scoring import plan
+from rmbench_fast.scoring.plan import (
     branch_bounds,
     flatten_seqs,
     plan_batches,
@@ -19,7 +20,6 @@ from rmbench_fast.plan import (
     scatter_scores,
     segment_bucket,
 )
-from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
 
 needs_cpp = pytest.mark.skipif(
     not plan.have_cpp(), reason="rmbench_fast._core has no plan_batches (not built)"
@@ -33,14 +33,15 @@ VOCAB = 5  # a tiny vocabulary makes accidental shared tokens (and identical res
 
 
 @st.composite
-def record(draw: st.DrawFn) -> list[TokSeq]:
-    """Six sequences sharing a random prompt, sometimes cut short (truncation), with random
-    answers, label starts, pool indices and (mostly consistent) mask_first flags."""
+def record(draw: st.DrawFn, n_slots: int = N_SLOTS) -> list[TokSeq]:
+    """`n_slots` sequences (RM-Bench's six by default) sharing a random prompt, sometimes cut
+    short (truncation), with random answers, label starts, pool indices and (mostly consistent)
+    mask_first flags."""
     prompt = draw(st.lists(st.integers(0, VOCAB - 1), min_size=0, max_size=8))
     classifier = draw(st.booleans())
     mask_all = draw(st.booleans()) if classifier else False
     seqs = []
-    for _ in range(N_SLOTS):
+    for _ in range(n_slots):
         cut = draw(st.integers(0, len(prompt))) if draw(st.integers(0, 4)) == 0 else len(prompt)
         answer = draw(st.lists(st.integers(0, VOCAB - 1), min_size=0, max_size=6))
         ids = prompt[:cut] + answer
@@ -59,6 +60,9 @@ def record(draw: st.DrawFn) -> list[TokSeq]:
 
 
 corpora = st.lists(record(), min_size=0, max_size=12)
+# A prompt with N completions, N = 1..64 per record (RewardBench 2: 4, more in Ties).
+ragged_record = st.one_of(st.integers(1, 9), st.sampled_from([4, 20, 63, 64])).flatmap(lambda n: record(n))
+ragged_corpora = st.lists(ragged_record, min_size=0, max_size=10)
 
 
 def seg_len_of(group: list[TokSeq], p: int) -> int:
@@ -86,7 +90,7 @@ def expected_prefix(group: list[TokSeq], share: bool) -> int:
 
 def seq_flat_indices(batch: PackedBatch, j: int) -> np.ndarray:
     """Flat index of every token of batch sequence j: the prefix, then its branch."""
-    s = j // N_SLOTS
+    s = int(np.searchsorted(batch.seg_seqs, j, side="right")) - 1
     start, end = branch_bounds(batch)
     p0 = int(batch.seg_offsets[s])
     return np.concatenate([np.arange(p0, p0 + int(batch.prefix_len[s])), np.arange(start[j], end[j])])
@@ -129,26 +133,34 @@ def check_plan(
         assert 0 < S and T <= budget
         assert max_segments is None or S <= max_segments
         for name in ("input_ids", "position_ids", "seg_offsets", "prefix_len", "branch_offsets", "label_pos",
-                     "label_ids", "label_seq", "pool_pos", "seq_record"):  # fmt: skip
+                     "label_ids", "label_seq", "pool_pos", "seq_record", "seg_seqs"):  # fmt: skip
             assert getattr(batch, name).dtype == np.int32, name
         assert batch.key_valid.dtype == np.bool_
-        assert len(batch.seg_offsets) == S + 1 and len(batch.branch_offsets) == S * N_SLOTS + 1
+        J = int(batch.seg_seqs[-1])
+        assert (
+            len(batch.seg_seqs) == S + 1 and batch.seg_seqs[0] == 0 and np.all(np.diff(batch.seg_seqs) >= 1)
+        )
+        assert len(batch.seg_offsets) == S + 1 and len(batch.branch_offsets) == J + 1
         assert batch.seg_offsets[0] == 0 and batch.seg_offsets[-1] == T and batch.branch_offsets[-1] == T
-        assert len(batch.pool_pos) == len(batch.seq_record) == S * N_SLOTS
+        assert len(batch.pool_pos) == len(batch.seq_record) == J
         np.testing.assert_array_equal(
-            batch.branch_offsets[:-1:N_SLOTS], batch.seg_offsets[:-1] + batch.prefix_len
+            batch.branch_offsets[batch.seg_seqs[:-1]], batch.seg_offsets[:-1] + batch.prefix_len
         )
         assert np.all(np.diff(batch.label_seq) >= 0)  # grouped by sequence
         covered = np.zeros(T, dtype=bool)
         expect_mask = np.zeros((T, T), dtype=bool)
         rows_set = np.zeros(T, dtype=bool)
         for s in range(S):
-            r = int(batch.seq_record[s * N_SLOTS])
+            r = int(batch.seq_record[batch.seg_seqs[s]])
             order.append(r)
             assert int(batch.prefix_len[s]) == prefix[r]
             assert batch.seg_offsets[s + 1] - batch.seg_offsets[s] == seg_len[r]
-            for b in range(N_SLOTS):
-                j = s * N_SLOTS + b
+            assert batch.seg_seqs[s + 1] - batch.seg_seqs[s] == len(seqs[r])
+            np.testing.assert_array_equal(
+                plan.seq_slots(batch)[batch.seg_seqs[s] : batch.seg_seqs[s + 1]], np.arange(len(seqs[r]))
+            )
+            for b in range(len(seqs[r])):
+                j = int(batch.seg_seqs[s]) + b
                 assert batch.seq_record[j] == r
                 seen.append((r, b))
                 ts = seqs[r][b]
@@ -182,12 +194,12 @@ def check_plan(
         assert len(batch.label_ids) == sum(
             len(seqs[r][b].ids) - seqs[r][b].label_start
             for r in set(batch.seq_record.tolist())
-            for b in range(6)
+            for b in range(len(seqs[r]))
         )
         if check_mask:
             np.testing.assert_array_equal(packed_mask(batch), expect_mask)
     # scatter map: a bijection onto (record, slot)
-    assert sorted(seen) == [(r, b) for r in range(n) for b in range(N_SLOTS)]
+    assert sorted(seen) == [(r, b) for r in range(n) for b in range(len(seqs[r]))]
     # deterministic order: bucket descending, record ascending
     assert order == sorted(range(n), key=lambda r: (-segment_bucket(seg_len[r]), r))
     # greedy: no batch could have taken the next batch's first segment
@@ -231,6 +243,37 @@ def test_plan_properties(seqs: list[list[TokSeq]], slack: int, max_segments: int
         assert_same_batches(ref, cpp)
         auto = plan_batches(seqs, batch_tokens=budget, max_segments=max_segments, share_prefix=share)
         assert_same_batches(ref, auto)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seqs=ragged_corpora,
+    slack=st.integers(0, 60),
+    max_segments=st.one_of(st.none(), st.integers(1, 4)),
+    share=st.booleans(),
+)
+def test_plan_properties_n_completions(
+    seqs: list[list[TokSeq]], slack: int, max_segments: int | None, share: bool
+) -> None:
+    """A prompt with N completions, N = 1..64 differing between records: the same contract, and
+    the C++ planner equals the Python one."""
+    longest = max((seg_len_of(g, expected_prefix(g, share)) for g in seqs), default=0)
+    budget = max(longest, 1) + slack
+    ref = plan_batches(
+        seqs, batch_tokens=budget, max_segments=max_segments, share_prefix=share, impl="python"
+    )
+    check_plan(seqs, ref, budget, max_segments, share, check_mask=sum(map(len, seqs)) < 80)
+    if plan.have_cpp():
+        cpp = plan_batches(
+            seqs, batch_tokens=budget, max_segments=max_segments, share_prefix=share, impl="cpp"
+        )
+        assert_same_batches(ref, cpp)
+        if seqs:
+            out = scatter_scores(cpp, [b.seq_record * 100.0 + plan.seq_slots(b) for b in cpp], len(seqs))
+            want = np.full((len(seqs), max(map(len, seqs))), np.nan)
+            for r, g in enumerate(seqs):
+                want[r, : len(g)] = r * 100.0 + np.arange(len(g))
+            np.testing.assert_array_equal(out, want)
 
 
 @needs_cpp
@@ -369,7 +412,7 @@ def test_mask_first_consistency() -> None:
 def test_no_records() -> None:
     assert _both([], 1) == []
     assert plan_stats([])["n_batches"] == 0
-    assert scatter_scores([], [], 0).shape == (0, 6)
+    assert scatter_scores([], [], 0).shape == (0, 0)  # no records: no slot axis either
 
 
 def test_budget_and_segment_caps() -> None:
@@ -438,8 +481,11 @@ def test_bad_input(bad: TokSeq, kw: dict, message: str, impl: str) -> None:
 def test_bad_budget_and_shape(impl: str) -> None:
     with pytest.raises(ValueError, match="batch_tokens must be >= 1"):
         plan_batches([GOOD], batch_tokens=0, impl=impl)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="record 0: expected 6 sequences, got 5"):
-        plan_batches([GOOD[:5]], batch_tokens=100, impl=impl)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="record 1: expected 1 to 64 sequences, got 0"):
+        plan_batches([GOOD, []], batch_tokens=100, impl=impl)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="record 0: expected 1 to 64 sequences, got 65"):
+        plan_batches([GOOD * 10 + GOOD[:5]], batch_tokens=1000, impl=impl)  # type: ignore[arg-type]
+    assert plan_batches([GOOD[:5], GOOD[:1]], batch_tokens=100, impl=impl)[0].seg_seqs.tolist() == [0, 5, 6]
     with pytest.raises(ValueError, match="impl must be"):
         plan_batches([GOOD], batch_tokens=100, impl="fast")  # type: ignore[arg-type]
 
@@ -460,8 +506,12 @@ def test_flat_rejects_malformed_buffers(impl: str) -> None:
         call(ids=f["ids"][:-1])
     with pytest.raises(ValueError, match=r"offsets\[0\] must be 0"):
         call(offsets=f["offsets"] + 1)
-    with pytest.raises(ValueError, match="n_records \\* 6 \\+ 1"):
-        call(offsets=f["offsets"][:-1])
+    with pytest.raises(ValueError, match=r"label_start must hold one entry per sequence \(11\), got 12"):
+        call(offsets=f["offsets"][:-1], ids=f["ids"][: f["offsets"][-2]])
+    with pytest.raises(ValueError, match=r"group_offsets must run from 0 to the number of sequences \(12\)"):
+        call(group_offsets=np.array([0, 6, 11]))
+    with pytest.raises(ValueError, match=r"group_offsets must be non-decreasing \(at 1\)"):
+        call(group_offsets=np.array([0, 13, 12]))
     with pytest.raises(ValueError, match="label_start must hold"):
         call(label_start=f["label_start"][:-1])
     with pytest.raises(ValueError, match="mask_first must hold"):

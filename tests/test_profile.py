@@ -17,9 +17,9 @@ from rich.console import Console
 
 from rmbench_fast.commands.options import add_run_options
 from rmbench_fast.commands.profile_cmd import add_profile_options, run_profile
-from rmbench_fast.phases import PREFIX
+from rmbench_fast.perf.profiling import PROFILE_FILE, attribute
 from rmbench_fast.pipeline import sample_data_path
-from rmbench_fast.profile import PROFILE_FILE, attribute
+from rmbench_fast.utils.phases import PREFIX
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -77,6 +77,9 @@ def test_profile_dpo_phases_sum_to_wall_and_trace(tmp_path: Path, tiny_models: d
     t = doc["tokens"]
     assert t["useful"] >= t["processed"] > 0 and t["labels"] > 0 and t["useful_per_s"] > 0
     assert doc["flops"]["total"] > 0 and doc["mfu"]["matmul"]["flops_per_s"] > 0 and doc["mfu"]["mfu"] > 0
+    peak = doc["mfu"]["peak"]  # MFU is against the fastest candidate measured here, not torch.mm alone
+    assert peak["flops_per_s"] == max(peak["candidates_flops_per_s"].values())
+    assert "torch.mm" in peak["candidates_flops_per_s"]
     assert doc["memory"]["mib"] > 0
     assert doc["results_store"].startswith("off")
     mlp = next(r for r in doc["phases"] if r["phase"] == "mlp")
@@ -143,7 +146,8 @@ def test_attribute_needs_the_run_range() -> None:
 
 def test_prefix_matches_the_phase_marks() -> None:
     """profile.py keeps its own copy of the prefix (so the CLI parser does not import torch)."""
-    from rmbench_fast import phases, profile
+    from rmbench_fast.perf import profiling as profile
+    from rmbench_fast.utils import phases
 
     assert profile.PREFIX == phases.PREFIX
     assert {"load", "data_tokenize", "planning", "attention", "mlp", "lm_head", "metrics"} <= set(

@@ -33,9 +33,10 @@ import torch  # noqa: E402
 from _official import official_head_model  # noqa: E402
 from _tiny import hf_reference_scores, make_tiny_head_dir, synthetic_records  # noqa: E402
 
-from rmbench_fast.engine import EngineConfig, NativeScorer, native_supports, reward_heads  # noqa: E402
+from rmbench_fast.engine import EngineConfig, NativeScorer, native_supports
+from rmbench_fast.engine.models import reward_heads  # noqa: E402
 from rmbench_fast.errors import ModelError  # noqa: E402
-from rmbench_fast.modelio import inspect_model_dir  # noqa: E402
+from rmbench_fast.inputs.modelio import inspect_model_dir  # noqa: E402
 from rmbench_fast.records import TokSeq  # noqa: E402
 
 # id: (head, base family, kv heads)
@@ -347,11 +348,11 @@ def _native_gating_scores(
     """The engine's model over packed shared-prefix batches, with the gating rows looked up the
     way the scorer would: sequence j's position p is flat index seg_offsets[s] + p inside the
     prefix, else branch_start[j] + (p - prefix_len[s])."""
-    from rmbench_fast.engine.attention import PackedLayout
     from rmbench_fast.engine.config import GATING_HEADS
+    from rmbench_fast.engine.layers.attention import PackedLayout
     from rmbench_fast.engine.loader import load_model
-    from rmbench_fast.modelio import checkpoint_tensor_names
-    from rmbench_fast.plan import branch_bounds, plan_batches
+    from rmbench_fast.inputs.modelio import checkpoint_tensor_names
+    from rmbench_fast.scoring.plan import branch_bounds, plan_batches
 
     raw = json.loads((model_dir / "config.json").read_text())
     cfg = EngineConfig.from_dict(raw, tensor_names=checkpoint_tensor_names(model_dir), heads=GATING_HEADS)

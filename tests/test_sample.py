@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rmbench_fast.data import load_records
+from rmbench_fast.benchmarks.rmbench.data import load_records
 from rmbench_fast.records import DOMAINS, N_STYLES, Record
 
 PER_DOMAIN = 2

@@ -1,4 +1,4 @@
-"""Bootstrap intervals (rmbench_fast.stats, metrics.json `ci`): coverage on synthetic data with a
+"""Bootstrap intervals (rmbench_fast.results.stats, metrics.json `ci`): coverage on synthetic data with a
 known accuracy, agreement with an exact binomial interval, determinism, never excluding the point
 estimate, and point estimates untouched."""
 
@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from rmbench_fast import stats
-from rmbench_fast.metrics import accuracies, compute_metrics, style_matrix
+from rmbench_fast.benchmarks.rmbench.metrics import accuracies, compute_metrics, style_matrix
 from rmbench_fast.records import Record
+from rmbench_fast.results import stats
 
 OFFICIAL_COUNTS = {"chat": 129, "math": 529, "code": 228, "safety-refuse": 284, "safety-response": 157}
 

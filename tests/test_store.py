@@ -1,4 +1,4 @@
-"""The results store (rmbench_fast.store): keys, bit-exact values, batches, fingerprints,
+"""The results store (rmbench_fast.store.db): keys, bit-exact values, batches, fingerprints,
 corruption, concurrency and crash safety (SIGKILL in the middle of a transaction)."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmbench_fast import store as store_mod
 from rmbench_fast.errors import RMBenchError, UsageError
 from rmbench_fast.records import TokSeq
-from rmbench_fast.store import (
+from rmbench_fast.store import db as store_mod
+from rmbench_fast.store.db import (
     SCHEMA_VERSION,
     ResultStore,
     StoreError,
@@ -654,7 +654,7 @@ _CHILD = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from test_store import make_batch, _scope
-from rmbench_fast.store import open_store
+from rmbench_fast.store.db import open_store
 
 path, mode, pause_at = sys.argv[2], sys.argv[3], int(sys.argv[4])
 store = open_store(path)

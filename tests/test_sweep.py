@@ -147,7 +147,7 @@ def test_sweep_api_console_output(
     from rich.console import Console
 
     from rmbench_fast.pipeline import RunConfig
-    from rmbench_fast.sweep import run_sweep
+    from rmbench_fast.pipeline.sweep import run_sweep
 
     buf = io.StringIO()
     cfg = RunConfig(
@@ -239,9 +239,9 @@ def test_sweep_rows_carry_the_intervals_and_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    from rmbench_fast.metrics import compute_metrics
+    from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
+    from rmbench_fast.pipeline.sweep import summary_row, sweep_figure
     from rmbench_fast.records import Record
-    from rmbench_fast.sweep import _summary_row, sweep_figure
 
     recs = [
         Record(i, str(i), d, "p", ("a", "b", "c"), ("d", "e", "f"), "mem")
@@ -253,7 +253,7 @@ def test_sweep_rows_carry_the_intervals_and_plot(tmp_path: Path) -> None:
     for k, resamples in enumerate([300, 300, 0]):
         result = compute_metrics(recs, rng.normal(size=(len(recs), 6)), resamples=resamples)
         result["meta"] = {"backend": "native", "seconds": {"total": 1.0}}
-        rows.append(_summary_row(f"ckpt/step-{k}", tmp_path / f"{k:02d}", result))
+        rows.append(summary_row(f"ckpt/step-{k}", tmp_path / f"{k:02d}", result))
         if resamples:
             assert rows[-1]["total"]["ci"] == result["total"]["ci"]
             for d in ("chat", "code", "safety"):

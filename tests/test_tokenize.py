@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from rmbench_fast.errors import DataError
-from rmbench_fast.format import Formatter
-from rmbench_fast.records import TokSeq
-from rmbench_fast.tokenize import (
+from rmbench_fast.inputs.format import Formatter
+from rmbench_fast.inputs.tokenization import (
     Tokenizer,
     encode_classifier,
     encode_dpo_pair,
@@ -20,6 +19,7 @@ from rmbench_fast.tokenize import (
     pool_index,
     split_answer,
 )
+from rmbench_fast.records import TokSeq
 
 IM_START, IM_END, NL = 1, 2, 198  # SmolLM2: <|im_start|> (BOS), <|im_end|> (EOS = pad), "\n"
 

@@ -1,4 +1,4 @@
-"""Tensor parallelism in the native engine (engine/parallel.py), CPU.
+"""Tensor parallelism in the native engine (engine/layers/parallel.py, engine/models/tensor_parallel.py), CPU.
 
 Under `torchrun --nproc-per-node 2` with gloo (tests/_tp_worker.py, one launch for all cases):
 tiny random Llama, Qwen2, Qwen3, Mistral and Gemma-2 models, with query/kv heads that split
@@ -32,12 +32,13 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
 
 from _tiny import make_tiny_model_dir  # noqa: E402
 
-from rmbench_fast.distributed import TPInfo  # noqa: E402
+from rmbench_fast.benchmarks.rmbench.metrics import style_matrix  # noqa: E402
 from rmbench_fast.engine.config import EngineConfig  # noqa: E402
+from rmbench_fast.engine.layers.parallel import CommCounter, head_layout, vocab_shard  # noqa: E402
 from rmbench_fast.engine.loader import load_model, load_model_from_tensors  # noqa: E402
-from rmbench_fast.engine.parallel import CommCounter, check_tp, head_layout, vocab_shard  # noqa: E402
+from rmbench_fast.engine.models.tensor_parallel import check_tp  # noqa: E402
 from rmbench_fast.errors import ModelError  # noqa: E402
-from rmbench_fast.metrics import style_matrix  # noqa: E402
+from rmbench_fast.utils.distributed import TPInfo  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -169,7 +170,7 @@ def test_collectives_are_the_layouts(results: dict[str, Any], dirs: dict[str, Pa
     of [n] and one SUM of [n, 2] fp32 (n = 1, or 2 with a reference). The bench counts these."""
     from _tiny import synthetic_records
 
-    from rmbench_fast.plan import plan_batches
+    from rmbench_fast.scoring.plan import plan_batches
 
     for case in ("llama-gqa-oddvocab-avg", "llama-mqa-tied-ref"):
         cfg = EngineConfig.from_model_dir(dirs[case])
@@ -248,7 +249,7 @@ def test_head_and_vocab_layouts() -> None:
 
 def test_vocab_parallel_logprobs_dry_run_counts() -> None:
     """A dry-run TPInfo (group None) sends nothing and counts every collective."""
-    from rmbench_fast.engine.parallel import vocab_parallel_logprobs
+    from rmbench_fast.engine.layers.parallel import vocab_parallel_logprobs
 
     counter = CommCounter()
     tp = TPInfo(size=2, rank=0, counter=counter)
@@ -266,7 +267,7 @@ def test_vocab_parallel_logprobs_dry_run_counts() -> None:
 
 def test_token_logit_is_computed_by_its_owner_only() -> None:
     """One vocabulary row's logit (--reward causal-logit): the owning rank's value, 0 elsewhere."""
-    from rmbench_fast.engine.parallel import vocab_parallel_token_logit
+    from rmbench_fast.engine.layers.parallel import vocab_parallel_token_logit
 
     h, w = torch.randn(3, 4), torch.randn(6, 4)  # a shard of ceil(11 / 2) = 6 rows
     own, other = (vocab_shard(11, TPInfo(size=2, rank=r)) for r in range(2))
@@ -296,7 +297,7 @@ def test_layouts_that_cannot_split_fail_in_one_line(
 
 def test_tp1_is_the_plain_model(dirs: dict[str, Path]) -> None:
     """tp=None builds exactly today's modules (no TP layer anywhere)."""
-    from rmbench_fast.engine.parallel import SHARDED
+    from rmbench_fast.engine.models.tensor_parallel import SHARDED
 
     model = load_model(dirs["gemma2-classifier"], dtype="float32")
     assert model.tp is None and model.vocab_shard() is None

@@ -16,9 +16,9 @@ BACKENDS = ("hf",)
 def get_backend(name: str) -> Any:
     """The scorer class of backend `name` (imported on demand)."""
     if name == "hf":
-        from .hf import HFScorer
+        from rmbench_fast.backends.hf import HFScorer
 
         return HFScorer
-    from ..errors import UsageError
+    from rmbench_fast.errors import UsageError
 
     raise UsageError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")

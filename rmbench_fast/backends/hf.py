@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..dtypes import parse_dtype
-from ..errors import ModelError, UsageError
-from ..logprobs import token_logprobs
-from ..modelio import ModelInfo, inspect_model_dir
-from ..records import N_SLOTS, TokSeq
-from ..rewards import check_ref_free_mode, reward_from_logprobs
-from ..settings import ScoreSettings
+from rmbench_fast.errors import ModelError, UsageError
+from rmbench_fast.inputs.modelio import ModelInfo, inspect_model_dir
+from rmbench_fast.records import N_SLOTS, TokSeq
+from rmbench_fast.scoring.logprobs import token_logprobs
+from rmbench_fast.scoring.rewards import check_ref_free_mode, reward_from_logprobs
+from rmbench_fast.settings import ScoreSettings
+from rmbench_fast.utils.dtypes import parse_dtype
 
 Progress = Callable[[int], None]  # called with the number of records just completed (all 6 scored)
 

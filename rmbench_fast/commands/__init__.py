@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from ..errors import RMBenchError
-from . import bench, cache, compare, profile_cmd, report, run, sweep
+from rmbench_fast.commands import bench, cache, compare, profile_cmd, report, run, sweep
+from rmbench_fast.errors import RMBenchError
 
 # name -> module with HELP, add_arguments(parser) and run(args) -> int; in the order `--help` lists them.
 COMMANDS: dict[str, ModuleType] = {

@@ -1,7 +1,7 @@
 """`python -m rmbench_fast bench [run options] --paths official native [vllm]`: the same records
-through the official-style, native and vLLM paths (rmbench_fast.benchmark does the work).
+through the official-style, native and vLLM paths (rmbench_fast.perf.benchmark does the work).
 
-`main` is also `python -m rmbench_fast.benchmark [run options] [bench options]`, and bench/e2e.py's.
+`main` is also bench/e2e.py's.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import HF_HINT, PATHS, bench, print_bench
-from ..errors import RMBenchError, UsageError
-from ..profile import command_line
-from ..report import write_json_atomic
-from ..settings import DEFAULT_OUT
-from .options import add_run_options, check_stats_options, run_config
+from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
+from rmbench_fast.errors import RMBenchError, UsageError
+from rmbench_fast.perf.benchmark import HF_HINT, PATHS, bench, print_bench
+from rmbench_fast.perf.profiling import command_line
+from rmbench_fast.settings import DEFAULT_OUT
+from rmbench_fast.utils.atomic import write_json_atomic
 
 HELP = "the same records through the official-style, native and vLLM paths: times, tokens, memory, agreement"
 DESCRIPTION = "`python -m rmbench_fast bench [run options] --paths official native [vllm] --out FILE`."
@@ -46,7 +46,6 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the result JSON (default: OUT/bench.json, OUT being --out; --out ending in .json is the file)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch (and vLLM) threads per path")
     p.add_argument(
         "--warmup",
         type=int,
@@ -139,7 +138,7 @@ def run_bench(args: argparse.Namespace, console: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None, *, command: str | None = None) -> int:
-    """`python -m rmbench_fast.benchmark [run options] [bench options]`; `command`: the command
+    """`python -m rmbench_fast bench [run options] [bench options]` for scripts; `command`: the command
     line recorded in the JSON (default: this process's)."""
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 

@@ -13,14 +13,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import RMBenchError
-from .options import add_run_options, judge_config
+from rmbench_fast.commands.options import add_run_options, judge_config
+from rmbench_fast.errors import RMBenchError
 
 
 def run_judge(args: argparse.Namespace, console: Any) -> int:
     """`run --kind generative`: the whole run (outputs written, tables printed); returns 0.
     Raises RMBenchError (one line, exit 2) for bad options, data, endpoints or models."""
-    from ..judge.runner import run_generative  # start-up cost: the judge runner and its report
+    from rmbench_fast.judge.runner import run_generative  # start-up cost: the judge runner and its report
 
     run_generative(judge_config(args), console)
     return 0

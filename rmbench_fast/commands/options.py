@@ -14,13 +14,13 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
-from ..records import DOMAINS
-from ..settings import DEFAULT_OUT
+from rmbench_fast.errors import UsageError
+from rmbench_fast.records import DOMAINS
+from rmbench_fast.settings import DEFAULT_OUT
 
 if TYPE_CHECKING:
-    from ..judge.runner import JudgeConfig
-    from ..pipeline import RunConfig
+    from rmbench_fast.judge.runner import JudgeConfig
+    from rmbench_fast.pipeline import RunConfig
 
 ENGINES = ("vllm",)
 
@@ -29,7 +29,12 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     """The options of a run (`run`, `profile`, `bench`, the stand-alone judge), or of a `sweep`: its
     MODEL directories instead of --model, and no judge options."""
     if sweep:
-        p.add_argument("models", nargs="+", metavar="MODEL", help="model directories (e.g. checkpoints)")
+        p.add_argument(
+            "models",
+            nargs="+",
+            metavar="MODEL",
+            help="model directories (e.g. checkpoints) or hub ids ORG/NAME[@REVISION]",
+        )
         p.add_argument(
             "--ray",
             metavar="ADDRESS",
@@ -44,9 +49,14 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
             help="with --ray: GPUs per checkpoint (default 1)",
         )
     else:
-        p.add_argument("--model", help="model directory (default: the embedded SmolLM2-135M-Instruct demo)")
+        p.add_argument(
+            "--model",
+            help="model directory or hub id ORG/NAME[@REVISION] (default: the embedded SmolLM2-135M-Instruct demo)",
+        )
     ref = p.add_mutually_exclusive_group()
-    ref.add_argument("--ref-model", help="reference model directory (DPO with a reference)")
+    ref.add_argument(
+        "--ref-model", help="reference model directory or hub id ORG/NAME[@REVISION] (DPO with a reference)"
+    )
     ref.add_argument(
         "--ref-free",
         choices=["avg", "sum", "norm"],
@@ -60,7 +70,8 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     )
     p.add_argument(
         "--data",
-        help="RM-Bench data: total_dataset.json, <domain>_filtered.json, a directory, .jsonl or .parquet",
+        help="RM-Bench data: total_dataset.json, <domain>_filtered.json, a directory, .jsonl, .parquet, or a hub "
+        "dataset id such as THU-KEG/RM-Bench[@REVISION]",
     )
     p.add_argument("--limit", type=int, help="score only the first N records of each domain")
     p.add_argument(
@@ -126,6 +137,20 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
         help="with --ref-model: both models on each batch (fused ratio) or the reference's pass first "
         "(one model in memory); auto: together when both fit on the GPU, and never in a sweep",
     )
+    eng.add_argument(
+        "--cpu-gemm",
+        default="auto",
+        choices=["auto", "onednn", "torch"],
+        help="CPU linears: oneDNN with weights packed once at load (float32/bfloat16), or torch's "
+        "F.linear; auto = torch (faster or equal at the measured shapes, bench/results/gemm-cpu.json)",
+    )
+    eng.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: the machine's physical cores); the CPU scores' last bits follow it",
+    )
     store = p.add_argument_group("results store (resume, reuse across runs)")
     store.add_argument(
         "--cache-dir",
@@ -181,6 +206,12 @@ def add_stats_options(p: argparse.ArgumentParser, *, allow_zero: bool) -> None:
         help=f"bootstrap resamples for the 95%% intervals (default 10000{off})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a --limit below 1 (one line, exit 2), before anything is loaded."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1 (records per domain), got {limit}")
 
 
 def check_stats_options(args: argparse.Namespace, *, allow_zero: bool) -> None:
@@ -265,8 +296,9 @@ def add_judge_options(parser: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The parsed run options as the pipeline's RunConfig (the one mapping of the run options)."""
-    from ..pipeline import RunConfig  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline import RunConfig  # start-up cost: the pipeline imports torch
 
+    check_limit(args.limit)
     return RunConfig(
         model=getattr(args, "model", None),
         ref_model=args.ref_model,
@@ -297,6 +329,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         allow_nonfinite=args.allow_nonfinite,
         device_map=args.device_map,
         tp=getattr(args, "tp", 1),
+        cpu_gemm=args.cpu_gemm,
+        threads=args.threads,
         max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
         reward=args.reward,
@@ -310,7 +344,9 @@ def _reject(args: argparse.Namespace, name: str, option: str, default: Any = Non
 
 def judge_config(args: argparse.Namespace) -> JudgeConfig:
     """The run's JudgeConfig from parsed options, with contradictions rejected (one line)."""
-    from ..judge.runner import JudgeConfig  # start-up cost: the judge runner and its report imports
+    from rmbench_fast.judge.runner import (
+        JudgeConfig,  # start-up cost: the judge runner and its report imports
+    )
 
     for name, option in (
         ("ref_model", "--ref-model"),
@@ -320,6 +356,7 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
         ("batch_tokens", "--batch-tokens"),
     ):
         _reject(args, name, option)
+    check_limit(getattr(args, "limit", None))
     if getattr(args, "backend", "auto") not in ("auto", None):
         raise UsageError("--backend does not apply to --kind generative")
     engine = "vllm" if getattr(args, "judge_engine", None) == "vllm" else "server"

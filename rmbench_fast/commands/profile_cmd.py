@@ -9,10 +9,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..profile import PROFILE_FILE, command_line, print_profile, profile_run
-from ..report import write_json_atomic
-from ..settings import DEFAULT_OUT
-from .options import add_run_options, check_stats_options, run_config
+from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
+from rmbench_fast.perf.profiling import PROFILE_FILE, command_line, print_profile, profile_run
+from rmbench_fast.settings import DEFAULT_OUT
+from rmbench_fast.utils.atomic import write_json_atomic
 
 HELP = "where the time of a run goes, by phase (torch.profiler); writes OUT/profile.json"
 

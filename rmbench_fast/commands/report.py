@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from rmbench_fast.benchmarks import BENCHMARKS, REWARDBENCH2
+from rmbench_fast.errors import UsageError
 
 HELP = "re-print the tables of a finished run or sweep"
 
@@ -23,13 +24,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="place the run among the published RM-Bench results shipped with the package",
     )
+    parser.add_argument(
+        "--benchmark",
+        choices=list(BENCHMARKS),
+        default=None,
+        help="the run's benchmark (default: what its metrics.json says; rm-bench for older runs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
-    from ..report import METRICS_FILE, plot_matrices, print_report, read_metrics  # start-up cost: numpy
-    from ..sweep import SWEEP_FILE  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline.sweep import SWEEP_FILE  # start-up cost: the pipeline imports torch
+    from rmbench_fast.results.report import (  # start-up cost: numpy
+        METRICS_FILE,
+        plot_matrices,
+        print_report,
+        read_metrics,
+    )
 
     out = Path(args.out)
     console = Console()
@@ -37,9 +49,22 @@ def run(args: argparse.Namespace) -> int:
     if is_sweep_dir or (out.is_file() and out.name == SWEEP_FILE):
         return _report_sweep(args, out if out.is_dir() else out.parent, console)
     metrics = read_metrics(out)
+    benchmark = args.benchmark or (metrics.get("meta") or {}).get("benchmark") or "rm-bench"
+    if benchmark == REWARDBENCH2:
+        from rmbench_fast.benchmarks.rewardbench2.report import print_report as print_rb2
+
+        if args.leaderboard or args.plot:
+            raise UsageError("--leaderboard and --plot are RM-Bench's; a rewardbench2 run has its table only")
+        if "subsets" not in metrics:
+            raise UsageError(f"{out} is not a rewardbench2 run (its metrics.json has no 'subsets')")
+        print_rb2(metrics, console)
+        return 0
     print_report(metrics, console)
     if args.leaderboard:
-        from ..leaderboard import place, print_placement  # start-up cost: only with --leaderboard
+        from rmbench_fast.benchmarks.rmbench.leaderboard import (  # start-up cost: only with --leaderboard
+            place,
+            print_placement,
+        )
 
         console.print()
         print_placement(place(metrics), console)
@@ -50,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report_sweep(args: argparse.Namespace, out: Path, console: Any) -> int:
-    from ..sweep import plot_sweep, print_sweep, read_sweep  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline.sweep import (  # start-up cost: the pipeline imports torch
+        plot_sweep,
+        print_sweep,
+        read_sweep,
+    )
 
     if args.leaderboard:
         raise UsageError(

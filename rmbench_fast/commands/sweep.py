@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_run_options, check_stats_options, run_config
+from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
 
 HELP = (
     "score many models (checkpoints) on the same data, sharing data, tokenization and "
@@ -19,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
-    from ..sweep import run_sweep  # start-up cost: the pipeline imports torch
+    from rmbench_fast.pipeline.sweep import run_sweep  # start-up cost: the pipeline imports torch
 
     check_stats_options(args, allow_zero=True)
     if args.ray:
-        from ..ray_sweep import run_ray_sweep  # optional dependency: ray
+        from rmbench_fast.pipeline.ray_sweep import run_ray_sweep  # optional dependency: ray
 
         rows = run_ray_sweep(
             list(args.models),

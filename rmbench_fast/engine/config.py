@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rmbench_fast.errors import ModelError
-from rmbench_fast.modelio import NativeHeadName, detect_native_head
+from rmbench_fast.inputs.modelio import NativeHeadName, detect_native_head
 
 Family = Literal["llama", "mistral", "qwen2", "qwen3", "gemma2"]
 Head = Literal["causal", "classifier"]
@@ -48,7 +48,7 @@ ACTIVATIONS = {
     "qwen3": ("silu",),
     "gemma2": ("gelu_pytorch_tanh",),
 }
-# Custom reward heads the scorer runs natively (engine/reward_heads.py). The gating heads also
+# Custom reward heads the scorer runs natively (engine/models/reward_heads.py). The gating heads also
 # read a second row per sequence, the hidden state at the gating token (plan.gating_rows).
 GATING_HEADS: tuple[NativeHeadName, ...] = ("qrm", "armorm")
 NATIVE_HEADS: tuple[NativeHeadName, ...] = ("inform", "grm", *GATING_HEADS)
@@ -147,7 +147,7 @@ class EngineConfig:
         """config.json of `model_dir`; the checkpoint's tensor names (read from the safetensors
         headers, no weights) also let a custom reward head be recognised by its layout.
         head_hint: the head a config without `architectures` gets (see `from_dict`)."""
-        from rmbench_fast.modelio import checkpoint_tensor_names
+        from rmbench_fast.inputs.modelio import checkpoint_tensor_names
 
         path = Path(model_dir) / "config.json"
         if not path.is_file():

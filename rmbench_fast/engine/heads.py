@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rmbench_fast.engine.parallel import VocabShard, agree_min, vocab_parallel_logprobs
-from rmbench_fast.logprobs import linear_token_logprobs, token_logprobs
-from rmbench_fast.phases import phase
-from rmbench_fast.rewards import sequence_stats
+from rmbench_fast.engine.layers.parallel import VocabShard, agree_min, vocab_parallel_logprobs
+from rmbench_fast.scoring.logprobs import linear_token_logprobs, token_logprobs
+from rmbench_fast.scoring.rewards import sequence_stats
+from rmbench_fast.utils.phases import phase
 
 # Rows of [rows, V] logits per chunk off the GPU: bounds memory at ~64 MB of fp32.
 CPU_LOGIT_CHUNK_ELEMS = 1 << 24

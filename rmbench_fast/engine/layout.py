@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmbench_fast.phases import phase
-from rmbench_fast.plan import branch_bounds
-from rmbench_fast.records import N_SLOTS, PackedBatch
+from rmbench_fast.records import PackedBatch
+from rmbench_fast.scoring.plan import branch_bounds
+from rmbench_fast.utils.phases import phase
 
 MaskMod = Callable[[Any, Any, torch.Tensor, torch.Tensor], torch.Tensor]
 # Per segment: (prefix start, prefix length, [(start, end) of each non-empty branch]).
@@ -50,7 +50,7 @@ class PackedLayout:
     label_pos: torch.Tensor  # [K] int64: the flat row whose output predicts label k
     label_ids: torch.Tensor  # [K] int64
     label_seq: torch.Tensor  # [K] int64: the sequence j of label k
-    pool_pos: torch.Tensor  # [S*6] int64: the classifier's pooled row of sequence j (-1 for DPO)
+    pool_pos: torch.Tensor  # [J] int64: the classifier's pooled row of sequence j (-1 for DPO)
     _cache: dict[tuple[str, int | None], Any] = field(default_factory=dict)
     ran: Counter[str] = field(default_factory=Counter)  # attention calls per backend that ran
 
@@ -119,10 +119,11 @@ class PackedLayout:
         def build() -> SegmentSpans:
             b = self.batch
             seg_off = np.asarray(b.seg_offsets, dtype=np.int64)
+            seg_seq = np.asarray(b.seg_seqs, dtype=np.int64)
             starts, ends = branch_bounds(b)
             spans = []
             for si in range(b.n_segments):
-                sl = slice(si * N_SLOTS, (si + 1) * N_SLOTS)
+                sl = slice(seg_seq[si], seg_seq[si + 1])
                 br = [(int(x), int(y)) for x, y in zip(starts[sl], ends[sl]) if y > x]
                 spans.append((int(seg_off[si]), int(b.prefix_len[si]), br))
             return spans

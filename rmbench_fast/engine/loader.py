@@ -13,7 +13,7 @@ directory is ever imported or executed.
 One loading path: `load_model(dir)` streams the directory's tensors into
 `load_model_from_tensors(cfg, pairs)`, which also takes in-memory (HF name, tensor) pairs.
 Under tensor parallelism (`tp=`) the meta model is first cut to this rank's shard
-(`parallel.parallelize`); each module that places tensors itself (`layers.ShardLoader`: packed
+(`tensor_parallel.parallelize`); each module that places tensors itself (`linear.ShardLoader`: packed
 rows, row-parallel columns, vocabulary rows) says which part of the checkpoint tensor it holds,
 and only that part is read (`get_slice`: a rank never reads, or holds, the whole checkpoint).
 """
@@ -28,16 +28,17 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from rmbench_fast.distributed import TPInfo
-from rmbench_fast.dtypes import model_dtype
 from rmbench_fast.engine.config import EngineConfig
-from rmbench_fast.engine.gemma2 import Gemma2ForScoring
-from rmbench_fast.engine.layers import PackedLinear, ShardLoader, rope_inv_freq
-from rmbench_fast.engine.llama import LlamaForScoring
-from rmbench_fast.engine.parallel import parallelize
-from rmbench_fast.engine.qwen3 import Qwen3ForScoring
-from rmbench_fast.engine.reward_heads import RewardHead
+from rmbench_fast.engine.layers.linear import PackedLinear, ShardLoader
+from rmbench_fast.engine.layers.rope import rope_inv_freq
+from rmbench_fast.engine.models.gemma2 import Gemma2ForScoring
+from rmbench_fast.engine.models.llama import LlamaForScoring
+from rmbench_fast.engine.models.qwen3 import Qwen3ForScoring
+from rmbench_fast.engine.models.reward_heads import RewardHead
+from rmbench_fast.engine.models.tensor_parallel import parallelize
 from rmbench_fast.errors import ModelError
+from rmbench_fast.utils.distributed import TPInfo
+from rmbench_fast.utils.dtypes import model_dtype
 
 # checkpoint module name -> (packed module name, shard), for q/k/v and gate/up
 PACKED_SHARDS: dict[str, tuple[str, str]] = {
@@ -222,7 +223,7 @@ def load_model(
     returns it in eval mode, without gradients. Every parameter must be written exactly once
     (each packed shard once); unknown, misshapen or missing tensors raise ModelError.
 
-    `tp` (tensor parallelism): this rank's shard of the model (`parallel.parallelize`); each
+    `tp` (tensor parallelism): this rank's shard of the model (`tensor_parallel.parallelize`); each
     sharded tensor is read as its slice only (`safe_open(...).get_slice`), so a rank never
     holds the whole checkpoint. None: the single-process model, read tensor by tensor.
     """

@@ -1,8 +1,9 @@
 """The batches of a run and the out-of-memory back-off.
 
-The planner packs whole records into batches of at most `batch_tokens` tokens. The scheduler
-feeds them to a `score_batch` function (one PackedBatch -> per-sequence values [S*6, k]) and
-scatters the values back to [n_records, 6, k] in slot order.
+The planner packs whole records (a prompt and its N completions, N = 1..64 per record) into
+batches of at most `batch_tokens` tokens. The scheduler feeds them to a `score_batch` function
+(one PackedBatch -> per-sequence values [J, k]) and scatters the values back to
+[n_records, N_max, k] in slot order (NaN past a record's own N).
 
 Out of memory: the token budget is halved (never below the longest record, which is tried
 exactly before giving up), and the records not yet scored are re-planned; finished batches are
@@ -25,19 +26,20 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from rmbench_fast.phases import phase
-from rmbench_fast.plan import plan_batches, plan_stats, segment_lengths
-from rmbench_fast.records import N_SLOTS, PackedBatch, TokSeq
+from rmbench_fast.records import PackedBatch, TokSeq
+from rmbench_fast.scoring.plan import MAX_GROUP, plan_batches, plan_stats, segment_lengths, seq_slots
+from rmbench_fast.utils.phases import phase
 
-ScoreBatch = Callable[[PackedBatch], torch.Tensor]  # -> values [S*6, k] on the device
+ScoreBatch = Callable[[PackedBatch], torch.Tensor]  # -> values [J, k] on the device
 Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
 class ScheduledBatch:
     batch: PackedBatch
-    records: np.ndarray  # [S*6] int64: global record index of each sequence j
+    records: np.ndarray  # [J] int64: global record index of each sequence j
     budget: int  # the token budget it was planned under
+    slots: np.ndarray  # [J] int64: slot of each sequence j inside its record
 
 
 @dataclass
@@ -67,19 +69,19 @@ class DataShard:
     group: Any = None
 
     def merge(self, out: np.ndarray, schedule: Schedule) -> np.ndarray:
-        """Every replica's values for the sequences it scored, gathered into one [n, 6, k]."""
+        """Every replica's values for the sequences it scored, gathered into one [n, N_max, k]."""
         import torch.distributed as dist
 
         recs = [b.records for b in schedule.batches]
         records = np.concatenate(recs) if recs else np.zeros(0, dtype=np.int64)  # [M]
-        slots = np.concatenate([np.arange(len(r)) % N_SLOTS for r in recs]) if recs else records
+        slots = np.concatenate([b.slots for b in schedule.batches]) if recs else records
         mine = (records, slots, out[records, slots])  # values [M, k]
         parts: list[Any] = [None] * self.size
         dist.all_gather_object(parts, mine, group=self.group)
         width = (
             max(p[2].shape[1] for p in parts if len(p[0])) if any(len(p[0]) for p in parts) else out.shape[2]
         )
-        merged = np.full((out.shape[0], N_SLOTS, width), np.nan)
+        merged = np.full((out.shape[0], out.shape[1], width), np.nan)
         for r, j, values in parts:
             merged[r, j] = values
         return merged
@@ -94,11 +96,13 @@ class BatchCache(Protocol):
 
 
 class _Collector:
-    """Scatters per-sequence values into [n_records, 6, k]; device values are copied back
+    """Scatters per-sequence values into [n_records, width, k]; device values are copied back
     non-blocking and read one batch later, so batch k's copy overlaps batch k+1's compute."""
 
-    def __init__(self, n_records: int, progress: Progress | None, cache: BatchCache | None) -> None:
-        self.n, self.progress, self.cache = n_records, progress, cache
+    def __init__(
+        self, n_records: int, width: int, progress: Progress | None, cache: BatchCache | None
+    ) -> None:
+        self.n, self.width, self.progress, self.cache = n_records, width, progress, cache
         self.out: np.ndarray | None = None
         self.inflight: list[tuple[ScheduledBatch, torch.Tensor, torch.cuda.Event | None]] = []
 
@@ -129,8 +133,8 @@ class _Collector:
     def _store(self, sb: ScheduledBatch, values: np.ndarray, *, from_cache: bool) -> None:
         values = np.asarray(values, dtype=np.float64).reshape(len(sb.records), -1)
         if self.out is None:
-            self.out = np.full((self.n, N_SLOTS, values.shape[1]), np.nan)
-        self.out[sb.records, np.arange(len(sb.records)) % N_SLOTS] = values
+            self.out = np.full((self.n, self.width, values.shape[1]), np.nan)
+        self.out[sb.records, sb.slots] = values
         if self.cache is not None and not from_cache:
             self.cache.save(sb, values)
         if self.progress is not None:
@@ -138,7 +142,7 @@ class _Collector:
 
     def finish(self) -> np.ndarray:
         self.drain()
-        return self.out if self.out is not None else np.full((self.n, N_SLOTS, 1), np.nan)
+        return self.out if self.out is not None else np.full((self.n, self.width, 1), np.nan)
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -149,7 +153,8 @@ def free_device_memory(device: torch.device) -> None:
 
 
 class BatchScheduler:
-    """Plans `seqs` (six TokSeqs per record) and runs every batch through `score_batch`."""
+    """Plans `seqs` (N_r TokSeqs per record r, 1 <= N_r <= 64) and runs every batch through
+    `score_batch`."""
 
     def __init__(
         self,
@@ -162,8 +167,9 @@ class BatchScheduler:
         log: Callable[[str], None],
     ) -> None:
         for r, group in enumerate(seqs):
-            if len(group) != N_SLOTS:
-                raise ValueError(f"record {r}: expected {N_SLOTS} sequences, got {len(group)}")
+            if not 1 <= len(group) <= MAX_GROUP:
+                raise ValueError(f"record {r}: expected 1 to {MAX_GROUP} sequences, got {len(group)}")
+        self.width = max((len(g) for g in seqs), default=0)  # the output's slot axis
         self.seqs, self.share_prefix, self.vocab_size = seqs, share_prefix, vocab_size
         self.device, self.log = device, log
         # The planner's own lengths (its mask_first rule can turn prefix sharing off).
@@ -190,7 +196,8 @@ class BatchScheduler:
         self.plan_s += time.perf_counter() - t
         idx = np.asarray(pending, dtype=np.int64)
         return [
-            ScheduledBatch(b, idx[np.asarray(b.seq_record, dtype=np.int64)], self.budget) for b in batches
+            ScheduledBatch(b, idx[np.asarray(b.seq_record, dtype=np.int64)], self.budget, seq_slots(b))
+            for b in batches
         ]
 
     def _back_off(self) -> None:
@@ -214,9 +221,10 @@ class BatchScheduler:
         cache: BatchCache | None = None,
         shard: DataShard | None = None,
     ) -> np.ndarray:
-        """Values [n_records, 6, k] float64 (NaN where nothing was scored).
+        """Values [n_records, N_max, k] float64 (NaN where nothing was scored, and past a
+        record's own N).
 
-        `score_batch` returns the batch's values on the device, [S*6, k]; they are copied back
+        `score_batch` returns the batch's values on the device, [J, k]; they are copied back
         asynchronously (pinned memory on CUDA) while the next batch runs, so the steady state
         has no device->host sync. `replay`: run exactly these batches first (another pass's
         schedule); an out-of-memory error while replaying re-plans the rest as usual, and
@@ -226,7 +234,7 @@ class BatchScheduler:
         replicas exchange values, so every rank returns the whole array and each batch is
         computed exactly as in one process.
         """
-        collector = _Collector(len(self.seqs), progress, cache)
+        collector = _Collector(len(self.seqs), self.width, progress, cache)
         if replay is not None:
             queue = list(replay.batches)
         else:

@@ -23,18 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmbench_fast import distributed
-from rmbench_fast.engine.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
+from rmbench_fast.engine.layers.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
+from rmbench_fast.engine.layers.cpu_gemm import prepack, resolve_cpu_gemm
 from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
-from rmbench_fast.phases import phase
-from rmbench_fast.plan import gating_rows
 from rmbench_fast.records import PackedBatch, TokSeq
-from rmbench_fast.rewards import SUM, check_ref_free_mode, rewards_from_stats
+from rmbench_fast.scoring.plan import gating_rows
+from rmbench_fast.scoring.rewards import SUM, check_ref_free_mode, rewards_from_stats
 from rmbench_fast.settings import ScoreSettings
+from rmbench_fast.utils import distributed
+from rmbench_fast.utils.phases import phase
+from rmbench_fast.utils.threads import retain_freed_memory
 
 
 def native_supports(config: dict[str, Any], head_hint: str | None = None) -> str | None:
@@ -60,7 +62,7 @@ def causal_logit_stats(
         rows, w, cap = hidden.index_select(0, pool), model.head_weight(), model.cfg.final_softcap
         shard = model.vocab_shard()
         if shard is not None:  # the row lives on one rank's vocabulary shard
-            from rmbench_fast.engine.parallel import vocab_parallel_token_logit
+            from rmbench_fast.engine.layers.parallel import vocab_parallel_token_logit
 
             z = vocab_parallel_token_logit(rows, w, token, shard, cap)  # [n_seq, 1]
         else:
@@ -135,6 +137,14 @@ class NativeScorer:
             if ref_cfg.head != "causal":
                 raise ModelError(f"{ref_cfg.architecture} is not a causal LM", file=str(ref_model_dir))
             self.ref_model = self._load(ref_model_dir, ref_cfg)
+        # Linears on the CPU: oneDNN with weights packed once (engine/layers/cpu_gemm.py), or F.linear.
+        self.cpu_gemm = resolve_cpu_gemm(s.cpu_gemm, self.device, self.dtype)
+        self.packed_linears = 0
+        # CPU: large freed blocks stay in the heap for the next layer (threads.retain_freed_memory).
+        self.heap_retained = retain_freed_memory() if self.device.type == "cpu" else False
+        if self.cpu_gemm == "onednn":
+            with phase("load"):  # part of loading: the packed weight replaces the plain one
+                self.packed_linears = sum(prepack(m) for m in (self.model, self.ref_model) if m is not None)
         self.chunk_rows = logit_chunk_rows(
             self.vocab_size, self.device, self.dtype, tp=self.model.vocab_shard()
         )
@@ -223,6 +233,10 @@ class NativeScorer:
             "plan_share": sched.plan_s / max(wall, 1e-9),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
+            "cpu_gemm": self.cpu_gemm,
+            "packed_linears": self.packed_linears,
+            "cpu_heap_retained": self.heap_retained,
+            "threads": torch.get_num_threads(),
         }
         return out
 
@@ -236,6 +250,9 @@ class NativeScorer:
             "fp32_scores": self.fp32_scores,
             "share_prefix": self.share_prefix,
             "tp": self.tp.size if self.tp is not None else 1,  # TP rounds differently from one process
+            "cpu_gemm": self.cpu_gemm,  # oneDNN and MKL sum in different orders
+            # CPU kernels split their sums by thread count, so the last bits follow it.
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
 
     def attention_used(self) -> str:

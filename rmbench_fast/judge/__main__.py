@@ -2,6 +2,6 @@
 
 import sys
 
-from ..commands.judge import main
+from rmbench_fast.commands.judge import main
 
 sys.exit(main())

@@ -37,8 +37,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RMBenchError
-from .requests import JudgeRequest, JudgeResponse
+from rmbench_fast.errors import RMBenchError
+from rmbench_fast.judge.requests import JudgeRequest, JudgeResponse
 
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 REQUEST_ERROR_STATUS = frozenset({400, 413, 422})

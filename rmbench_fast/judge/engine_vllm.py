@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .client import JudgeError
-from .requests import JudgeRequest, JudgeResponse
+from rmbench_fast.inputs.hub import resolve_model
+from rmbench_fast.judge.client import JudgeError
+from rmbench_fast.judge.requests import JudgeRequest, JudgeResponse
 
 INSTALL_HINT = (
     "--judge-engine vllm needs vLLM in this Python environment: pip install 'rmbench_fast[vllm]' (GPU), or on a "
@@ -33,16 +34,22 @@ CPU_KV_CACHE_BYTES = 1 << 30
 
 
 def resolve_model_dir(model: str | None, log: Callable[[str], None]) -> Path:
-    """--model DIR, or the demo SmolLM2-135M-Instruct when none is given."""
+    """--model DIR or ORG/NAME[@REVISION] (inputs.hub: safetensors only, no repository code),
+    or the demo SmolLM2-135M-Instruct when none is given."""
+    return resolve_model_source(model, log)[0]
+
+
+def resolve_model_source(model: str | None, log: Callable[[str], None]) -> tuple[Path, dict[str, Any] | None]:
+    """`resolve_model_dir`, and the hub snapshot's metadata record for an id (else None)."""
     if model is None:
-        from ..demo import ensure_smollm2
+        from rmbench_fast.inputs.demo import ensure_smollm2
 
         log("no --model given: the judge is the embedded demo model SmolLM2-135M-Instruct")
-        return ensure_smollm2()
-    path = Path(model)
+        return ensure_smollm2(), None
+    path, snap = resolve_model(model, log=log)
     if not (path / "config.json").is_file():
         raise JudgeError("not a model directory (no config.json)", file=str(path))
-    return path
+    return path, (snap.meta() if snap is not None else None)
 
 
 def _cuda() -> bool:
@@ -75,7 +82,7 @@ class VLLMEngine:
         engine_args: Mapping[str, Any] | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.model_dir = resolve_model_dir(model, log)
+        self.model_dir, self.model_source = resolve_model_source(model, log)
         self.sampling = dict(sampling)
         self.dtype = vllm_dtype(dtype)
         self.batch_requests = max(1, batch_requests)
@@ -186,6 +193,7 @@ class VLLMEngine:
         return {
             "vllm": self._version,
             "model_dir": str(self.model_dir),
+            "model_source": self.model_source,
             "dtype": self.dtype,
             "llm_kwargs": {k: v for k, v in kw.items() if k != "model"},
             "batches": self.batches,

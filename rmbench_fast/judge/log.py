@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from .requests import JudgeRequest, JudgeResponse
+from rmbench_fast.judge.requests import JudgeRequest, JudgeResponse
 
 LOG_FILE = "judge_log.jsonl"
 

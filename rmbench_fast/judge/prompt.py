@@ -33,7 +33,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from rmbench_fast.errors import UsageError
 
 # Source: THU-KEG/RM-Bench, README.md ("The prompt template used for comparision"), commit
 # 73c52d7b27b361621361ec959ac6c0eb9bb7a689 (2025-07-18). Transcribed exactly: this string

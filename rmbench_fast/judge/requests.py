@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import N_STYLES, Record
-from .prompt import Template
+from rmbench_fast.judge.prompt import Template
+from rmbench_fast.records import N_STYLES, Record
 
 ORDERS = ("chosen_first", "rejected_first")
 REQUESTS_PER_RECORD = 2 * N_STYLES * N_STYLES

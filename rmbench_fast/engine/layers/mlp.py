@@ -1,0 +1,35 @@
+"""The gated MLP of the Llama family and Gemma-2: x [T, H] -> [T, H]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rmbench_fast.engine.layers.cpu_gemm import Linear
+from rmbench_fast.engine.layers.linear import PackedLinear
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACT_FNS = {"silu": F.silu, "gelu_pytorch_tanh": _gelu_tanh}
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)), act = silu (Llama family) or tanh-approximated GELU (Gemma-2).
+
+    gate and up are one packed [2I, H] projection (`gate_up_proj`, shards "gate" and "up").
+    """
+
+    def __init__(self, hidden: int, inter: int, bias: bool, act: str = "silu") -> None:
+        super().__init__()
+        self.act = ACT_FNS[act]
+        self.gate_up_proj = PackedLinear(hidden, {"gate": inter, "up": inter}, bias)
+        self.down_proj = Linear(inter, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, H] -> [T, H]
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
+        return self.down_proj(self.act(gate).mul_(up))  # act() allocates; multiply in place

@@ -1,0 +1,6 @@
+"""Where the time goes, and how fast the paths are against each other.
+
+Modules: profiling (`profile`: one run under torch.profiler, split by phase), benchmark
+(`bench`: the same records through the official-style, native and vLLM paths, their agreement),
+vllm_path (the vLLM path, run as a script by the vLLM environment's Python).
+"""
