@@ -5,7 +5,6 @@ and the flash decomposition against the dense reference (with a reference varlen
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 pytest.importorskip("transformers")
 
 from _tiny import make_tiny_model_dir, synthetic_records  # noqa: E402
+from _varlen_ref import Aux, make_varlen  # noqa: E402
 
 from rmbench_fast.engine import NativeScorer  # noqa: E402
 from rmbench_fast.engine.layers import attention as attn  # noqa: E402
@@ -166,57 +166,15 @@ def test_lm_head_fused_is_close_and_recorded(models: dict[str, Path]) -> None:
 
 
 # --- flash: the decomposition, with a reference varlen_attn --------------------------------------
-def _varlen_ref(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_q: torch.Tensor,
-    cu_k: torch.Tensor,
-    max_q: int,
-    max_k: int,
-    *,
-    return_aux: Any = None,
-    scale: float | None = None,
-    window_size: tuple[int, int] = (-1, -1),
-    enable_gqa: bool = False,
-    seqused_k: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """varlen_attn's contract in float64 loops: per sequence i, q[cu_q[i]:cu_q[i+1]] attends to
-    the first seqused_k[i] keys of k[cu_k[i]:cu_k[i+1]]; causal aligns the ends (flash's rule)."""
-    Hq, D = q.shape[1], q.shape[2]
-    if k.shape[1] != Hq:
-        assert enable_gqa
-        k, v = k.repeat_interleave(Hq // k.shape[1], 1), v.repeat_interleave(Hq // v.shape[1], 1)
-    out = torch.zeros(q.shape, dtype=torch.float64)
-    lse = torch.full(q.shape[:2], -math.inf, dtype=torch.float64)
-    sc = D**-0.5 if scale is None else scale
-    for i in range(len(cu_q) - 1):
-        qa, qb, ka, kb = int(cu_q[i]), int(cu_q[i + 1]), int(cu_k[i]), int(cu_k[i + 1])
-        if seqused_k is not None:
-            kb = ka + int(seqused_k[i])
-        if qb == qa or kb == ka:
-            continue
-        s = torch.einsum("qhd,khd->hqk", q[qa:qb].double(), k[ka:kb].double()) * sc
-        if window_size == (-1, 0):
-            Lq, Lk = qb - qa, kb - ka
-            s = s.masked_fill(~torch.ones(Lq, Lk, dtype=torch.bool).tril(Lk - Lq), -math.inf)
-        lse[qa:qb] = torch.logsumexp(s, -1).transpose(0, 1)
-        out[qa:qb] = torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), v[ka:kb].double())
-    return out.to(q.dtype), lse.float()
 
 
 @pytest.mark.parametrize("api", ["seqused_k+gqa", "gather+expand"])
 def test_flash_decomposition_matches_dense(monkeypatch: pytest.MonkeyPatch, api: str) -> None:
-    names = {"return_aux", "scale", "window_size"} | (
+    names = frozenset({"return_aux", "scale", "window_size"}) | (
         {"seqused_k", "enable_gqa"} if api == "seqused_k+gqa" else set()
     )
-
-    class Aux:
-        def __init__(self, lse: bool) -> None:
-            self.lse = lse
-
-    monkeypatch.setattr(flash, "_varlen", lambda: (_varlen_ref, Aux, frozenset(names)))
-    monkeypatch.setattr(attn, "flash_applies", lambda q, layout, window, softcap: softcap is None)
+    monkeypatch.setattr(flash, "_varlen", lambda: (make_varlen(names), Aux, names))
+    monkeypatch.setattr(attn, "flash_unfit", lambda q, layout, window, softcap, k=None: None)
     g = torch.Generator().manual_seed(0)
     groups = []
     for prompt, lens in [(7, [3, 11, 5, 1, 9, 4]), (0, [6, 6, 2, 13, 1, 8]), (12, [2, 4, 4, 7, 2, 5])]:

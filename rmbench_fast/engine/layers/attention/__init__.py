@@ -5,12 +5,13 @@ Every backend computes softmax(cap(q·kᵀ * scale) + mask) v under the visibili
     "sdpa"   (default off-GPU) per segment: prefix once, branches batched and padded (sdpa.py);
              on the CPU, when the split conditions hold, the exact LSE-merged split (split.py)
     "flash"  (default on CUDA) FlashAttention varlen, three calls merged by LSE (flash.py);
-             where it cannot express a call (a window that bites, a masked key) the call runs
-             "sdpa" instead
+             where it cannot express a call (fp32, a head size it lacks, a window that bites,
+             a soft-cap) the call runs "sdpa" instead, counted as "flash_fallback:<reason>"
     "flex"   one FlexAttention call with a block mask (flex.py); the CUDA default for
              Gemma-2's attention soft-cap, which flash cannot apply
     "dense"  the [T, T] mask materialised; the test reference (dense.py)
-Each call counts the backend that actually ran in `layout.ran`, which the scorer reports.
+Each call counts the backend that actually ran in `layout.ran`, which the scorer reports; on
+CUDA the "sdpa" path also counts the SDPA kernel of each of its calls ("sdpa_kernel:<name>").
 Scores are q·k * scale (default head_dim^-0.5); a soft-cap (Gemma-2) makes them
 cap * tanh(q·k * scale / cap) before masking.
 """
@@ -22,7 +23,7 @@ from typing import Literal
 import torch
 
 from rmbench_fast.engine.layers.attention.dense import dense_attention
-from rmbench_fast.engine.layers.attention.flash import flash_applies, flash_attention
+from rmbench_fast.engine.layers.attention.flash import flash_attention, flash_unfit
 from rmbench_fast.engine.layers.attention.flex import FlexCompileError, flex_attention
 from rmbench_fast.engine.layers.attention.sdpa import sdpa_segments, segment_plans
 from rmbench_fast.engine.layers.attention.split import sdpa_split, split_applies
@@ -70,15 +71,18 @@ def _dispatch(
     scale: float | None,
     softcap: float | None,
 ) -> torch.Tensor:
-    if impl == "flash" and flash_applies(q, layout, window, softcap):
-        layout.ran["flash"] += 1
-        return flash_attention(q, k, v, layout, scale)
+    if impl == "flash":
+        why = flash_unfit(q, layout, window, softcap, k)
+        if why is None:
+            layout.ran["flash"] += 1
+            return flash_attention(q, k, v, layout, scale)
+        layout.ran[f"flash_fallback:{why}"] += 1
     if impl in ("sdpa", "flash"):
         if split_applies(q, layout, window, softcap):
             layout.ran["split"] += 1
             return sdpa_split(q, k, v, layout.segment_spans(), scale)
         layout.ran["sdpa"] += 1
-        return sdpa_segments(q, k, v, segment_plans(layout, window), scale, softcap)
+        return sdpa_segments(q, k, v, segment_plans(layout, window), scale, softcap, layout.ran)
     if impl == "flex":
         layout.ran["flex"] += 1
         return flex_attention(q, k, v, layout, window, scale, softcap)

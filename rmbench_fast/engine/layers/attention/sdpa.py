@@ -4,10 +4,20 @@ branch K/V]. Cost ~ P^2 + N B (P + B) instead of (P + N B)^2 for N branches.
 
 With an attention soft-cap (Gemma-2) SDPA cannot apply the cap, so the same plan runs through
 `math_attention`, which follows HF's eager attention op for op.
+
+On CUDA each SDPA call is checked (`cuda_sdpa`): the fused kernel SDPA will pick is asked for
+first, with the arguments it will get, and counted in `ran["sdpa_kernel:<name>"]` (flash,
+efficient, cudnn, math), which the scorer reports. A boolean mask with grouped-query heads has
+no fused kernel (FlashAttention takes no mask, the memory-efficient kernel no GQA), so when the
+pick is math the KV heads are expanded (HF repeat_kv order) and the pick asked again; a call
+that still lands on math is counted and warned about once, never silent. The CPU path is the
+plain SDPA call, unchanged.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,13 +108,82 @@ def sdpa(
     causal: bool = False,
     scale: float | None = None,
     softcap: float | None = None,
+    ran: Counter[str] | None = None,
 ) -> torch.Tensor:
-    """q: [B, Hq, Lq, D], k/v: [B, Hk, Lk, D], mask: bool broadcastable to [B, Hq, Lq, Lk]."""
+    """q: [B, Hq, Lq, D], k/v: [B, Hk, Lk, D], mask: bool broadcastable to [B, Hq, Lq, Lk].
+
+    `ran`: where a CUDA call counts the kernel that ran (module docstring)."""
     if softcap is None:
+        if _checked(q):
+            return cuda_sdpa(q, k, v, mask=mask, causal=causal, scale=scale, ran=ran)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
         )
+    if ran is not None and _checked(q):
+        ran["sdpa_kernel:eager_softcap"] += 1
     return math_attention(q, k, v, mask=mask, causal=causal, scale=scale, softcap=softcap)
+
+
+def _checked(q: torch.Tensor) -> bool:
+    """Whether SDPA calls on q's device are checked and counted (CUDA; tests mock it)."""
+    return q.device.type == "cuda"
+
+
+# torch.nn.attention.SDPBackend's values, as `torch._fused_sdp_choice` returns them.
+SDPA_KERNELS = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+_warned_math = False
+
+
+def sdpa_kernel_choice(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+) -> str:
+    """The kernel SDPA picks for these arguments (its own selection, asked without running it)."""
+    pick = torch._fused_sdp_choice(q, k, v, mask, 0.0, causal, scale=scale, enable_gqa=enable_gqa)
+    return SDPA_KERNELS.get(int(pick), f"backend {int(pick)}")
+
+
+def cuda_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None,
+    ran: Counter[str] | None,
+) -> torch.Tensor:
+    """SDPA on CUDA with its kernel checked and counted (module docstring). Shapes as `sdpa`."""
+    global _warned_math
+    if mask is not None and mask.dtype == torch.bool:
+        # SDPA turns a boolean mask into this additive one before it picks a kernel: pick on
+        # the same tensor it will get, and convert once.
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, -torch.inf)
+    gqa = k.shape[1] != q.shape[1]
+    which = sdpa_kernel_choice(q, k, v, mask, causal, scale, gqa)
+    if which == "math" and gqa:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        gqa = False
+        which = sdpa_kernel_choice(q, k, v, mask, causal, scale, gqa)
+    if ran is not None:
+        ran[f"sdpa_kernel:{which}"] += 1
+    if which == "math" and not _warned_math:
+        _warned_math = True
+        warnings.warn(
+            f"SDPA runs its math kernel on CUDA (dtype {q.dtype}, head size {q.shape[-1]}, "
+            f"mask {mask is not None}): correct but slow; counted in attention_calls",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa
+    )
 
 
 def math_attention(
@@ -141,8 +220,11 @@ def sdpa_segments(
     plans: list[SegmentPlan],
     scale: float | None = None,
     softcap: float | None = None,
+    ran: Counter[str] | None = None,
 ) -> torch.Tensor:
-    """The padded per-segment path. q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
+    """The padded per-segment path. q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D].
+
+    `ran`: where CUDA calls count the SDPA kernel that ran (module docstring)."""
     out = torch.empty_like(q)
     Hq, D = q.shape[1], q.shape[2]
     for p in plans:
@@ -152,9 +234,11 @@ def sdpa_segments(
             kp, vp = k[a : a + P].transpose(0, 1), v[a : a + P].transpose(0, 1)
             qp = q[a : a + P].transpose(0, 1)
             if p.prefix_mask is None:
-                o = sdpa(qp[None], kp[None], vp[None], causal=True, scale=scale, softcap=softcap)
+                o = sdpa(qp[None], kp[None], vp[None], causal=True, scale=scale, softcap=softcap, ran=ran)
             else:
-                o = sdpa(qp[None], kp[None], vp[None], mask=p.prefix_mask, scale=scale, softcap=softcap)
+                o = sdpa(
+                    qp[None], kp[None], vp[None], mask=p.prefix_mask, scale=scale, softcap=softcap, ran=ran
+                )
             out[a : a + P] = o[0].transpose(0, 1)
         if not p.n_branches:
             continue
@@ -164,7 +248,7 @@ def sdpa_segments(
         # one gather builds [prefix ; own branch] keys for every branch row
         kk = k[p.key_rows].view(nb, P + bm, -1, D).transpose(1, 2)
         vv = v[p.key_rows].view(nb, P + bm, -1, D).transpose(1, 2)
-        o = sdpa(qb, kk, vv, mask=p.branch_mask, scale=scale, softcap=softcap)
+        o = sdpa(qb, kk, vv, mask=p.branch_mask, scale=scale, softcap=softcap, ran=ran)
         o = o.transpose(1, 2).reshape(nb * bm, Hq, D)
         out[p.out_idx] = o.index_select(0, p.row_valid)
     return out
