@@ -141,6 +141,11 @@ def hf_model(config: dict[str, Any], device: str, dtype: Any, seed: int) -> Any:
         buffers = dict(mod.named_buffers(recurse=False))
         if not buffers:
             continue
+        if hasattr(mod, "scalar_embed_scale"):  # Gemma's scaled embedding: embed_scale = sqrt(H)
+            mod.embed_scale = torch.tensor(
+                mod.scalar_embed_scale, device=device, dtype=buffers["embed_scale"].dtype
+            )
+            continue
         if "RotaryEmbedding" not in type(mod).__name__:
             raise RuntimeError(f"hf_model: no rule to initialise the buffers of {type(mod).__name__}")
         with torch.device(device):
