@@ -92,7 +92,7 @@ def test_score_batch_has_no_host_sync(models: dict[str, Path], case: str) -> Non
 
 
 # --- out-of-memory back-off --------------------------------------------------------------------
-def _oom_at(sc: NativeScorer, calls: set[int]) -> list[int]:
+def _oom_at(sc: NativeScorer, calls: set[int], error: Exception | None = None) -> list[int]:
     """Make the scorer's batch calls numbered in `calls` raise an out-of-memory error."""
     seen: list[int] = []
     real = sc._score_batch
@@ -100,7 +100,7 @@ def _oom_at(sc: NativeScorer, calls: set[int]) -> list[int]:
     def flaky(batch: Any) -> torch.Tensor:
         seen.append(len(seen))
         if seen[-1] in calls:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            raise error or torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(batch)
 
     sc._score_batch = flaky  # type: ignore[method-assign]
@@ -199,3 +199,22 @@ def test_flash_decomposition_matches_dense(monkeypatch: pytest.MonkeyPatch, api:
     got = attn.packed_attention(q, k, v, layout, None, "flash")
     assert layout.ran["flash"] == 1
     torch.testing.assert_close(got.double(), ref, rtol=2e-5, atol=2e-5)
+
+
+def test_cublas_allocation_failure_backs_off_like_oom(models: dict[str, Path]) -> None:
+    """cuBLAS reports a failed workspace allocation as a RuntimeError, not OutOfMemoryError."""
+    seqs = synthetic_records(12, vocab_size=V, seed=9)
+    want = NativeScorer(models["policy"], kind="dpo", ref_free_mode="sum", batch_tokens=700, log=None).score(
+        seqs
+    )
+    sc = NativeScorer(models["policy"], kind="dpo", ref_free_mode="sum", batch_tokens=700, log=None)
+    cublas = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    _oom_at(sc, {1}, cublas)
+    got = sc.score(seqs)
+    assert sc.stats["oom_halvings"] == 1
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Any other RuntimeError is not swallowed.
+    other = NativeScorer(models["policy"], kind="dpo", ref_free_mode="sum", batch_tokens=700, log=None)
+    _oom_at(other, {0}, RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        other.score(seqs)

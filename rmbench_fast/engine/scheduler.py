@@ -34,6 +34,22 @@ ScoreBatch = Callable[[PackedBatch], torch.Tensor]  # -> values [J, k] on the de
 Progress = Callable[[int], None]
 
 
+# How an allocation failure reads when it is not torch.OutOfMemoryError: cuBLAS and cuDNN
+# allocate their own workspaces and report a failure as a RuntimeError with their status name.
+_ALLOC_FAILURES = (
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDA out of memory",
+    "out of memory",
+)
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether `exc` (not a torch.OutOfMemoryError) is a device allocation failure, which the
+    scheduler backs off from like an out-of-memory error."""
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _ALLOC_FAILURES)
+
+
 @dataclass(frozen=True)
 class ScheduledBatch:
     batch: PackedBatch
@@ -252,6 +268,11 @@ class BatchScheduler:
                     try:
                         values = score_batch(sb.batch)
                     except torch.OutOfMemoryError:
+                        failed_at = i
+                        break
+                    except RuntimeError as exc:  # cuBLAS/cuDNN workspaces fail as RuntimeError
+                        if not is_allocation_failure(exc):
+                            raise
                         failed_at = i
                         break
                     collector.add_device(sb, values)
