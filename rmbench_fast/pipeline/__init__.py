@@ -24,8 +24,6 @@ import numpy as np
 
 from rmbench_fast.benchmarks.rmbench.data import (
     HF_DATASET,
-    data_files,
-    hash_files,
     hf_cached_dataset,
     load_records,
     select,
@@ -33,6 +31,7 @@ from rmbench_fast.benchmarks.rmbench.data import (
 from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
 from rmbench_fast.errors import DataError, ModelError, NonFiniteScoreError, UsageError, nonfinite_message
 from rmbench_fast.inputs import hub
+from rmbench_fast.inputs.datafiles import data_files, hash_files
 from rmbench_fast.records import N_STYLES, Record, TokSeq
 from rmbench_fast.results.report import check_out_dir, print_report, score_rows, write_outputs
 from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast.benchmarks import REWARDBENCH2
-from rmbench_fast.benchmarks.rewardbench2.data import data_files, hash_files, load_prompts, select
+from rmbench_fast.benchmarks.rewardbench2.data import load_prompts, select
 from rmbench_fast.benchmarks.rewardbench2.grouping import tokenize_prompts
 from rmbench_fast.benchmarks.rewardbench2.metrics import compute_metrics
 from rmbench_fast.benchmarks.rewardbench2.report import print_report, score_rows
 from rmbench_fast.errors import ModelError, NonFiniteScoreError, UsageError
+from rmbench_fast.inputs.datafiles import data_files, hash_files
 from rmbench_fast.results.report import write_outputs
 from rmbench_fast.settings import DEFAULT_OUT
 

@@ -13,7 +13,6 @@ A record: `id`, `prompt` (str), `chosen` / `rejected` (non-empty lists of string
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from rmbench_fast.errors import DataError
+from rmbench_fast.inputs.datafiles import data_files
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 TIES = "Ties"
 MAX_COMPLETIONS = 64  # the planner's per-record limit
-DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 HF_DATASET = "allenai/reward-bench-2"
 # `ref:<p>` / `tied:<p>`: the official code reads `int(id.split(":")[1])`
 _TIES_ID = re.compile(r"^(?P<kind>ref|tied):(?P<pid>[0-9]+)$")
@@ -161,22 +160,6 @@ def validate_prompt(row: Any, *, index: int, source: str) -> Prompt:
     return Prompt(index, rid, subset, row["prompt"], chosen, rejected, source, row)
 
 
-def data_files(path: Path) -> list[Path]:
-    """The data files behind `--data PATH` (a file, or a directory of files)."""
-    if not path.exists():
-        raise DataError("no such file or directory", file=str(path))
-    if path.is_file():
-        if path.suffix.lower() not in DATA_SUFFIXES:
-            raise DataError(
-                f"unsupported data file type {path.suffix!r} (use .json, .jsonl or .parquet)", file=str(path)
-            )
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-    if not files:
-        raise DataError("directory holds no .json, .jsonl or .parquet data files", file=str(path))
-    return files
-
-
 def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
     """Every prompt behind `path`, validated, in file order; ids unique within a subset."""
     out: list[Prompt] = []
@@ -223,11 +206,3 @@ def select(
             res.append(p)
         out = res
     return out
-
-
-def hash_files(files: Sequence[Path]) -> str:
-    """sha256 over the data files' bytes (in order): the data's fingerprint in the run's meta."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()

@@ -12,7 +12,6 @@ Every record is validated; the first bad one raises a `DataError` naming the fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from rmbench_fast.errors import DataError
+from rmbench_fast.inputs.datafiles import DATA_SUFFIXES, data_files
 from rmbench_fast.records import DOMAINS, N_STYLES, Record
 
-DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 _DOMAIN_FILE = re.compile(r"^(?P<domain>[a-z-]+)_filtered$")
 HF_DATASET = "THU-KEG/RM-Bench"
 
@@ -153,22 +152,6 @@ def validate_record(row: Any, *, index: int, source: str, file_domain: str | Non
     )
 
 
-def data_files(path: Path) -> list[Path]:
-    """The data files behind `--data PATH` (a file, or a directory of files)."""
-    if not path.exists():
-        raise DataError("no such file or directory", file=str(path))
-    if path.is_file():
-        if path.suffix.lower() not in DATA_SUFFIXES:
-            raise DataError(
-                f"unsupported data file type {path.suffix!r} (use .json, .jsonl or .parquet)", file=str(path)
-            )
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-    if not files:
-        raise DataError("directory holds no .json, .jsonl or .parquet data files", file=str(path))
-    return files
-
-
 def load_file(path: Path) -> list[Record]:
     """All records of one data file, validated."""
     file_domain = domain_from_filename(path)
@@ -216,17 +199,6 @@ def select(
                 kept.append(r)
         out = kept
     return out
-
-
-def hash_files(files: Sequence[Path]) -> str:
-    """sha256 over the data files' bytes (for the run's metadata)."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def hf_cached_dataset() -> Path | None:
