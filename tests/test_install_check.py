@@ -35,3 +35,37 @@ def test_uninstalled_checkout_gives_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     assert "not installed" in lines[0] and f"pip install -e {checkout}" in lines[0]
     assert "rmbench_fast.kernels" in lines[0]
+
+
+def test_checkout_kernels_dir_does_not_shadow_an_installed_kernels_package(tmp_path: Path) -> None:
+    """Run from the repo root (`python -m` puts the cwd first on sys.path), an installed top-level
+    `kernels` package (Hugging Face's, which transformers >= 5.25 requires and imports) must win over
+    our `kernels/` source folder. That folder is therefore a namespace portion (no __init__.py): a
+    regular package anywhere on sys.path takes precedence over it (PEP 420)."""
+    site = tmp_path / "site"
+    (site / "kernels").mkdir(parents=True)
+    (site / "kernels" / "__init__.py").write_text("MARK = 'installed'\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import kernels; print(kernels.MARK); import rmbench_fast.kernels.reference"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": f"{REPO}:{site}"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "installed"
+    assert not (REPO / "kernels" / "__init__.py").exists()
+
+
+def test_transformers_hub_kernels_imports_from_the_repo_root() -> None:
+    """The failure CI hit once transformers 5.25 pulled in `kernels`: `import transformers.integrations.hub_kernels`
+    from the checkout's root imported our folder and failed on `CUDAProperties`."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import transformers.integrations.hub_kernels"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

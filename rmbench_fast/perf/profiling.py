@@ -67,7 +67,8 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("lm_head", "LM head and answer-token log-probs"),
     ("classifier_head", "classifier head at the pooled tokens"),
     ("metrics", "style-substance matrices, accuracies, bootstrap intervals"),
-    ("unattributed", "no range open: scheduler Python, rewards, run metadata"),
+    ("report", "run metadata (versions, sources) and the per-record score rows"),
+    ("unattributed", "no range open: scheduler Python, rewards"),
 )
 MODEL_COMPUTE = ("model_other", "attn_proj", "attention", "mlp", "lm_head", "classifier_head")
 MLP_METHOD = (

@@ -938,16 +938,22 @@ def run_evaluation(
     scored = score_run(cfg, model, toks, cache, log, progress, set_total, sweep=sweep)
     with phase("metrics"):
         result = compute_metrics(data.records, scored.scores, resamples=cfg.resamples, seed=cfg.seed)
-    result["meta"] = run_meta(cfg, data, model, toks, scored, time.perf_counter() - t0)
-    record_sources(result["meta"], asked, sources)
-    result["meta"]["distributed"] = {
-        "world_size": world.world_size,
-        "tp": world.tp_size,
-        "dp": world.dp_size,
-        "backend": world.backend,
-    }
-    result["meta"]["threads"] = threads  # the CPU scores' last bits follow it
-    result["rows"] = json_safe_rows(score_rows(data.records, scored.scores))
+    # The run's bookkeeping is its own phase: reading package versions alone takes milliseconds,
+    # which on a one-record profile is more than the model's compute.
+    with phase("report"):
+        result["meta"] = run_meta(cfg, data, model, toks, scored, time.perf_counter() - t0)
+        record_sources(result["meta"], asked, sources)
+        result["meta"]["distributed"] = {
+            "world_size": world.world_size,
+            "tp": world.tp_size,
+            "dp": world.dp_size,
+            "backend": world.backend,
+        }
+        result["meta"]["threads"] = threads  # the CPU scores' last bits follow it
+        result["rows"] = json_safe_rows(score_rows(data.records, scored.scores))
+        # Freeing the weights, KV buffers and tokenizer takes milliseconds too (munmap): it is the
+        # run's teardown, counted here rather than left to an unmarked return.
+        del scored, model, toks, data
     return result
 
 

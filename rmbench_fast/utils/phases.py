@@ -23,6 +23,7 @@ PHASES: tuple[str, ...] = (
     "lm_head",
     "classifier_head",
     "metrics",
+    "report",
 )
 
 

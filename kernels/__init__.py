@@ -1,1 +1,0 @@
-"""Triton and torch reference kernels (installed as rmbench_fast.kernels)."""
