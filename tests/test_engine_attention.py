@@ -3,6 +3,7 @@ the CPU "split" path (prefix and branch parts merged by log-sum-exp) and its fal
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,32 @@ def test_split_path_gqa_in_place_matches_dense(dtype: torch.dtype, tol: float, m
     # the KV-head grouping is HF's repeat_kv (query head h reads KV head h // 3): a wrong grouping fails
     wrong = packed_attention(q, k[:, [1, 2, 0]], v[:, [1, 2, 0]], layout, None, "dense")
     assert (out.double() - wrong).abs().max() > 10 * tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize("mask_first", [False, True])
+def test_rows_attention_matches_dense_at_the_pooled_rows(
+    mask_first: bool, window: int | None, softcap: float | None, dtype: torch.dtype
+) -> None:
+    """The last layer's attention at the pooled rows alone (a classifier's last layer) equals the
+    dense masked reference there: pooled rows in a branch and in a prefix (an empty answer), a
+    masked BOS, a window that bites, GQA, a soft-cap."""
+    from rmbench_fast.engine.layers.attention.rows import rows_attention
+
+    batch = _batch(mask_first)
+    layout = PackedLayout.from_batch(batch, torch.device("cpu"))
+    rows = np.asarray(batch.pool_pos, dtype=np.int64)
+    assert (rows < np.asarray(batch.branch_offsets[:-1])).any()  # one pooled row lies in a prefix
+    T, Hk, D = batch.n_tokens, 2, 16
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(T, h, D, generator=g, dtype=torch.float64) for h in (2 * Hk, Hk, Hk))
+    ref = packed_attention(q, k, v, layout, window, "dense", softcap=softcap)[torch.from_numpy(rows)]
+    got = rows_attention(q[rows].to(dtype), k.to(dtype), v.to(dtype), layout, rows, window, softcap=softcap)
+    assert got.dtype == dtype
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
+    if dtype == torch.float32:  # and it is not trivially so: without the window the rows differ
+        other = rows_attention(q[rows].float(), k.float(), v.float(), layout, rows, None if window else 2)
+        assert not torch.allclose(other.double(), ref, atol=1e-3)

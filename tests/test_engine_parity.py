@@ -116,6 +116,15 @@ def test_matches_hf_and_sharing_is_exact(case: str, models: dict[str, Path]) -> 
     assert np.all(np.abs(got - got_plain) <= _tol(got_plain, 1e-5))
     # sanity: the scores are not degenerate (distinct across slots)
     assert np.unique(np.round(got, 6)).size > got.size // 2
+    if engine_kind == "classifier":  # the last layer ran at the pooled rows only; whole, the same
+        assert (
+            shared.last_layer_rows == (arch != "gemma2")
+            and shared.stats["last_layer_rows"] is shared.last_layer_rows
+        )
+        whole = NativeScorer(models[case], kind=engine_kind, batch_tokens=256)
+        whole.last_layer_rows = False
+        got_whole = whole.score(seqs)
+        assert np.all(np.abs(got - got_whole) <= _tol(got_whole, 1e-5)), np.abs(got - got_whole).max()
 
 
 def test_reference_model_reward(models: dict[str, Path]) -> None:

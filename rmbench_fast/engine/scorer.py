@@ -146,6 +146,15 @@ class NativeScorer:
         if self.cpu_gemm == "onednn":
             with phase("load"):  # part of loading: the packed weight replaces the plain one
                 self.packed_linears = sum(prepack(m) for m in (self.model, self.ref_model) if m is not None)
+        # A head that reads only the pooled rows lets the last layer run at those rows alone
+        # (LlamaModel.forward(rows=)): about 1/L of a classifier's work. Not with a gating head,
+        # which also reads each sequence's gating-token row.
+        spec = self.cfg.reward_head
+        self.last_layer_rows = bool(
+            self.kind == "classifier"
+            and (spec is None or spec.gating_pattern is None)
+            and getattr(self.model, "prunes_last_layer", lambda: False)()
+        )
         self.chunk_rows = logit_chunk_rows(
             self.vocab_size, self.device, self.dtype, tp=self.model.vocab_shard()
         )
@@ -235,6 +244,7 @@ class NativeScorer:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "cpu_gemm": self.cpu_gemm,
+            "last_layer_rows": self.last_layer_rows,
             "packed_linears": self.packed_linears,
             "cpu_heap_retained": self.heap_retained,
             "threads": torch.get_num_threads(),
@@ -252,6 +262,7 @@ class NativeScorer:
             "share_prefix": self.share_prefix,
             "tp": self.tp.size if self.tp is not None else 1,  # TP rounds differently from one process
             "cpu_gemm": self.cpu_gemm,  # oneDNN and MKL sum in different orders
+            "last_layer_rows": self.last_layer_rows,  # the pooled rows' last layer sums in another order
             # CPU kernels split their sums by thread count, so the last bits follow it.
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
@@ -306,11 +317,17 @@ class NativeScorer:
             if self.kind == "classifier":
                 if (np.asarray(batch.pool_pos) < 0).any():  # host arrays: no sync
                     raise ValueError("classifier batch without pooled positions (pool_pos = -1)")
-                hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
+                pool = layout.pool_pos
+                if self.last_layer_rows:  # hidden at the pooled rows only: [n_seq, H], in sequence order
+                    rows = np.asarray(batch.pool_pos, dtype=np.int64)
+                    hidden = self.model.hidden_states(ids, layout, self.attn_impl, rows)
+                    pool = torch.arange(n_seq, device=hidden.device)
+                else:
+                    hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
                 if self.causal_logit_token is not None:
-                    return causal_logit_stats(self.model, hidden, layout.pool_pos, self.causal_logit_token)
+                    return causal_logit_stats(self.model, hidden, pool, self.causal_logit_token)
                 gate = self._gating_rows(batch)
-                return classifier_stats(self.model, hidden, layout.pool_pos, self.fp32_scores, gate)
+                return classifier_stats(self.model, hidden, pool, self.fp32_scores, gate)
             labels = (layout.label_pos, layout.label_ids, layout.label_seq)
             hidden = self.model.hidden_states(ids, layout, self.attn_impl)  # [T, H]
             ref, ref_tp = None, None

@@ -101,6 +101,7 @@ def scope_parts(
     share_prefix: bool,
     tp: int = 1,
     cpu_gemm: str = "torch",
+    last_layer_rows: bool = False,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Everything that decides a stored value besides the token ids (a content hash of the model)."""
@@ -116,6 +117,7 @@ def scope_parts(
         "share_prefix": share_prefix,
         "tp": tp,  # TP reduces in another order than one process
         "cpu_gemm": cpu_gemm,  # oneDNN and MKL sum in different orders
+        "last_layer_rows": last_layer_rows,  # a classifier's last layer at its pooled rows only
         "threads": threads,  # CPU: the last bits follow the thread count
         "engine": __version__,
     }

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.layers.attention import AttnImpl, PackedLayout, packed_attention
+from rmbench_fast.engine.layers.attention.rows import rows_attention
 from rmbench_fast.engine.layers.cpu_gemm import Linear
 from rmbench_fast.engine.layers.linear import PackedLinear
 from rmbench_fast.engine.layers.mlp import GatedMLP
@@ -74,6 +76,26 @@ class Attention(nn.Module):
         )  # [T, Hq, D]
         return self.o_proj(o.reshape(T, self.n_heads * self.head_dim))
 
+    def forward_rows(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PackedLayout, rows: np.ndarray
+    ) -> torch.Tensor:
+        """The output at the flat rows `rows` [R] only: x [T, H] -> [R, H].
+
+        K/V are projected at every token (the rows attend to them); q, attention and o_proj run
+        at the R rows. The packed q/k/v GEMM still runs whole: slicing its weight would break
+        a oneDNN-packed one, and q is 60% of the smallest GEMM of one layer."""
+        T, D = x.shape[0], self.head_dim
+        idx = torch.from_numpy(rows).to(x.device, non_blocking=True)
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.out_sizes, dim=-1)
+        q = q.index_select(0, idx).reshape(len(rows), self.n_heads, D)  # [R, Hq, D]
+        k = k.reshape(T, self.n_kv, D)  # [T, Hk, D]
+        v = v.reshape(T, self.n_kv, D)
+        q, k = self.qk_transform(q, k)
+        q = apply_rope(q, cos.index_select(0, idx), sin.index_select(0, idx))
+        k = apply_rope(k, cos, sin)
+        o = rows_attention(q, k, v, layout, rows, self.window, self.scale, self.softcap)  # [R, Hq, D]
+        return self.o_proj(o.reshape(len(rows), self.n_heads * D))
+
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x))."""
@@ -91,6 +113,17 @@ class DecoderLayer(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PackedLayout, impl: AttnImpl
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout, impl)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_rows(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PackedLayout, rows: np.ndarray
+    ) -> torch.Tensor:
+        """This layer's output at the flat rows `rows` only: x [T, H] -> [R, H] (see
+        Attention.forward_rows); the residual stream and the MLP run at those rows."""
+        idx = torch.from_numpy(rows).to(x.device, non_blocking=True)
+        x = x.index_select(0, idx) + self.self_attn.forward_rows(
+            self.input_layernorm(x), cos, sin, layout, rows
+        )
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -123,15 +156,28 @@ class LlamaModel(nn.Module):
         sin: torch.Tensor,
         layout: PackedLayout,
         impl: AttnImpl,
+        rows: np.ndarray | None = None,
     ) -> torch.Tensor:
+        """-> final-norm hidden states [T, H], or [R, H] at the flat rows `rows` (host int64)
+        when only those are read: the last layer then runs at them alone (`forward_rows`)."""
         x = self.embed_tokens(input_ids)  # [T, H]
         if self.embed_scale is not None:
             # HF keeps the scale as an fp32 tensor cast to the weight dtype (sqrt(3584) -> 60.0
             # in bf16): the same double rounding here.
             x = x * torch.tensor(self.embed_scale, dtype=torch.float32).to(x.dtype)
-        for layer in self.layers:
+        last = len(self.layers) - 1 if rows is not None else len(self.layers)
+        for layer in self.layers[:last]:
             x = layer(x, cos, sin, layout, impl)
+        if rows is not None:
+            x = self.layers[last].forward_rows(x, cos, sin, layout, rows)  # [R, H]
         return self.norm(x)
+
+    def prunes_last_layer(self) -> bool:
+        """Whether the last layer can run at the read rows alone (`forward` with `rows`): the
+        Llama-family block with its own forward (a subclass that changes the block's structure
+        changes forward, and then runs whole)."""
+        last = self.layers[-1]
+        return isinstance(last, DecoderLayer) and type(last).forward is DecoderLayer.forward
 
 
 class LlamaForScoring(nn.Module):
@@ -201,9 +247,17 @@ class LlamaForScoring(nn.Module):
         w = self.score.weight  # [num_labels, H]
         return F.linear(h.float(), w.float()) if fp32 else F.linear(h, w)
 
+    def prunes_last_layer(self) -> bool:
+        """Whether `hidden_states(rows=...)` may skip the last layer's unread rows: a Llama-family
+        block, in one process (under tensor parallelism the rows path is not sharded)."""
+        return self.tp is None and self.model.prunes_last_layer()
+
     @torch.inference_mode()
-    def hidden_states(self, input_ids: torch.Tensor, layout: PackedLayout, impl: AttnImpl) -> torch.Tensor:
-        """Final-norm hidden states [T, H] for a packed batch (input_ids: [T])."""
+    def hidden_states(
+        self, input_ids: torch.Tensor, layout: PackedLayout, impl: AttnImpl, rows: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """Final-norm hidden states [T, H] for a packed batch (input_ids: [T]), or [R, H] at the
+        flat rows `rows` [R] (host int64; only where `prunes_last_layer()`)."""
         rope = self.cfg.rope
         if rope.type == "dynamic" and layout.max_span + 1 > rope.max_position_embeddings:
             # HF recomputes dynamic-NTK frequencies from the longest sequence of each forward
@@ -215,4 +269,4 @@ class LlamaForScoring(nn.Module):
             )
         dtype = self.model.embed_tokens.weight.dtype
         cos, sin = rope_cos_sin(self.inv_freq, layout.positions, dtype, rope.attention_factor)  # [T, D/2]
-        return self.model(input_ids, cos, sin, layout, impl)
+        return self.model(input_ids, cos, sin, layout, impl, rows)
