@@ -13,7 +13,6 @@ A record: `id`, `prompt` (str), `chosen` / `rejected` (non-empty lists of string
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rmbench_fast.errors import DataError
-from rmbench_fast.inputs.datafiles import data_files
+from rmbench_fast.inputs.datafiles import data_files, read_rows
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 TIES = "Ties"
@@ -64,36 +63,8 @@ class Prompt:
         return m.group("kind"), int(m.group("pid"))
 
 
-def _read_rows(path: Path) -> list[Any]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq  # optional dependency: the [parquet] extra
-        except ImportError:
-            raise DataError("reading parquet needs pyarrow: pip install pyarrow", file=str(path)) from None
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises many types for a corrupt file
-            raise DataError(f"cannot read parquet: {e}", file=str(path)) from None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read file: {e}", file=str(path)) from None
-    if suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON on line {lineno}: {e.msg}", file=str(path)) from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})", file=str(path)
-        ) from None
+def _as_rows(data: Any, path: Path) -> list[Any]:
+    """A JSON document -> its rows: a list, or {"data": [...]} (the datasets-server export)."""
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -165,7 +136,7 @@ def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
     out: list[Prompt] = []
     seen: dict[tuple[str, str], Prompt] = {}
     for f in data_files(Path(path)):
-        for i, row in enumerate(_read_rows(f)):
+        for i, row in enumerate(read_rows(f, _as_rows)):
             p = validate_prompt(row, index=i, source=str(f))
             # The official Ties code would merge two records with one id score by score.
             first = seen.setdefault((p.subset, p.id), p)

@@ -12,7 +12,6 @@ Every record is validated; the first bad one raises a `DataError` naming the fil
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rmbench_fast.errors import DataError
-from rmbench_fast.inputs.datafiles import DATA_SUFFIXES, data_files
+from rmbench_fast.inputs.datafiles import DATA_SUFFIXES, data_files, read_rows
 from rmbench_fast.records import DOMAINS, N_STYLES, Record
 
 _DOMAIN_FILE = re.compile(r"^(?P<domain>[a-z-]+)_filtered$")
@@ -33,33 +32,8 @@ def domain_from_filename(path: Path) -> str | None:
     return m.group("domain") if m and m.group("domain") in DOMAINS else None
 
 
-def _read_rows(path: Path) -> list[Any]:
-    """Raw rows of one data file, in file order."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read file: {e}", file=str(path)) from None
-    if suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"invalid JSON on line {lineno}: {e.msg} (column {e.colno})", file=str(path)
-                ) from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})", file=str(path)
-        ) from None
+def _as_rows(data: Any, path: Path) -> list[Any]:
+    """A JSON document -> its records: a list, a mapping of id -> record, or one record."""
     if isinstance(data, dict):
         # A mapping of id -> record, or a single record; both are seen in the wild.
         if "prompt" in data:
@@ -80,17 +54,6 @@ def _read_rows(path: Path) -> list[Any]:
             file=str(path),
         )
     return data
-
-
-def _read_parquet(path: Path) -> list[Any]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError("reading parquet needs pyarrow: pip install pyarrow", file=str(path)) from None
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises many types for a corrupt file
-        raise DataError(f"cannot read parquet: {e}", file=str(path)) from None
 
 
 def _check_responses(row: dict[str, Any], key: str, err: dict[str, Any]) -> tuple[str, str, str]:
@@ -155,7 +118,7 @@ def validate_record(row: Any, *, index: int, source: str, file_domain: str | Non
 def load_file(path: Path) -> list[Record]:
     """All records of one data file, validated."""
     file_domain = domain_from_filename(path)
-    rows = _read_rows(path)
+    rows = read_rows(path, _as_rows)
     return [
         validate_record(r, index=i, source=str(path), file_domain=file_domain) for i, r in enumerate(rows)
     ]
