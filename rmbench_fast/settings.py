@@ -8,8 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from rmbench_fast.errors import UsageError
+
 Kind = Literal["dpo", "classifier"]
 DEFAULT_OUT = "rmbench_out"  # the output directory of a run (--out), its one home
+
+
+def check_limit(limit: int | None, name: str = "--limit") -> None:
+    """Refuse a limit below 1 (UsageError: one line, exit 2), before anything is loaded.
+    `name` is how the caller spells it: the CLI's --limit, or evaluate(limit=...)'s `limit`."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"{name} must be at least 1 (records per domain), got {limit}")
 
 
 @dataclass(frozen=True)

@@ -127,3 +127,13 @@ def test_small_batch_tokens_is_raised_once_and_recorded(
     assert "smaller than the longest record" not in capsys.readouterr().out
     assert json.loads((ref / "metrics.json").read_text())["meta"]["batch_tokens_raised"] is None
     assert (out / "scores.json").read_bytes() == (ref / "scores.json").read_bytes()
+
+
+@pytest.mark.parametrize("limit", [-3, 0])
+def test_evaluate_limit_below_one(limit: int) -> None:
+    """The Python API refuses it as the CLI does, naming its own keyword."""
+    from rmbench_fast import evaluate
+    from rmbench_fast.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"limit must be at least 1 \\(records per domain\\), got {limit}"):
+        evaluate(None, limit=limit, progress=False)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rmbench_fast.errors import UsageError
 from rmbench_fast.records import DOMAINS
-from rmbench_fast.settings import DEFAULT_OUT
+from rmbench_fast.settings import DEFAULT_OUT, check_limit
 
 if TYPE_CHECKING:
     from rmbench_fast.judge.runner import JudgeConfig
@@ -206,12 +206,6 @@ def add_stats_options(p: argparse.ArgumentParser, *, allow_zero: bool) -> None:
         help=f"bootstrap resamples for the 95%% intervals (default 10000{off})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
-
-
-def check_limit(limit: int | None) -> None:
-    """Refuse a --limit below 1 (one line, exit 2), before anything is loaded."""
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1 (records per domain), got {limit}")
 
 
 def check_stats_options(args: argparse.Namespace, *, allow_zero: bool) -> None:

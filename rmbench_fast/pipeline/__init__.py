@@ -34,7 +34,7 @@ from rmbench_fast.inputs import hub
 from rmbench_fast.inputs.datafiles import data_files, hash_files
 from rmbench_fast.records import N_STYLES, Record, TokSeq
 from rmbench_fast.results.report import check_out_dir, print_report, score_rows, write_outputs
-from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings
+from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings, check_limit
 from rmbench_fast.utils.dtypes import run_dtype
 from rmbench_fast.utils.phases import phase
 from rmbench_fast.utils.threads import set_threads
@@ -919,6 +919,7 @@ def run_evaluation(
     """
     cache = cache or EvalCache()
     t0 = time.perf_counter()
+    check_limit(cfg.limit, "limit")  # the CLI refused --limit already; evaluate(limit=) arrives here
     if cfg.max_length < 2 or not 0 < cfg.max_prompt_length < cfg.max_length:
         raise UsageError(
             f"--max-length {cfg.max_length} and --max-prompt-length {cfg.max_prompt_length}: need "
