@@ -31,5 +31,12 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H] -> [T, H]
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
+        gu = self.gate_up_proj(x)  # [T, 2I]
+        inter = gu.shape[-1] // 2
+        # Slices, not chunk(): autograd forbids in-place writes to a multi-output view.
+        gate, up = gu[..., :inter], gu[..., inter:]  # [T, I] each
+        if self.act is F.silu:
+            # In place in the gate/up buffer: no [T, I] allocation, which glibc would page-fault in
+            # again each layer (the down GEMM reads the strided view as it is; same bits).
+            return self.down_proj(F.silu(gate, inplace=True).mul_(up))
         return self.down_proj(self.act(gate).mul_(up))  # act() allocates; multiply in place

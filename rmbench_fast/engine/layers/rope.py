@@ -99,6 +99,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x[..., :half], x[..., half:]
     c, s = cos[:, None, :], sin[:, None, :]
     out = torch.empty_like(x)
-    torch.addcmul(x1 * c, x2, s, value=-1, out=out[..., :half])
-    torch.addcmul(x2 * c, x1, s, out=out[..., half:])
+    o1, o2 = out[..., :half], out[..., half:]
+    # Each half is written in place (no temporaries); the same product-then-addcmul as before.
+    torch.mul(x1, c, out=o1).addcmul_(x2, s, value=-1)
+    torch.mul(x2, c, out=o2).addcmul_(x1, s)
     return out

@@ -65,12 +65,17 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         # x: [T, H]
         T, D = x.shape[0], self.head_dim
-        q, k, v = self.qkv_proj(x).split(self.qkv_proj.out_sizes, dim=-1)  # one GEMM reads x once
-        q = q.reshape(T, self.n_heads, D)  # [T, Hq, D]
-        k = k.reshape(T, self.n_kv, D)  # [T, Hk, D]
-        v = v.reshape(T, self.n_kv, D)
-        q, k = self.qk_transform(q, k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hk) D]: one GEMM reads x once
+        Hq, Hk = self.n_heads, self.n_kv
+        v = qkv[:, (Hq + Hk) * D :].reshape(T, Hk, D)  # [T, Hk, D]
+        if type(self).qk_transform is Attention.qk_transform:
+            # q and k sit side by side in each row: one RoPE pass over [T, Hq + Hk, D]
+            qk = apply_rope(qkv[:, : (Hq + Hk) * D].reshape(T, Hq + Hk, D), cos, sin)
+            q, k = qk[:, :Hq], qk[:, Hq:]  # [T, Hq, D], [T, Hk, D]
+        else:
+            q, k = qkv[:, : Hq * D].reshape(T, Hq, D), qkv[:, Hq * D : (Hq + Hk) * D].reshape(T, Hk, D)
+            q, k = self.qk_transform(q, k)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = packed_attention(
             q, k, v, layout, self.window, impl, scale=self.scale, softcap=self.softcap
         )  # [T, Hq, D]
