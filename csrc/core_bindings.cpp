@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <new>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "attention_cpu.h"
 #include "planner.h"
 #include "prefix.h"
 
@@ -233,6 +235,59 @@ py::dict plan_batches(const py::handle& ids_obj, const py::handle& offsets_obj, 
   return out;
 }
 
+
+// A [T, H, D] float32 view: the element strides of its rows and heads (d must be contiguous).
+struct HeadsView {
+  int64_t t, h, d, row, head;
+};
+
+HeadsView heads_view(const py::array& a, const char* name) {
+  const std::string n(name);
+  if (!py::isinstance<py::array_t<float>>(a) || a.dtype().kind() != 'f' || a.itemsize() != 4)
+    throw py::value_error(n + " must be a float32 array");
+  if (a.ndim() != 3) throw py::value_error(n + " must be 3-D [T, H, D], got " + std::to_string(a.ndim()) + "-D");
+  const auto* st = a.strides();
+  if (st[2] != 4) throw py::value_error(n + " must be contiguous in its last dimension");
+  for (int i = 0; i < 2; ++i)
+    if (st[i] < 0 || st[i] % 4 != 0) throw py::value_error(n + " has a negative or misaligned stride");
+  return {a.shape(0), a.shape(1), a.shape(2), st[0] / 4, st[1] / 4};
+}
+
+void packed_attention_f32(const py::array& q, const py::array& k, const py::array& v, py::array& out,
+                          CArrayStrict<int64_t> q0, CArrayStrict<int64_t> q1, CArrayStrict<int64_t> c0,
+                          CArrayStrict<int64_t> c1, double scale, int n_threads, const std::string& isa) {
+  const HeadsView Q = heads_view(q, "q"), K = heads_view(k, "k"), V = heads_view(v, "v"), O = heads_view(out, "out");
+  if (K.t != Q.t || V.t != Q.t || O.t != Q.t) throw py::value_error("q, k, v and out must have the same token count");
+  if (K.h != V.h || O.h != Q.h) throw py::value_error("k and v must have the same heads, as must q and out");
+  if (K.h < 1 || Q.h % K.h != 0) throw py::value_error("the KV head count must divide the query head count");
+  if (K.d != Q.d || V.d != Q.d || O.d != Q.d) throw py::value_error("q, k, v and out must have the same head size");
+  if (isa != "auto" && isa != "avx512" && isa != "avx2")
+    throw py::value_error("isa must be 'auto', 'avx512' or 'avx2', got '" + isa + "'");
+  if (!rmbf::packed_attention_cpu_supported(Q.d, isa))
+    throw py::value_error("packed_attention_f32 needs " +
+                          std::string(isa == "auto" ? "AVX-512F or AVX2" : isa) +
+                          " (with FMA) on this CPU and a head size of 64 or 128, got " + std::to_string(Q.d));
+  if (Q.t > INT32_MAX) throw py::value_error("too many tokens for one call");
+  if (!out.writeable()) throw py::value_error("out must be writeable");
+  if (n_threads < 1) throw py::value_error("n_threads must be >= 1");
+  if (!std::isfinite(scale) || scale <= 0) throw py::value_error("scale must be finite and positive");
+  const int64_t n = q0.shape(0);
+  if (q0.ndim() != 1 || q1.ndim() != 1 || c0.ndim() != 1 || c1.ndim() != 1 || q1.shape(0) != n ||
+      c0.shape(0) != n || c1.shape(0) != n)
+    throw py::value_error("q0, q1, c0 and c1 must be 1-D of one length");
+  const int64_t *a = q0.data(), *b = q1.data(), *ca = c0.data(), *cb = c1.data();
+  for (int64_t i = 0; i < n; ++i)
+    if (!(0 <= a[i] && a[i] <= b[i] && b[i] <= Q.t && 0 <= ca[i] && ca[i] <= cb[i] && cb[i] <= a[i]))
+      throw py::value_error("piece " + std::to_string(i) + " needs 0 <= c0 <= c1 <= q0 <= q1 <= T");
+  rmbf::PackedAttnParams p{static_cast<const float*>(q.data()), Q.row, Q.head,
+                           static_cast<const float*>(k.data()), K.row, K.head,
+                           static_cast<const float*>(v.data()), V.row, V.head,
+                           static_cast<float*>(out.mutable_data()), O.row, O.head,
+                           Q.h, K.h, Q.d, a, b, ca, cb, n, static_cast<float>(scale), n_threads};
+  py::gil_scoped_release release;
+  rmbf::packed_attention_cpu(p, isa);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -241,6 +296,19 @@ PYBIND11_MODULE(_core, m) {
         py::arg("group_size"),
         "For each group of `group_size` consecutive sequences (flat int32 ids + int64 offsets), "
         "the length of their longest common token prefix. Returns int32 [n_groups].");
+  m.def("packed_attention_isa", &rmbf::packed_attention_cpu_isa,
+        "The instruction set packed_attention_f32 uses on this CPU: 'avx512', 'avx2' or '' (it does not run).");
+  m.def("packed_attention_supported", &rmbf::packed_attention_cpu_supported, py::arg("head_dim"),
+        py::arg("isa") = "auto",
+        "Whether packed_attention_f32 runs here for this head size (64 or 128) and isa ('auto': the best "
+        "this CPU has; 'avx512'; 'avx2').");
+  m.def("packed_attention_f32", &packed_attention_f32, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("q0"), py::arg("q1"), py::arg("c0"), py::arg("c1"), py::kw_only(), py::arg("scale"),
+        py::arg("n_threads") = 1, py::arg("isa") = "auto",
+        "Exact attention over a packed shared-prefix batch (csrc/attention_cpu.h): float32 q/out [T, Hq, D], "
+        "k/v [T, Hk, D] (strided views allowed, d contiguous); pieces int64 [n]: query rows [q0, q1) see keys "
+        "[c0, c1) and their own keys causally. Writes out in place; the GIL is released. isa: 'auto', "
+        "'avx512' or 'avx2' (the copies give the same bits).");
   m.def("plan_batches", &plan_batches, py::arg("ids"), py::arg("offsets"), py::arg("label_start"),
         py::arg("pool_index"), py::arg("mask_first"), py::arg("group_offsets"), py::kw_only(),
         py::arg("vocab_size") = -1,

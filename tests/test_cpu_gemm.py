@@ -32,6 +32,8 @@ def _pack(w: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("T,k,n", [(1, 24, 7), (7, 77, 130), (333, 576, 960), (64, 1536, 576)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_gemm_matches_reference(dtype: torch.dtype, T: int, k: int, n: int, bias: bool) -> None:
+    if not cpu_gemm.onednn_packs(dtype):
+        pytest.skip(f"oneDNN cannot pack {dtype} on this CPU (no AVX-512 BW/VL/DQ or AVX-NE-CONVERT)")
     g = torch.Generator().manual_seed(T * 1000 + k)
     x = torch.randn(T, k, generator=g).to(dtype)
     w = (torch.randn(n, k, generator=g) * k**-0.5).to(dtype)
@@ -87,7 +89,11 @@ def test_prepack_replaces_weights_in_place_and_keeps_counts() -> None:
     assert mlp.down_proj.weight.is_mkldnn and qkv.weight.is_mkldnn and not plain.weight.is_mkldnn
     assert sum(p.numel() for p in model.parameters()) == numel
     for name, y in before.items():
-        torch.testing.assert_close(model[name](x), y, rtol=2e-5, atol=2e-5)
+        # fp32 error scales with the magnitude of the sums, not of the output: the MLP's down
+        # projection sums terms of about 1e2 that cancel to below 1 (an AVX2 CPU's oneDNN kernel
+        # misses an absolute 2e-5 by 1.4x at one such element), so the bound is relative to the
+        # largest output.
+        torch.testing.assert_close(model[name](x), y, rtol=2e-5, atol=2e-5 * float(y.detach().abs().max()))
     assert prepack(model) == 0  # already packed
 
 
@@ -101,7 +107,11 @@ def test_resolve_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_cpu_gemm("auto", cpu, torch.float32) == "torch"  # the measured default
     if cpu_gemm.onednn_available():
         assert resolve_cpu_gemm("onednn", cpu, torch.float32) == "onednn"
-        assert resolve_cpu_gemm("onednn", cpu, torch.bfloat16) == "onednn"
+        if cpu_gemm.onednn_packs(torch.bfloat16):
+            assert resolve_cpu_gemm("onednn", cpu, torch.bfloat16) == "onednn"
+        else:  # an AVX2-only CPU: a clear error, not a crash at load
+            with pytest.raises(UsageError, match="cannot pack bfloat16"):
+                resolve_cpu_gemm("onednn", cpu, torch.bfloat16)
         assert resolve_cpu_gemm("onednn", cpu, torch.float16) == "torch"
     # A build without mkldnn: auto runs torch as always; onednn is an error.
     monkeypatch.setattr(cpu_gemm, "onednn_available", lambda: False)

@@ -121,8 +121,9 @@ def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     eng.add_argument(
         "--attn",
         default="auto",
-        choices=["auto", "flash", "flex", "sdpa", "dense"],
-        help="attention backend (auto: flash on CUDA, flex for Gemma-2's soft-cap, sdpa on the CPU)",
+        choices=["auto", "cpu", "flash", "flex", "sdpa", "dense"],
+        help="attention backend (auto: flash on CUDA, flex for Gemma-2's soft-cap; on the CPU, cpu = the "
+        "C++ kernel in fp32 with AVX-512/AVX2 and head size 64/128, else sdpa = torch's kernels)",
     )
     eng.add_argument(
         "--lm-head",

@@ -26,6 +26,7 @@ import torch
 from rmbench_fast.engine.config import EngineConfig
 from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, logit_chunk_rows
 from rmbench_fast.engine.layers.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
+from rmbench_fast.engine.layers.attention.cpu_kernel import kernel_isa, kernel_name
 from rmbench_fast.engine.layers.cpu_gemm import prepack, resolve_cpu_gemm
 from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
@@ -119,7 +120,11 @@ class NativeScorer:
             self.cfg = EngineConfig.from_model_dir(model_dir, head_hint=want)
             self.dtype = resolve_dtype(s.dtype, self.cfg)
         auto = s.attn_impl in (None, "auto")
-        self.attn_impl = default_impl(self.device, self.cfg.attn_softcap) if auto else s.attn_impl
+        self.attn_impl = (
+            default_impl(self.device, self.cfg.attn_softcap, self.cfg.head_dim, self.dtype)
+            if auto
+            else s.attn_impl
+        )
         self.attention_calls: Counter[str] = Counter()  # per backend that actually ran
         self.causal_logit_token = s.causal_logit_token
         if self.cfg.head != want:
@@ -244,6 +249,8 @@ class NativeScorer:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "cpu_gemm": self.cpu_gemm,
+            "cpu_attention": self.cpu_attention_kernel(),
+            "cpu_attention_isa": kernel_isa() if self.cpu_attention_kernel() else None,
             "last_layer_rows": self.last_layer_rows,
             "packed_linears": self.packed_linears,
             "cpu_heap_retained": self.heap_retained,
@@ -263,9 +270,18 @@ class NativeScorer:
             "tp": self.tp.size if self.tp is not None else 1,  # TP rounds differently from one process
             "cpu_gemm": self.cpu_gemm,  # oneDNN and MKL sum in different orders
             "last_layer_rows": self.last_layer_rows,  # the pooled rows' last layer sums in another order
+            # the C++ CPU attention kernel sums in another order than torch's flash op
+            "cpu_attention": self.cpu_attention_kernel(),
             # CPU kernels split their sums by thread count, so the last bits follow it.
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
+
+    def cpu_attention_kernel(self) -> str | None:
+        """The C++ CPU attention kernel's name when this model's "cpu" calls can take it."""
+        cfg = self.model.cfg
+        if self.attn_impl != "cpu" or cfg.attn_softcap is not None:
+            return None
+        return kernel_name(cfg.head_dim, self.dtype, self.device)
 
     def attention_used(self) -> str:
         if self.flex_failure is not None:

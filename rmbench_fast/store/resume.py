@@ -102,6 +102,7 @@ def scope_parts(
     tp: int = 1,
     cpu_gemm: str = "torch",
     last_layer_rows: bool = False,
+    cpu_attention: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Everything that decides a stored value besides the token ids (a content hash of the model)."""
@@ -118,6 +119,7 @@ def scope_parts(
         "tp": tp,  # TP reduces in another order than one process
         "cpu_gemm": cpu_gemm,  # oneDNN and MKL sum in different orders
         "last_layer_rows": last_layer_rows,  # a classifier's last layer at its pooled rows only
+        "cpu_attention": cpu_attention,  # the C++ CPU kernel sums in another order than torch's
         "threads": threads,  # CPU: the last bits follow the thread count
         "engine": __version__,
     }

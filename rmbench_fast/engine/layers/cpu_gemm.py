@@ -22,12 +22,15 @@ depend on the other rows of the batch with oneDNN (checked in tests/test_cpu_gem
 does with MKL; so batching cannot change a score either way beyond the choice itself.
 
 Choices (`--cpu-gemm`): `torch` (= `auto`, measured above); `onednn` on a CPU device, float32 or
-bfloat16 (an error if this torch build has no mkldnn; other dtypes and devices run torch). The LM head and the classifier and
+bfloat16 (an error if this torch build has no mkldnn, or for bfloat16 on a CPU whose oneDNN cannot
+pack it, `onednn_packs`; other dtypes and devices run torch). The LM head and the classifier and
 custom heads stay on F.linear: a tied LM head is also the embedding table, which a packed tensor
 cannot index, and a second, packed copy would add its size to the peak memory.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,21 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+@functools.cache
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs `dtype` weights on this CPU (probed once on a tiny weight).
+
+    fp32 packs everywhere mkldnn exists; bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT, which
+    AVX2-only CPUs (AMD Zen 3, many cloud VMs) lack: there the reorder raises."""
+    if not onednn_available() or dtype not in _PACKABLE_DTYPES:
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), None)
+    except RuntimeError:
+        return False
+    return True
+
+
 def resolve_cpu_gemm(choice: str, device: torch.device, dtype: torch.dtype) -> str:
     """The kernel that runs: "onednn" or "torch" ("torch" off the CPU, where the choice is moot)."""
     if choice not in CPU_GEMMS:
@@ -54,6 +72,11 @@ def resolve_cpu_gemm(choice: str, device: torch.device, dtype: torch.dtype) -> s
         raise UsageError("--cpu-gemm onednn: this torch build has no mkldnn (oneDNN) support")
     if dtype not in _PACKABLE_DTYPES:
         return "torch"  # oneDNN's fp16 linear is not faster on CPUs without AMX-FP16
+    if not onednn_packs(dtype):
+        raise UsageError(
+            f"--cpu-gemm onednn: oneDNN cannot pack {str(dtype).removeprefix('torch.')} weights on this CPU "
+            "(bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); use --cpu-gemm torch"
+        )
     return "onednn"
 
 
@@ -84,7 +107,7 @@ def prepack(model: nn.Module) -> int:
         w = getattr(module, "weight", None)
         if not getattr(module, "packable_weight", False) or w is None or w.is_mkldnn:
             continue
-        if w.device.type != "cpu" or w.dtype not in _PACKABLE_DTYPES:
+        if w.device.type != "cpu" or not onednn_packs(w.dtype):
             continue
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
         module.weight = nn.Parameter(packed, requires_grad=False)
@@ -107,7 +130,7 @@ def peak_gemm_rate(device: str, dtype: torch.dtype, n: int = 0, budget_s: float 
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     calls = {"torch.mm": lambda: torch.mm(a, b)}
-    if not cuda and onednn_available() and dtype in _PACKABLE_DTYPES:
+    if not cuda and onednn_packs(dtype):
         bp = torch.ops.mkldnn._reorder_linear_weight(b.T.contiguous(), None)  # W [out, in] = bᵀ
         calls["onednn"] = lambda: gemm(a, bp)
 

@@ -2,8 +2,13 @@
 
 Every backend computes softmax(cap(q·kᵀ * scale) + mask) v under the visibility rule of
 `rmbench_fast.engine.layout` exactly; they differ only in which pairs they skip computing.
-    "sdpa"   (default off-GPU) per segment: prefix once, branches batched and padded (sdpa.py);
-             on the CPU, when the split conditions hold, the exact LSE-merged split (split.py)
+    "cpu"    (default on a CPU with AVX-512F or AVX2, fp32, head size 64 or 128) the whole
+             batch in one C++ call (cpu_kernel.py); a call it cannot compute exactly (a masked
+             BOS, a window that bites, a soft-cap, another dtype) runs "sdpa", counted as
+             "cpu_fallback"
+    "sdpa"   (default elsewhere off-GPU) per segment: prefix once, branches batched and padded
+             (sdpa.py); on the CPU, when the split conditions hold, the exact LSE-merged split
+             over torch's flash op (split.py)
     "flash"  (default on CUDA) FlashAttention varlen, three calls merged by LSE (flash.py);
              where it cannot express a call (fp32, a head size it lacks, a window that bites,
              a soft-cap) the call runs "sdpa" instead, counted as "flash_fallback:<reason>"
@@ -22,6 +27,11 @@ from typing import Literal
 
 import torch
 
+from rmbench_fast.engine.layers.attention.cpu_kernel import (
+    cpu_kernel_applies,
+    cpu_kernel_attention,
+    kernel_name,
+)
 from rmbench_fast.engine.layers.attention.dense import dense_attention
 from rmbench_fast.engine.layers.attention.flash import flash_attention, flash_unfit
 from rmbench_fast.engine.layers.attention.flex import FlexCompileError, flex_attention
@@ -30,14 +40,21 @@ from rmbench_fast.engine.layers.attention.split import sdpa_split, split_applies
 from rmbench_fast.engine.layout import PackedLayout
 from rmbench_fast.utils.phases import phase
 
-AttnImpl = Literal["sdpa", "flash", "flex", "dense"]
-ATTN_IMPLS: tuple[str, ...] = ("sdpa", "flash", "flex", "dense")
+AttnImpl = Literal["cpu", "sdpa", "flash", "flex", "dense"]
+ATTN_IMPLS: tuple[str, ...] = ("cpu", "sdpa", "flash", "flex", "dense")
 
 
-def default_impl(device: torch.device, softcap: float | None = None) -> AttnImpl:
-    """`--attn auto`: the backend a model runs on a device by default."""
+def default_impl(
+    device: torch.device,
+    softcap: float | None = None,
+    head_dim: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> AttnImpl:
+    """`--attn auto`: the backend a model runs on a device by default ("cpu" where the C++
+    kernel runs for this head size and dtype; "sdpa" elsewhere off-GPU)."""
     if device.type != "cuda":
-        return "sdpa"
+        cpu_ok = softcap is None and head_dim is not None and dtype is not None
+        return "cpu" if cpu_ok and kernel_name(head_dim, dtype, device) is not None else "sdpa"
     return "flex" if softcap is not None else "flash"
 
 
@@ -77,7 +94,12 @@ def _dispatch(
             layout.ran["flash"] += 1
             return flash_attention(q, k, v, layout, scale)
         layout.ran[f"flash_fallback:{why}"] += 1
-    if impl in ("sdpa", "flash"):
+    if impl == "cpu":
+        if cpu_kernel_applies(q, layout, window, softcap):
+            layout.ran["cpu_kernel"] += 1
+            return cpu_kernel_attention(q, k, v, layout, scale)
+        layout.ran["cpu_fallback"] += 1
+    if impl in ("cpu", "sdpa", "flash"):
         if split_applies(q, layout, window, softcap):
             layout.ran["split"] += 1
             return sdpa_split(q, k, v, layout.segment_spans(), scale)

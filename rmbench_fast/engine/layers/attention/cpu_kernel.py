@@ -1,0 +1,100 @@
+"""The "cpu_kernel" path (CPU, fp32): a whole layer's packed attention in one C++ call.
+
+The batch is handed to `rmbench_fast._core.packed_attention_f32` (csrc/attention_cpu.cpp) as
+pieces: each prompt prefix is a piece with no context, and each answer branch a piece whose
+context is its segment's prefix. Query row t of a piece [q0, q1) with context [c0, c1) sees
+    keys [c0, c1) (all) and [q0, t] (causal),
+which is the packed rule of engine/layout.py when every key is valid and no window bites. Per
+row, one online softmax runs over both key ranges, so there is no log-sum-exp merge, no
+padding and no copy of K/V (the kernel reads the strided q/k/v views of the packed projection
+in place, and each K/V block serves all grouped query heads of its KV head).
+
+Why it exists: torch's CPU flash kernel runs causal attention at 65-150 GFLOP/s at answer
+lengths of 100-800 tokens on the 2-core machine this project is measured on (per-head calls,
+small query blocks through a general GEMM); this kernel reaches 180-200 on the same batches
+(`python bench/bench_cpu_attention.py`). Its sums run in another order than torch's, so the
+last bits differ: it is part of the results store's scope (`kernel_name`).
+
+It applies in fp32 on a CPU with AVX-512F or AVX2 (with FMA), head size 64 or 128, when the
+split rule applies (every key valid, no window that bites, no soft-cap); otherwise the caller
+runs the split or padded SDPA path. The AVX-512 and AVX2 copies give the same bits (each lane is
+one query row, and every sum runs in the same order), so the store's scope names the kernel, not
+the instruction set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rmbench_fast.engine.layout import PackedLayout
+
+try:
+    from rmbench_fast import _core
+except ImportError:  # a source tree without the built core: the torch paths run
+    _core = None  # type: ignore[assignment]
+
+
+KERNEL = "rmbf-packed-v1"  # bump when the kernel's summation order or exp changes
+
+
+def kernel_isa() -> str:
+    """The instruction set the kernel runs with on this CPU: "avx512", "avx2" or "" (none)."""
+    return _core.packed_attention_isa() if _core is not None else ""
+
+
+def kernel_name(head_dim: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """The kernel's name when it runs for this model (`KERNEL`), else None."""
+    if device.type != "cpu" or dtype != torch.float32 or _core is None:
+        return None
+    return KERNEL if _core.packed_attention_supported(head_dim) else None
+
+
+def cpu_kernel_applies(
+    q: torch.Tensor, layout: PackedLayout, window: int | None, softcap: float | None
+) -> bool:
+    """Whether this call runs here (module docstring): q [T, Hq, D]."""
+    return (
+        softcap is None
+        and window is None
+        and layout.all_keys_valid
+        and kernel_name(q.shape[-1], q.dtype, q.device) is not None
+    )
+
+
+def _pieces(layout: PackedLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(q0, q1, c0, c1), int64 [n] each: the batch's prefixes and branches as pieces."""
+
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        rows: list[tuple[int, int, int, int]] = []
+        for a, P, branches in layout.segment_spans():
+            if P:
+                rows.append((a, a + P, a, a))
+            rows.extend((s0, s1, a, a + P) for s0, s1 in branches)
+        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+        return tuple(np.ascontiguousarray(arr[:, i]) for i in range(4))  # type: ignore[return-value]
+
+    return layout.cached(("cpu_kernel_pieces", None), build)
+
+
+def cpu_kernel_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout, scale: float | None = None
+) -> torch.Tensor:
+    """q: [T, Hq, D], k/v: [T, Hk, D] float32 CPU (views with a contiguous last dim) -> [T, Hq, D].
+
+    scale None: D^-0.5. Rows outside every piece (none in a planned batch) are left unwritten."""
+    out = torch.empty(q.shape, dtype=q.dtype)
+    q0, q1, c0, c1 = _pieces(layout)
+    _core.packed_attention_f32(
+        q.numpy(),
+        k.numpy(),
+        v.numpy(),
+        out.numpy(),
+        q0,
+        q1,
+        c0,
+        c1,
+        scale=q.shape[-1] ** -0.5 if scale is None else float(scale),
+        n_threads=torch.get_num_threads(),
+    )
+    return out
