@@ -11,6 +11,7 @@ import torch
 
 from rmbench_fast.commands import main
 from rmbench_fast.errors import UsageError
+from rmbench_fast.utils import threads
 from rmbench_fast.utils.threads import physical_cores, set_threads
 
 
@@ -69,3 +70,17 @@ def test_retain_freed_memory_on_glibc() -> None:
     del a
     b = torch.arange(1 << 22, dtype=torch.float32)
     assert float(b[-1]) == (1 << 22) - 1
+
+
+def test_cpu_description_reads_model_and_isa(tmp_path: Path) -> None:
+    """The first CPU's model name and, of its flags, the vector ISAs that pick CPU kernels."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 fma avx512f amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    )
+    assert threads.cpu_description(info) == {
+        "model": "Some CPU",
+        "isa": ["avx2", "fma", "avx512f", "amx_tile"],
+    }
+    assert threads.cpu_description(tmp_path / "missing") == {}

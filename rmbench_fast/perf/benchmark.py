@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from rmbench_fast.errors import UsageError
+from rmbench_fast.utils.threads import cpu_description
 from rmbench_fast.utils.versions import versions
 
 PATHS = ("official", "official8bit", "native", "vllm")
@@ -673,6 +674,7 @@ def bench(
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
+            "cpu": cpu_description(),
             "cpu_count": os.cpu_count(),
             "load_average_end": list(os.getloadavg()),
         },

@@ -79,3 +79,23 @@ def retain_freed_memory() -> bool:
         return False
     _retained = ok
     return ok
+
+
+# The vector-ISA flags that decide which CPU kernels run (GEMM paths, the attention kernel's copy)
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_description(info: Path = Path("/proc/cpuinfo")) -> dict[str, object]:
+    """The CPU's model name and the vector-ISA flags it has, from /proc/cpuinfo (Linux); empty
+    elsewhere. Benchmarks record it: CPU figures from an AVX-512/AMX machine and an AVX2-only one
+    are not comparable (this project has been measured on both)."""
+    if not info.exists():
+        return {}
+    model, flags = "", set()
+    for line in info.read_text().splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and not model:
+            model = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, "isa": [f for f in _ISA_FLAGS if f in flags]}
