@@ -30,6 +30,7 @@ from rmbench_fast.engine.layers.attention.cpu_kernel import cpu_kernel_attention
 from rmbench_fast.engine.layers.attention.split import sdpa_split
 from rmbench_fast.engine.layers.cpu_gemm import peak_gemm_rate
 from rmbench_fast.engine.layout import PackedLayout
+from rmbench_fast.utils.threads import cpu_description
 
 
 def visible_pairs(layout: PackedLayout) -> int:
@@ -73,6 +74,7 @@ def main() -> int:
     res = {
         "shape": {"tokens": T, "q_heads": Hq, "kv_heads": Hk, "head_dim": D, "dtype": "float32"},
         "threads": args.threads,
+        "cpu": cpu_description(),
         "isa": kernel_isa(),
         "attention_flops": flops,
         "best_s": {n: round(t, 5) for n, t in best.items()},
