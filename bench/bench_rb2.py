@@ -3,7 +3,7 @@
     python bench/bench_rb2.py [--data reward-bench-2.parquet] [--model DIR] [--limit N] \
         [--batch-size 64] [--threads 2] --out bench/results/rb2-cpu-sample.json
 
-Without --data / --model it uses the hand-written sample of tests/_rb2_sample.py (28 prompts,
+Without --data / --model it uses the hand-written sample of tests/helpers/rb2_sample.py (28 prompts,
 117 completions) and a tiny random Llama classifier with the SmolLM2 tokenizer: the numbers
 then say how the two flows encode, not how fast a real model scores RewardBench 2.
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # run as `python bench/bench_rb2.py`: the root holds the tests package
 
 
 def official_tokens(
@@ -71,13 +71,12 @@ def main() -> int:
 
     import tempfile
 
-    from _rb2_official import official_classifier_scores
-    from _rb2_sample import write_sample
-    from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir
-
     from rmbench_fast.benchmarks.rewardbench2.data import load_prompts, select
     from rmbench_fast.pipeline import RunConfig
     from rmbench_fast.pipeline.rewardbench2 import run_rewardbench2
+    from tests.helpers.rb2_official import official_classifier_scores
+    from tests.helpers.rb2_sample import write_sample
+    from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_model_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="rb2-bench-"))
     data = args.data or write_sample(tmp / "sample.json")
@@ -107,10 +106,10 @@ def main() -> int:
     toks = official_tokens(model, rows, args.batch_size, args.max_length)
     doc = {
         "what": "RewardBench 2 classifier path: run_v2.py's flow (RewardBenchPipeline) vs the native engine",
-        "data": str(data) if args.data else "tests/_rb2_sample.py (hand-written, 28 prompts)",
+        "data": str(data) if args.data else "tests/helpers/rb2_sample.py (hand-written, 28 prompts)",
         "model": str(model)
         if args.model
-        else "tiny random Llama classifier, SmolLM2 tokenizer (tests/_tiny.py)",
+        else "tiny random Llama classifier, SmolLM2 tokenizer (tests/helpers/tiny.py)",
         "device": "cpu",
         "dtype": "float32",
         "threads": args.threads,

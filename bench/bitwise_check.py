@@ -53,8 +53,8 @@ def _worktree(ref: str, root: Path) -> Path:
 
 
 def _tiny_models(root: Path) -> dict[str, Path]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir
+    sys.path.insert(0, str(REPO))  # run as `python bench/bitwise_check.py`: the root holds the tests package
+    from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_model_dir
 
     v = SMOLLM2_VOCAB  # the SmolLM2 tokenizer, so the real records tokenize for real
     return {

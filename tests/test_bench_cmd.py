@@ -9,13 +9,11 @@ import importlib.util
 import io
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import missing
 from rich.console import Console
 
 from rmbench_fast.commands.bench import add_bench_options, main, run_bench
@@ -23,8 +21,8 @@ from rmbench_fast.commands.options import add_run_options
 from rmbench_fast.errors import UsageError
 from rmbench_fast.perf.benchmark import HF_HINT, decisive_agreement
 from rmbench_fast.pipeline import sample_data_path
+from tests.helpers.require import missing
 
-REPO = Path(__file__).resolve().parents[1]
 ONE_RECORD = ["--data", str(sample_data_path()), "--domains", "chat", "--limit", "1", "--device", "cpu"]
 
 
@@ -44,7 +42,7 @@ def _bench(argv: list[str]) -> tuple[int, str]:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Path]:
     """head_dim 64: vLLM's CPU attention has no kernel for the default tiny head_dim of 16."""
     pytest.importorskip("transformers")
-    from _tiny import make_tiny_model_dir
+    from tests.helpers.tiny import make_tiny_model_dir
 
     base = tmp_path_factory.mktemp("bench_models")
     shape: dict[str, Any] = dict(vocab_size=49152, hidden_size=128, num_attention_heads=2, num_kv_heads=1)
@@ -111,9 +109,8 @@ def test_e2e_on_a_qwen3_random_model(tmp_path: Path, smollm2_dir: Path, classifi
     """bench/e2e.py runs a Qwen3 model (make_random_model's Qwen3 shape: q/k norms, no qkv bias)
     as it runs Llama, so the same command times Skywork-Reward-V2-Qwen3 shapes on a GPU."""
     pytest.importorskip("transformers")
-    sys.path.insert(0, str(REPO / "bench"))
-    import e2e
-    import make_random_model as mrm
+    from bench import e2e
+    from bench import make_random_model as mrm
 
     model = mrm.write_random_model(
         "tiny-qwen3", tmp_path / "q3", dtype="float32", device="cpu", classifier=classifier
@@ -167,11 +164,7 @@ def test_decisive_agreement_survives_a_monotone_activation() -> None:
 
 
 def test_e2e_script_is_a_wrapper() -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import e2e
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    from bench import e2e
     from rmbench_fast.perf.benchmark import official_style_scores
 
     assert e2e.official_style_scores is official_style_scores  # bench/gpu_check.py imports it from e2e

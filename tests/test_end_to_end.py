@@ -72,7 +72,7 @@ def test_native_matches_hf_backend_on_real_records(smollm2_dir: Path, rm_bench_d
 
 @pytest.fixture(scope="module")
 def tiny_variants(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path):  # noqa: ANN201
-    from _smol_variants import make_smol_variants, make_tiny_smol_source
+    from tests.helpers.smol_variants import make_smol_variants, make_tiny_smol_source
 
     base = tmp_path_factory.mktemp("tiny_e2e")
     src = make_tiny_smol_source(base / "src", smollm2_dir)

@@ -1,7 +1,7 @@
 """Parity with the official RM-Bench / reward-bench code (fp32, CPU).
 
 Our whole pipeline (`rmbench_fast.evaluate`, i.e. what `python -m rmbench_fast run` computes, with
-the hf backend and with the native engine) vs the oracle driver `tests/_official.py`,
+the hf backend and with the native engine) vs the oracle driver `tests/helpers/official.py`,
 which runs the official DPOInference / RewardBenchPipeline the way RM-Bench's run_dpo.py and
 run_rm.py do. Every score must agree within |Δ| <= 1e-4·(1 + |s|).
 
@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _official import official_dpo_scores, official_rm_scores
-from _smol_variants import SmolVariants, make_smol_variants, make_tiny_smol_source
+
+from tests.helpers.official import official_dpo_scores, official_rm_scores
+from tests.helpers.smol_variants import SmolVariants, make_smol_variants, make_tiny_smol_source
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rm-bench"
 DOMAINS = ("chat", "code", "safety-refuse")
@@ -230,7 +231,7 @@ def test_real_smollm2_all_uses(tmp_path_factory: pytest.TempPathFactory) -> None
 @pytest.fixture(scope="session")
 def qwen3_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen3ForSequenceClassification with SmolLM2's tokenizer and chat template."""
-    from _tiny import SMOLLM2_VOCAB, make_tiny_model_dir
+    from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_model_dir
 
     return make_tiny_model_dir(
         tmp_path_factory.mktemp("qwen3_official") / "m",
@@ -255,7 +256,7 @@ def head_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     INF-ORM pads with <|endoftext|> (never in the text) rather than SmolLM2's <|im_end|>, which
     its chat template writes after every turn: the head's forward pools at (first pad - 1), and
     with pad = <|im_end|> it would pool inside the system prompt (all six responses tie)."""
-    from _tiny import SMOLLM2_VOCAB, make_tiny_head_dir
+    from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_head_dir
 
     root = tmp_path_factory.mktemp("heads_official")
     return {
@@ -273,7 +274,7 @@ def test_custom_head_native_matches_official(
     """reward-bench's own model class and pipeline (INFORMForSequenceClassification +
     RewardBenchPipeline, GRewardModel + GRMPipeline) vs the native engine, which runs the head
     without the model's code (`--backend auto` picks it)."""
-    from _official import official_head_rm_scores
+    from tests.helpers.official import official_head_rm_scores
 
     key = ("official_head_rm_scores", str(head_models[head]), tuple(r["id"] for r in records))
     if key not in _OFFICIAL:

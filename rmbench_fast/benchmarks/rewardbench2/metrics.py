@@ -4,7 +4,7 @@ bootstrap intervals (docs/rewardbench2.md gives the formulas and their sources).
 Scores arrive as one row per prompt, [n_prompts, N_max] float64, completion j of prompt p in
 column j (chosen first, then rejected; NaN past the prompt's own N). The point estimates follow
 allenai/reward-bench at fdc742d (PR 236) operation for operation, so they are bit-identical to
-the official functions (tests/test_rewardbench2_metrics.py):
+the official functions (tests/benchmarks/test_rewardbench2_metrics.py):
 
     credit_p = 1 / #{j : s_pj == max_j s_pj}  if s_p0 == max_j s_pj  else 0      (NaN anywhere -> 0)
     subset   = sum_p credit_p / n                                              (best-of-N subsets)

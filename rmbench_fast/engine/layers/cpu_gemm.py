@@ -18,7 +18,7 @@ not grow.
 
 Rounding: oneDNN sums in another order than MKL, so the last bits of the scores follow the choice
 (it is part of the results store's scope, `NativeScorer.value_settings`). A row's output does not
-depend on the other rows of the batch with oneDNN (checked in tests/test_cpu_gemm.py), as it
+depend on the other rows of the batch with oneDNN (checked in tests/engine/test_cpu_gemm.py), as it
 does with MKL; so batching cannot change a score either way beyond the choice itself.
 
 Choices (`--cpu-gemm`): `torch` (= `auto`, measured above); `onednn` on a CPU device, float32 or

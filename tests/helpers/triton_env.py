@@ -1,0 +1,41 @@
+"""The Triton set-up the kernel tests share (tests/kernels/test_kernels.py, test_fused_kernels.py).
+
+On CPU the kernels run in Triton's interpreter, which must be chosen before triton is first
+imported (TRITON_INTERPRET=1; see kernels/_triton_util.py). Importing this module sets it when it
+is the first to import triton, so a test module imports it before any kernel module. If another
+module imported triton earlier in this pytest process, `needs_kernels` skips the in-process
+kernel tests and the module's `test_rerun_in_interpreter_subprocess` runs its file in a fresh
+interpreter-mode process instead. On a GPU machine the kernels run compiled on CUDA tensors.
+Without triton, importing this module skips the importing test module.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+
+def _interpreting() -> bool:
+    """Whether triton runs in its interpreter (imported here, after the set-up above)."""
+    from rmbench_fast.kernels._triton_util import triton_interpreting
+
+    return triton_interpreting()
+
+
+INTERP = _interpreting()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+RUNNABLE = HAS_CUDA or INTERP
+needs_kernels = pytest.mark.skipif(
+    not RUNNABLE,
+    reason="triton was imported without TRITON_INTERPRET=1 earlier in this process; "
+    "test_rerun_in_interpreter_subprocess runs these checks in a fresh process",
+)
