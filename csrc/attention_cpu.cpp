@@ -86,6 +86,9 @@ struct V {
   static M key_le(int32_t j, const int32_t* t) {
     return _mm512_cmp_epi32_mask(_mm512_set1_epi32(j), _mm512_loadu_si512(t), _MM_CMPINT_LE);
   }
+  static M key_eq(int32_t j, const int32_t* t) {
+    return _mm512_cmp_epi32_mask(_mm512_set1_epi32(j), _mm512_loadu_si512(t), _MM_CMPINT_EQ);
+  }
   static F mask_max(F a, M m, F b) { return _mm512_mask_max_ps(a, m, a, b); }  // m ? max(a, b) : a
   static F maskz(M m, F x) { return _mm512_maskz_mov_ps(m, x); }
   static M is_neg_inf(F x) {
@@ -136,6 +139,10 @@ struct V {
     const __m256i gt = _mm256_cmpgt_epi32(_mm256_set1_epi32(j),
                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
     return _mm256_castsi256_ps(_mm256_xor_si256(gt, _mm256_set1_epi32(-1)));
+  }
+  static M key_eq(int32_t j, const int32_t* t) {
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_set1_epi32(j),
+                                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t))));
   }
   static F mask_max(F a, M m, F b) { return _mm256_blendv_ps(a, _mm256_max_ps(a, b), m); }
   static F maskz(M m, F x) { return _mm256_and_ps(m, x); }

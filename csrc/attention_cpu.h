@@ -38,6 +38,9 @@ struct PackedAttnParams {
   int64_t n_pieces;
   float scale;    // softmax scale (e.g. D^-0.5)
   int n_threads;  // >= 1
+  // [T] key flags, or nullptr (every key valid). A masked key (0: a duplicated BOS) is seen by
+  // its own query row only, as engine/layout.py's rule says.
+  const uint8_t* key_valid = nullptr;
 };
 
 // The instruction set the kernel uses on this CPU: "avx512" (AVX-512F + FMA), "avx2" (AVX2 +

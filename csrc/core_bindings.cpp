@@ -1,5 +1,6 @@
 // Thin pybind11 bindings for the CPU core. Every input is checked here, before any C++ runs.
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -255,7 +257,8 @@ HeadsView heads_view(const py::array& a, const char* name) {
 
 void packed_attention_f32(const py::array& q, const py::array& k, const py::array& v, py::array& out,
                           CArrayStrict<int64_t> q0, CArrayStrict<int64_t> q1, CArrayStrict<int64_t> c0,
-                          CArrayStrict<int64_t> c1, double scale, int n_threads, const std::string& isa) {
+                          CArrayStrict<int64_t> c1, double scale, int n_threads, const std::string& isa,
+                          std::optional<CArrayStrict<uint8_t>> key_valid) {
   const HeadsView Q = heads_view(q, "q"), K = heads_view(k, "k"), V = heads_view(v, "v"), O = heads_view(out, "out");
   if (K.t != Q.t || V.t != Q.t || O.t != Q.t) throw py::value_error("q, k, v and out must have the same token count");
   if (K.h != V.h || O.h != Q.h) throw py::value_error("k and v must have the same heads, as must q and out");
@@ -284,6 +287,11 @@ void packed_attention_f32(const py::array& q, const py::array& k, const py::arra
                            static_cast<const float*>(v.data()), V.row, V.head,
                            static_cast<float*>(out.mutable_data()), O.row, O.head,
                            Q.h, K.h, Q.d, a, b, ca, cb, n, static_cast<float>(scale), n_threads};
+  if (key_valid) {
+    if (key_valid->ndim() != 1 || key_valid->shape(0) != Q.t)
+      throw py::value_error("key_valid must be 1-D of length T (uint8 or bool)");
+    p.key_valid = key_valid->data();
+  }
   py::gil_scoped_release release;
   rmbf::packed_attention_cpu(p, isa);
 }
@@ -304,11 +312,12 @@ PYBIND11_MODULE(_core, m) {
         "this CPU has; 'avx512'; 'avx2').");
   m.def("packed_attention_f32", &packed_attention_f32, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("q0"), py::arg("q1"), py::arg("c0"), py::arg("c1"), py::kw_only(), py::arg("scale"),
-        py::arg("n_threads") = 1, py::arg("isa") = "auto",
+        py::arg("n_threads") = 1, py::arg("isa") = "auto", py::arg("key_valid") = py::none(),
         "Exact attention over a packed shared-prefix batch (csrc/attention_cpu.h): float32 q/out [T, Hq, D], "
         "k/v [T, Hk, D] (strided views allowed, d contiguous); pieces int64 [n]: query rows [q0, q1) see keys "
         "[c0, c1) and their own keys causally. Writes out in place; the GIL is released. isa: 'auto', "
-        "'avx512' or 'avx2' (the copies give the same bits).");
+        "'avx512' or 'avx2' (the copies give the same bits). key_valid: uint8 [T] or None (all valid); a masked "
+        "key is seen by its own row only.");
   m.def("plan_batches", &plan_batches, py::arg("ids"), py::arg("offsets"), py::arg("label_start"),
         py::arg("pool_index"), py::arg("mask_first"), py::arg("group_offsets"), py::kw_only(),
         py::arg("vocab_size") = -1,

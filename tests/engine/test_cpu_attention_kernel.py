@@ -162,10 +162,33 @@ def test_dispatch_takes_the_kernel_only_where_it_is_exact() -> None:
     assert layout.ran["split"] == 2 and layout.ran["sdpa"] == 1
     packed_attention(q, k, v, layout, None, "sdpa")
     assert layout.ran["cpu_kernel"] == 1 and layout.ran["split"] == 3
-    masked = _layout(SPECS, mask_first=True)
+    masked = _layout(SPECS, mask_first=True)  # a masked duplicated BOS runs the kernel too
     qm, km, vm = (t.float() for t in _qkv(masked.n_tokens, 9, 3, 64, seed=1))
     packed_attention(qm, km, vm, masked, None, "cpu")
-    assert masked.ran["cpu_kernel"] == 0 and masked.ran["sdpa"] == 1
+    assert masked.ran["cpu_kernel"] == 1 and not masked.ran["cpu_fallback"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_masked_bos_is_seen_by_its_own_row_only(isa: str) -> None:
+    """Records whose first token is a masked duplicated BOS (layout.key_valid False): against the
+    fp64 dense reference, which applies layout.py's rule (a masked key is seen by its own row
+    only); without the flags the same call is far off, so the test sees the mask act."""
+    layout = _layout(SPECS[:2], mask_first=True)
+    assert not layout.all_keys_valid
+    q, k, v = _qkv(layout.n_tokens, 9, 3, 64, seed=13, scale=4.0)
+    ref = packed_attention(q, k, v, layout, None, "dense")
+    args = [t.float().numpy() for t in (q, k, v)]
+    pieces = cpu_kernel._pieces(layout)
+    out = torch.empty(q.shape)
+    flags = layout.key_valid.numpy().view(np.uint8)
+    _core.packed_attention_f32(
+        *args, out.numpy(), *pieces, scale=0.125, n_threads=2, isa=isa, key_valid=flags
+    )
+    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
+    _core.packed_attention_f32(*args, out.numpy(), *pieces, scale=0.125, n_threads=2, isa=isa)
+    assert (out.double() - ref).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="key_valid"):
+        _core.packed_attention_f32(*args, out.numpy(), *pieces, scale=0.125, key_valid=flags[:-1])
 
 
 def test_default_impl_names_the_kernel_where_it_runs() -> None:
@@ -244,8 +267,8 @@ def test_entry_point_checks_every_input() -> None:
 def test_engine_runs_the_kernel_by_default_and_matches_dense(tmp_path, kind: str) -> None:  # noqa: ANN001
     """A whole model (tiny Llama, GQA 4/2, head size 64, so the kernel applies) scored by the
     engine's default CPU path against the dense reference backend, 1e-5 as the other backends
-    agree; the stats say the kernel ran, and classifier records with a masked BOS (r % 3 == 1)
-    fall back to the torch path, counted."""
+    agree; the stats say the kernel ran, for the classifier's records with a masked BOS
+    (r % 3 == 1) too."""
     pytest.importorskip("transformers")
     from rmbench_fast.engine import NativeScorer
     from tests.helpers.tiny import make_tiny_model_dir, synthetic_records
@@ -262,8 +285,7 @@ def test_engine_runs_the_kernel_by_default_and_matches_dense(tmp_path, kind: str
     assert calls["cpu_kernel"] > 0
     assert auto.stats["cpu_attention"] == cpu_kernel.KERNEL
     assert auto.stats["cpu_attention_isa"] in ISAS
-    if kind == "classifier":
-        assert calls["cpu_fallback"] > 0  # the masked-BOS batches
+    assert "cpu_fallback" not in calls  # the classifier's masked-BOS records (r % 3 == 1) included
     want = NativeScorer(path, kind=kind, attn_impl="dense", batch_tokens=700, **extra).score(seqs)
     assert np.all(np.abs(got - want) <= 1e-5 * (1.0 + np.abs(want)))
     torch_path = NativeScorer(path, kind=kind, attn_impl="sdpa", batch_tokens=700, **extra)

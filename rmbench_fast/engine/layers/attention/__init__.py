@@ -3,8 +3,8 @@
 Every backend computes softmax(cap(q·kᵀ * scale) + mask) v under the visibility rule of
 `rmbench_fast.engine.layout` exactly; they differ only in which pairs they skip computing.
     "cpu"    (default on a CPU with AVX-512F or AVX2, fp32, head size 64 or 128) the whole
-             batch in one C++ call (cpu_kernel.py); a call it cannot compute exactly (a masked
-             BOS, a window that bites, a soft-cap, another dtype) runs "sdpa", counted as
+             batch in one C++ call (cpu_kernel.py); a call it cannot compute exactly (a window
+             that bites, a soft-cap, another dtype or head size) runs "sdpa", counted as
              "cpu_fallback"
     "sdpa"   (default elsewhere off-GPU) per segment: prefix once, branches batched and padded
              (sdpa.py); on the CPU, when the split conditions hold, the exact LSE-merged split

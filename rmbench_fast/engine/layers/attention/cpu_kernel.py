@@ -4,7 +4,8 @@ The batch is handed to `rmbench_fast._core.packed_attention_f32` (csrc/attention
 pieces: each prompt prefix is a piece with no context, and each answer branch a piece whose
 context is its segment's prefix. Query row t of a piece [q0, q1) with context [c0, c1) sees
     keys [c0, c1) (all) and [q0, t] (causal),
-which is the packed rule of engine/layout.py when every key is valid and no window bites. Per
+which is the packed rule of engine/layout.py when no window bites; a masked key (a duplicated
+BOS, `layout.key_valid`) is seen by its own row only, as that rule says. Per
 row, one online softmax runs over both key ranges, so there is no log-sum-exp merge, no
 padding and no copy of K/V (the kernel reads the strided q/k/v views of the packed projection
 in place, and each K/V block serves all grouped query heads of its KV head).
@@ -15,9 +16,8 @@ small query blocks through a general GEMM); this kernel reaches 180-200 on the s
 (`python bench/bench_cpu_attention.py`). Its sums run in another order than torch's, so the
 last bits differ: it is part of the results store's scope (`kernel_name`).
 
-It applies in fp32 on a CPU with AVX-512F or AVX2 (with FMA), head size 64 or 128, when the
-split rule applies (every key valid, no window that bites, no soft-cap); otherwise the caller
-runs the split or padded SDPA path. The AVX-512 and AVX2 copies give the same bits (each lane is
+It applies in fp32 on a CPU with AVX-512F or AVX2 (with FMA), head size 64 or 128, with no
+window that bites and no soft-cap; otherwise the caller runs the split or padded SDPA path. The AVX-512 and AVX2 copies give the same bits (each lane is
 one query row, and every sum runs in the same order), so the store's scope names the kernel, not
 the instruction set.
 """
@@ -54,12 +54,7 @@ def cpu_kernel_applies(
     q: torch.Tensor, layout: PackedLayout, window: int | None, softcap: float | None
 ) -> bool:
     """Whether this call runs here (module docstring): q [T, Hq, D]."""
-    return (
-        softcap is None
-        and window is None
-        and layout.all_keys_valid
-        and kernel_name(q.shape[-1], q.dtype, q.device) is not None
-    )
+    return softcap is None and window is None and kernel_name(q.shape[-1], q.dtype, q.device) is not None
 
 
 def _pieces(layout: PackedLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -85,6 +80,8 @@ def cpu_kernel_attention(
     scale None: D^-0.5. Rows outside every piece (none in a planned batch) are left unwritten."""
     out = torch.empty(q.shape, dtype=q.dtype)
     q0, q1, c0, c1 = _pieces(layout)
+    # A masked duplicated BOS is seen by its own row only (layout.py's rule); None: all valid.
+    key_valid = None if layout.all_keys_valid else layout.key_valid.numpy().view(np.uint8)
     _core.packed_attention_f32(
         q.numpy(),
         k.numpy(),
@@ -96,5 +93,6 @@ def cpu_kernel_attention(
         c1,
         scale=q.shape[-1] ** -0.5 if scale is None else float(scale),
         n_threads=torch.get_num_threads(),
+        key_valid=key_valid,
     )
     return out
