@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rmbench_fast import _core
 from rmbench_fast.commands import main
 from tests.helpers.paths import REPO
 from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_model_dir
@@ -30,7 +31,10 @@ def _torchrun(args: list[str], out: Path, fail_rank: int | None = None) -> subpr
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("dp") / "m", "llama", vocab_size=SMOLLM2_VOCAB, seed=3)
+    # head size 64: the C++ CPU attention kernel runs (under DP, and per TP rank), not only torch's
+    return make_tiny_model_dir(
+        tmp_path_factory.mktemp("dp") / "m", "llama", vocab_size=SMOLLM2_VOCAB, seed=3, head_dim=64
+    )
 
 
 def _args(model: Path, data: Path) -> list[str]:
@@ -48,6 +52,8 @@ def test_dp2_is_bit_identical_to_one_process(model: Path, rm_bench_data_dir: Pat
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     dp = json.loads((tmp_path / "dp" / "metrics.json").read_text())
     assert one["domains"] == dp["domains"] and one["total"] == dp["total"]
+    if _core.packed_attention_supported(64):  # the kernel took the attention calls
+        assert one["meta"]["scorer_stats"]["attention_calls"].get("cpu_kernel", 0) > 0
 
 
 def test_tp2_through_the_cli_matches_one_process(
