@@ -12,6 +12,7 @@ Without triton, importing this module skips the importing test module.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -39,3 +40,17 @@ needs_kernels = pytest.mark.skipif(
     reason="triton was imported without TRITON_INTERPRET=1 earlier in this process; "
     "test_rerun_in_interpreter_subprocess runs these checks in a fresh process",
 )
+
+
+def rerun_in_interpreter(test_file: str) -> None:
+    """Run `test_file`'s tests in a fresh pytest process with TRITON_INTERPRET=1, and fail with its
+    output if they fail (the module's in-process kernel tests skipped: see the docstring)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -10,15 +10,12 @@ in a fresh interpreter-mode process. On a GPU machine they run compiled on CUDA 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers.triton_env import DEVICE, HAS_CUDA, RUNNABLE, needs_kernels
+from tests.helpers.triton_env import DEVICE, HAS_CUDA, RUNNABLE, needs_kernels, rerun_in_interpreter
 
 # isort: split
 from rmbench_fast.kernels.lse_merge import lse_merge_ref, lse_merge_triton
@@ -134,15 +131,7 @@ def test_rmsnorm_strided_rows_and_bad_input() -> None:
 
 @pytest.mark.skipif(RUNNABLE, reason="kernels already ran in this process")
 def test_rerun_in_interpreter_subprocess() -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rerun_in_interpreter(str(Path(__file__)))
 
 
 @needs_kernels

@@ -10,16 +10,13 @@ run compiled kernels on CUDA tensors.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers.paths import BENCH
-from tests.helpers.triton_env import DEVICE, HAS_CUDA, RUNNABLE, needs_kernels
+from tests.helpers.triton_env import DEVICE, HAS_CUDA, RUNNABLE, needs_kernels, rerun_in_interpreter
 
 # isort: split
 from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton
@@ -279,15 +276,7 @@ def test_gpu_large_vocab_bf16() -> None:
 
 @pytest.mark.skipif(RUNNABLE, reason="kernels already ran in this process")
 def test_rerun_in_interpreter_subprocess() -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rerun_in_interpreter(str(Path(__file__)))
 
 
 def test_gpu_bench_script_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
