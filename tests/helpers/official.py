@@ -154,7 +154,7 @@ def official_dpo_scores(
 
 
 # -- sequence classifiers (run_rm.py) ---------------------------------------------------------
-class _CPUTokenizer:
+class CPUTokenizer:
     """RewardBenchPipeline moves its inputs `.to("cuda")`: keep them on the CPU instead."""
 
     def __init__(self, tok: Any) -> None:
@@ -193,7 +193,7 @@ def official_rm_scores(
     has_template = getattr(tok, "chat_template", None) is not None
     if not has_template:
         pipe.tokenizer.add_eos_token = True
-    pipe.tokenizer = _CPUTokenizer(pipe.tokenizer)
+    pipe.tokenizer = CPUTokenizer(pipe.tokenizer)
     kwargs = {
         "batch_size": batch_size,
         "truncation": True,
@@ -273,7 +273,7 @@ def official_head_rm_scores(
         pipe.tokenizer.pad_token_id = pipe.tokenizer.eos_token_id
     if pipe.model.config.pad_token_id is None:
         pipe.model.config.pad_token_id = pipe.tokenizer.pad_token_id
-    pipe.tokenizer = _CPUTokenizer(pipe.tokenizer)
+    pipe.tokenizer = CPUTokenizer(pipe.tokenizer)
     kwargs = {
         "batch_size": batch_size,
         "truncation": True,

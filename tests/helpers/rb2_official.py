@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.helpers.official import CPUTokenizer
+
 OFFICIAL_FUNCTIONS = ("reroll_and_score_dataset", "sample_stats", "process_single_model")
 
 
@@ -189,21 +191,6 @@ def official_scores(
 
 
 # -- the classifier flow of run_v2.py (default_v2 config: RewardBenchPipeline) ------------------
-class _OnCPU:
-    """RewardBenchPipeline moves its inputs `.to("cuda")`: keep them on the CPU instead."""
-
-    def __init__(self, tok: Any) -> None:
-        self._tok = tok
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        enc = self._tok(*args, **kwargs)
-        enc.to = lambda _device: enc  # the tensors are already on the CPU
-        return enc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tok, name)
-
-
 def official_classifier_scores(
     model_dir: str | Path, prompts: list[dict[str, Any]], *, batch_size: int = 64, max_length: int = 2048
 ) -> list[list[float]]:
@@ -236,7 +223,7 @@ def official_classifier_scores(
         pipe.tokenizer.pad_token_id = pipe.tokenizer.eos_token_id
     if pipe.model.config.pad_token_id is None:
         pipe.model.config.pad_token_id = pipe.tokenizer.pad_token_id
-    pipe.tokenizer = _OnCPU(pipe.tokenizer)
+    pipe.tokenizer = CPUTokenizer(pipe.tokenizer)
     kwargs = {
         "batch_size": batch_size,
         "truncation": True,
