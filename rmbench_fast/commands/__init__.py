@@ -15,13 +15,13 @@ argparse lives here and nowhere else. Modules, in data-flow order:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from rmbench_fast.commands import bench, cache, compare, profile_cmd, report, run, sweep
 from rmbench_fast.errors import RMBenchError
+from rmbench_fast.utils.distributed import rank_prefix
 
 # name -> module with HELP, add_arguments(parser) and run(args) -> int; in the order `--help` lists them.
 COMMANDS: dict[str, ModuleType] = {
@@ -43,11 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         command.add_arguments(sub.add_parser(name, help=command.HELP))
     return parser
-
-
-def rank_prefix() -> str:
-    """ "rank N: " under torchrun with several processes, else ""."""
-    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from rmbench_fast.inputs.datafiles import data_files, hash_files
 from rmbench_fast.records import N_STYLES, Record, TokSeq
 from rmbench_fast.results.report import check_out_dir, print_report, score_rows, write_outputs
 from rmbench_fast.settings import DEFAULT_OUT, ScoreSettings, check_limit
+from rmbench_fast.utils.distributed import is_main
 from rmbench_fast.utils.dtypes import run_dtype
 from rmbench_fast.utils.phases import phase
 from rmbench_fast.utils.threads import set_threads
@@ -972,7 +973,7 @@ def run_and_report(
         TimeRemainingColumn,
     )
 
-    if _is_main():  # rank 0 writes the outputs: find out now, not after scoring, that it cannot
+    if is_main():  # rank 0 writes the outputs: find out now, not after scoring, that it cannot
         check_out_dir(Path(cfg.out or DEFAULT_OUT))
     with Progress(
         TextColumn("scoring"),
@@ -982,7 +983,7 @@ def run_and_report(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not cfg.progress or not _is_main(),
+        disable=not cfg.progress or not is_main(),
         transient=True,
     ) as bar:
         task = bar.add_task("scoring", total=None)
@@ -997,8 +998,6 @@ def run_and_report(
         )
     rows = result.pop("rows")
     out_dir = Path(cfg.out or DEFAULT_OUT)
-    from rmbench_fast.utils.distributed import is_main
-
     if not is_main():  # rank 0 alone writes and reports; every rank has the whole result
         check_finite(result)
         return result
@@ -1039,13 +1038,6 @@ def evaluate(model: str | None = None, **options: Any) -> dict[str, Any]:
         write_outputs(Path(out), rows, {k: v for k, v in result.items() if k != "rows"})
     check_finite(result)
     return result
-
-
-def _is_main() -> bool:
-    """Rank 0 under torchrun (read from the environment: the world is joined later), else True."""
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def check_finite(result: dict[str, Any]) -> None:

@@ -202,8 +202,21 @@ def dp_size() -> int:
 
 
 def is_main() -> bool:
-    """Rank 0 of the world: the one that writes outputs and shows progress."""
-    return _WORLD.rank == 0
+    """Rank 0: the one that writes outputs and shows progress. Of the joined world once `init`
+    ran; before that, of the launcher's environment (RANK), so the answer is the same before and
+    after the process group is joined (the output-directory check, progress bars)."""
+    if _WORLD.backend is not None:
+        return _WORLD.rank == 0
+    return env_ranks()[0] == 0
+
+
+def rank_prefix() -> str:
+    """ "rank N: " under a launcher with several processes, else "" (error lines name their rank)."""
+    try:
+        rank, world, _ = env_ranks()
+    except UsageError:  # a malformed RANK/WORLD_SIZE is reported elsewhere; never fail an error line
+        return ""
+    return f"rank {rank}: " if world > 1 else ""
 
 
 def tp_info() -> TPInfo | None:
