@@ -95,18 +95,9 @@ struct V {
     return _mm512_cmp_ps_mask(x, _mm512_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_EQ_OQ);
   }
   static F select(M m, F a, F b) { return _mm512_mask_mov_ps(b, m, a); }  // m ? a : b
-  // 2^x for x <= 0 (masked lanes may hold anything); x < -126 -> 0 exactly.
-  static F exp2_nonpos(F x) {
-    const M keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
-    const F n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(exp2_poly(_mm512_sub_ps(x, n)), n));
-  }
-  static F exp2_poly(F f) {  // 2^f on [-0.5, 0.5], degree 7
-    F p = set1(kExp2Poly[0]);
-    for (int i = 1; i < 8; ++i) p = fmadd(p, f, set1(kExp2Poly[i]));
-    return p;
-  }
+  static M ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static F round(F x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F scale2(F p, F n) { return _mm512_scalef_ps(p, n); }  // p * 2^n, n integral
 };
 
 #include "attention_cpu_body.inc"
@@ -150,19 +141,13 @@ struct V {
     return _mm256_cmp_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_EQ_OQ);
   }
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
-  // 2^x for x <= 0, as the AVX-512 copy: the same polynomial, and 2^n (n in [-126, 0]) built
-  // from its exponent bits, an exact power of two, so p * 2^n rounds as scalef does.
-  static F exp2_nonpos(F x) {
-    const M keep = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-126.0f));
-    const F n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static F round(F x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // p * 2^n for integral n in [-126, 0]: 2^n built from its exponent bits, an exact power of two,
+  // so the product rounds as scalef does
+  static F scale2(F p, F n) {
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(keep, _mm256_mul_ps(exp2_poly(_mm256_sub_ps(x, n)), _mm256_castsi256_ps(bits)));
-  }
-  static F exp2_poly(F f) {
-    F p = set1(kExp2Poly[0]);
-    for (int i = 1; i < 8; ++i) p = fmadd(p, f, set1(kExp2Poly[i]));
-    return p;
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
   }
 };
 

@@ -249,8 +249,8 @@ class NativeScorer:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "cpu_gemm": self.cpu_gemm,
-            "cpu_attention": self.cpu_attention_kernel(),
-            "cpu_attention_isa": kernel_isa() if self.cpu_attention_kernel() else None,
+            "cpu_attention": (cpu_kernel := self.cpu_attention_kernel()),
+            "cpu_attention_isa": kernel_isa() if cpu_kernel else None,
             "last_layer_rows": self.last_layer_rows,
             "packed_linears": self.packed_linears,
             "cpu_heap_retained": self.heap_retained,
@@ -278,10 +278,9 @@ class NativeScorer:
 
     def cpu_attention_kernel(self) -> str | None:
         """The C++ CPU attention kernel's name when this model's "cpu" calls can take it."""
-        cfg = self.model.cfg
-        if self.attn_impl != "cpu" or cfg.attn_softcap is not None:
+        if self.attn_impl != "cpu":
             return None
-        return kernel_name(cfg.head_dim, self.dtype, self.device)
+        return kernel_name(self.model.cfg.head_dim, self.dtype, self.device, self.model.cfg.attn_softcap)
 
     def attention_used(self) -> str:
         if self.flex_failure is not None:

@@ -53,8 +53,8 @@ def default_impl(
     """`--attn auto`: the backend a model runs on a device by default ("cpu" where the C++
     kernel runs for this head size and dtype; "sdpa" elsewhere off-GPU)."""
     if device.type != "cuda":
-        cpu_ok = softcap is None and head_dim is not None and dtype is not None
-        return "cpu" if cpu_ok and kernel_name(head_dim, dtype, device) is not None else "sdpa"
+        known = head_dim is not None and dtype is not None
+        return "cpu" if known and kernel_name(head_dim, dtype, device, softcap) is not None else "sdpa"
     return "flex" if softcap is not None else "flash"
 
 
