@@ -13,13 +13,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rmbench_fast.benchmarks import DEFAULT_BENCHMARK, REWARDBENCH2
 from rmbench_fast.commands.options import add_run_options, judge_config
 from rmbench_fast.errors import RMBenchError
 
 
-def run_judge(args: argparse.Namespace, console: Any) -> int:
+def run_judge(args: argparse.Namespace, console: Any, *, subsets: Sequence[str] | None = None) -> int:
     """`run --kind generative`: the whole run (outputs written, tables printed); returns 0.
+    RM-Bench: pairwise verdicts; `--benchmark rewardbench2`: the official ratings mode.
     Raises RMBenchError (one line, exit 2) for bad options, data, endpoints or models."""
+    if getattr(args, "benchmark", DEFAULT_BENCHMARK) == REWARDBENCH2:
+        from rmbench_fast.judge.ratings import run_ratings  # start-up cost: the judge runner and its report
+
+        run_ratings(judge_config(args), console, subsets=subsets)
+        return 0
     from rmbench_fast.judge.runner import run_generative  # start-up cost: the judge runner and its report
 
     run_generative(judge_config(args), console)

@@ -14,6 +14,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from rmbench_fast.benchmarks import REWARDBENCH2
+from rmbench_fast.benchmarks.rewardbench2.ratings import MAX_NEW_TOKENS as RATINGS_MAX_NEW_TOKENS
 from rmbench_fast.errors import UsageError
 from rmbench_fast.records import DOMAINS
 from rmbench_fast.settings import DEFAULT_OUT, check_limit
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from rmbench_fast.pipeline import RunConfig
 
 ENGINES = ("vllm",)
+JUDGE_MAX_NEW_TOKENS = 4096  # RM-Bench's pairwise verdicts: an explanation, then the boxed verdict
 
 
 def add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
@@ -250,7 +253,14 @@ def add_judge_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="requests in flight (server, default 32); requests per generate call (vllm, default 256)",
     )
-    g.add_argument("--max-new-tokens", type=int, default=4096, metavar="N", help="default 4096")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"default {JUDGE_MAX_NEW_TOKENS} (RM-Bench's pairwise verdicts), {RATINGS_MAX_NEW_TOKENS} with "
+        "--benchmark rewardbench2 (the official ratings mode's limit)",
+    )
     g.add_argument(
         "--judge-temperature", type=float, default=0.0, metavar="T", help="default 0 (greedy decoding)"
     )
@@ -412,7 +422,7 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
         api_key_env=key_env,
         template=getattr(args, "judge_template", None),
         concurrency=getattr(args, "concurrency", None),
-        max_new_tokens=getattr(args, "max_new_tokens", 4096),
+        max_new_tokens=_max_new_tokens(args),
         temperature=getattr(args, "judge_temperature", 0.0),
         top_p=getattr(args, "judge_top_p", 1.0),
         judge_seed=getattr(args, "judge_seed", None),
@@ -424,6 +434,18 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
         cache_dir=getattr(args, "cache_dir", None),
         no_cache=bool(getattr(args, "no_cache", False)),
     )
+
+
+def _max_new_tokens(args: argparse.Namespace) -> int:
+    """--max-new-tokens, else the benchmark's default: 4096 for RM-Bench's pairwise verdicts (a
+    long explanation before the boxed verdict), 1024 for RewardBench 2's ratings (as the official
+    ratings mode sends)."""
+    given = getattr(args, "max_new_tokens", None)
+    if given is not None:
+        return int(given)
+    if getattr(args, "benchmark", None) == REWARDBENCH2:
+        return RATINGS_MAX_NEW_TOKENS
+    return JUDGE_MAX_NEW_TOKENS
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any]:

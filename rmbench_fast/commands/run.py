@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.benchmark == REWARDBENCH2:
         if args.kind == "generative":
-            raise UsageError("--benchmark rewardbench2 does not run generative judges yet")
+            return run_judge(args, Console(stderr=False), subsets=args.subsets)
         from rmbench_fast.pipeline.rewardbench2 import run_and_report as run_rb2  # start-up cost: torch
 
         check_stats_options(args, allow_zero=True)

@@ -1,4 +1,5 @@
-"""Generative judges on RM-Bench: pairwise verdicts through an OpenAI-compatible server or vLLM.
+"""Generative judges: pairwise verdicts on RM-Bench, ratings on RewardBench 2; through an
+OpenAI-compatible server or vLLM.
 
 Modules, in data-flow order:
 
@@ -9,6 +10,8 @@ Modules, in data-flow order:
 - `log`: the append-only response log that makes runs resumable;
 - `scoring`: pair scores, M[i][j], hard / normal / easy, judge statistics;
 - `runner`: one whole generative run (its options are in `rmbench_fast.commands`).
+- `ratings`: RewardBench 2's official ratings mode (one request per completion) on the same
+  transport, log and store (`run --benchmark rewardbench2 --kind generative`).
 
 The scoring rule is stated in `scoring` and in every run's metrics.json (`meta.scoring`).
 """

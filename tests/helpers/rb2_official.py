@@ -248,3 +248,88 @@ def official_classifier_scores(
         rows.append(flat[i : i + p["total_completions"]])
         i += p["total_completions"]
     return rows
+
+
+# -- the generative ratings mode (scripts/run_generative_v2.py --score_w_ratings) ---------------
+RATINGS_NAMES = ("ratings_prompt", "ratings_prompt_ties", "API_ERROR_OUTPUT")
+RATINGS_FUNCTIONS = ("_get_single_rating", "run_judge_ratings_multi")
+
+
+def official_ratings(answer: Any) -> dict[str, Any]:
+    """The wheel's ratings prompts and its rating functions (`generative_v2.py`), compiled from
+    the file with `ast` (the module itself imports anthropic, google and together). The judge
+    is `answer(messages, max_tokens, temperature) -> str`, called where the official code calls
+    its API (`chat_completion`); the judge model is put in the OpenAI list so that path runs."""
+    path = utils_path().parent / "generative_v2.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    body: list[ast.stmt] = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in RATINGS_FUNCTIONS:
+            body.append(node)
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id in RATINGS_NAMES for t in node.targets
+        ):
+            body.append(node)
+    import re
+
+    def chat_completion(model: str, messages: Any, temperature: float, max_tokens: int) -> str:
+        return str(answer(messages, max_tokens, temperature))
+
+    ns: dict[str, Any] = {
+        "re": re,
+        "chat_completion": chat_completion,
+        "OPENAI_MODEL_LIST": ("fake-judge",),
+        "ANTHROPIC_MODEL_LIST": (),
+        "GEMINI_MODEL_LIST": (),
+        "TOGETHER_MODEL_LIST": (),
+    }
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(path), "exec"), ns)
+    missing = [n for n in (*RATINGS_NAMES, *RATINGS_FUNCTIONS) if n not in ns]
+    if missing:
+        raise ImportError(f"{path} has no {missing} (not the ratings-mode code)")
+    return ns
+
+
+def official_ratings_scores(
+    prompts: list[dict[str, Any]], answer: Any
+) -> tuple[dict[str, float], list[float], list[list[int]]]:
+    """run_generative_v2.py --score_w_ratings on RB2 records with the judge `answer`:
+    ({subset: score}, per-prompt result, per-prompt ratings).
+
+    What the script does after `run_judge_ratings_multi` (transcribed from allenai/reward-bench
+    scripts/run_generative_v2.py, `get_judgement` and the results section; the script is not in
+    the wheel): a best-of-N prompt gives 0.25 when the winners are "error" (no valid rating),
+    else `(0 in winners) / len(winners)`; a subset's score is sum(results) / len(results). A Ties
+    prompt gives its ratings list, which becomes the "scores" column of `process_single_model`.
+    """
+    ns = official_ratings(answer)
+    f = official_functions("stand-ins")
+    results: list[float] = []
+    ratings: list[list[int]] = []
+    ties: dict[str, list[Any]] = {"id": [], "scores": [], "num_correct": [], "subset": []}
+    for p in prompts:
+        answers = [
+            [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": c}]
+            for c in list(p["chosen"]) + list(p["rejected"])
+        ]
+        is_ties = p["subset"] == "Ties"
+        winners, _, info = ns["run_judge_ratings_multi"](
+            p["prompt"], answers, "fake-judge", multi_turn=False, model_modifier=None, is_ties=is_ties
+        )
+        ratings.append(list(info["ratings"]))
+        if is_ties:
+            results.append(math.nan)
+            for k, v in (("id", p["id"]), ("scores", info["ratings"]), ("num_correct", p["num_correct"])):
+                ties[k].append(v)
+            ties["subset"].append(p["subset"])
+        else:
+            results.append(0.25 if winners == "error" else (0 in winners) / len(winners))
+    out: dict[str, float] = {}
+    for subset in sorted({p["subset"] for p in prompts}):
+        if subset == "Ties":
+            _, score = f["process_single_model"](f["Dataset"].from_dict(ties))
+            out[subset] = float(score)
+        else:
+            idx = [i for i, p in enumerate(prompts) if p["subset"] == subset]
+            out[subset] = float(sum(results[i] for i in idx) / len(idx))
+    return out, results, ratings

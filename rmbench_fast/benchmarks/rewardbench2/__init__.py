@@ -7,6 +7,8 @@ Modules, in data-flow order:
     metrics   best-of-N credit with 1/k tie credit, the Ties composite (PR 236), per subset and
               overall, bootstrap intervals over prompts
     report    scores.json rows and the per-subset table
+    ratings   the official generative ratings mode: prompts, the rating parser, the credit
+              (the run is judge/ratings.py)
     compare   paired per-subset differences of two runs
 (`python -m rmbench_fast run --benchmark rewardbench2` is pipeline/rewardbench2.py.)
 

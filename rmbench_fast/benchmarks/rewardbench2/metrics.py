@@ -19,7 +19,7 @@ overall's replicate b is the mean of the subsets' replicates b.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,17 +236,23 @@ def _interval(boot: np.ndarray, point: float, resamples: int, seed: int) -> dict
 
 
 def compute_metrics(
-    prompts: Sequence[Prompt], scores: np.ndarray, *, resamples: int = 1000, seed: int = 0
+    prompts: Sequence[Prompt],
+    scores: np.ndarray,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    credit: Callable[[np.ndarray], float] = best_of_n_credit,
 ) -> dict[str, Any]:
     """{"subsets": {name: {...}}, "overall": {...}, "credits": [n]} for scores [n, N_max].
 
     Each subset: "score", "n_prompts" and "ci" (None with resamples 0 or a NaN score); Ties
     also its components. "overall": the mean of the subsets present, "n_subsets", "ci".
-    `credits` is every prompt's best-of-N credit (computed for Ties too, as run_v2.py does)."""
+    `credits` is every prompt's best-of-N credit, `credit(scores[i, :N_i])` (computed for Ties
+    too, as run_v2.py does); a generative judge's ratings pass `ratings.ratings_credit`."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] != len(prompts):
         raise ValueError(f"expected scores [{len(prompts)}, N], got {scores.shape}")
-    credits = np.array([best_of_n_credit(scores[i, : len(p.completions)]) for i, p in enumerate(prompts)])
+    credits = np.array([credit(scores[i, : len(p.completions)]) for i, p in enumerate(prompts)])
     subsets: dict[str, dict[str, Any]] = {}
     boots: list[np.ndarray] = []
     for name in SUBSETS:
