@@ -8,6 +8,7 @@ and DPO pairs, quirks included).
 Model and dataset ids come first: hub (`ORG/NAME[@REVISION]` for models and datasets: a local
 directory of that name first, else the Hugging Face hub cache, else a download of only the files a
 run reads; each id pinned to one commit per run) with hub_files (which files of a hub repo a run
-reads, from its listing alone), and datafiles (which files `--data PATH` means, and their
-fingerprint, for every benchmark).
+reads, from its listing alone) and hub_resume (a model's weight files, resumed per byte after a
+killed download, into the hub cache's own layout), and datafiles (which files `--data PATH`
+means, and their fingerprint, for every benchmark).
 """

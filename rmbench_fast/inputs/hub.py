@@ -15,14 +15,17 @@ An argument (`--model`, `--ref-model`, a sweep MODEL, the judge's `--model`, `--
      (config, tokenizer, chat templates, safetensors; pickle only with --allow-pickle, *.py only
      with --trust-remote-code; a dataset's data files, never a loading script). A model comes
      in two steps, the small files first: the safetensors index decides which shards follow.
+     The weight files come through `hub_resume` instead, into the same cache layout: a download
+     killed halfway continues from its last byte (the client itself restarts a file at byte 0).
    The listing the hub sent for a commit is kept (`~/.cache/rmbench_fast/hub/`, or
    `$RMBENCH_FAST_CACHE/hub/`): an offline run picks the same files from it, and a snapshot
    that misses one (a download killed halfway) is said to be incomplete, not half used.
 
 Every failure is a `HubError` (one line, exit 2): unknown repo, unknown revision, a gated or
 private repo (accept the license, set HF_TOKEN), offline with nothing cached, not enough disk.
-The token is read by `huggingface_hub` from HF_TOKEN or its login; this module never sees it,
-so no message or metadata can carry it.
+The token is read by `huggingface_hub` from HF_TOKEN or its login; this module never sees it
+(hub_resume hands the client's own headers back to the client, and prints none of them), so no
+message or metadata can carry it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from rmbench_fast.inputs.hub_files import (
     model_meta_files,
     model_weight_files,
 )
+from rmbench_fast.inputs.hub_resume import fetch_resumable, is_large
 
 RepoType = Literal["model", "dataset"]
 
@@ -253,7 +257,7 @@ def _hub_error(exc: BaseException, kind: RepoType, ref: HubId, *, downloading: b
     if downloading:
         return HubError(
             f"{kind} {ref.asked}: the download stopped ({type(exc).__name__}: {first}); run again to resume "
-            "(the files already fetched are kept in the hub cache)"
+            "(the files, and the bytes of a weight file, already fetched are kept in the hub cache)"
         )
     return HubError(
         f"{kind} {ref.asked} is no local path, and the hub at {endpoint} cannot be reached ({type(exc).__name__}: "
@@ -303,14 +307,22 @@ def check_disk(where: str, names: list[str], listing: Listing) -> int:
 def _fetch(
     kind: RepoType, ref: HubId, sha: str, names: list[str], listing: Listing, log: Callable[[str], None]
 ) -> None:
-    """Download `names` of commit `sha` into the cache (the hub's own client, its progress bars)."""
+    """Download `names` of commit `sha` into the cache: the small files by the hub's own client,
+    the weight files by `fetch_resumable` (both with the client's progress bars)."""
     hf = _hf()
     need = check_disk(f"{kind} {ref.repo_id}@{sha[:7]}", names, listing)
     cache = hub_cache_dir()
     log(f"downloading {len(names)} file(s) of {ref.repo_id}@{sha[:7]} ({need / 1e6:.1f} MB) into {cache}")
-    patterns = [_glob_escape(n) for n in names]
+    # The weight files resume per byte after a kill (hub_resume); the client restarts a file at
+    # byte 0, which only matters for the large ones.
+    large = [n for n in names if is_large(kind, n)]
+    small = [n for n in names if n not in large]
     try:
-        hf.snapshot_download(ref.repo_id, repo_type=kind, revision=sha, allow_patterns=patterns)
+        if small:
+            patterns = [_glob_escape(n) for n in small]
+            hf.snapshot_download(ref.repo_id, repo_type=kind, revision=sha, allow_patterns=patterns)
+        for name in large:
+            fetch_resumable(kind, ref.repo_id, sha, name, cache=cache, log=log)
     except HubError:
         raise
     except Exception as e:  # noqa: BLE001 - HTTP, transport and disk errors, each as one line

@@ -5,13 +5,15 @@ installed `huggingface_hub` client sends (read from its source: `HfApi.repo_info
 GET /api/{models,datasets}/ORG/NAME/revision/REV[?blobs=true]; `list_repo_tree` ->
 GET /api/.../tree/SHA?recursive=...; `hf_hub_download` -> HEAD then GET
 /[datasets/]ORG/NAME/resolve/REV/FILE with ETag and X-Repo-Commit headers; errors carry
-X-Error-Code: RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo). Runs are real
+X-Error-Code: RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo; a GET with
+`Range: bytes=N-` gets 206 and the rest, as the hub's CDN answers). Runs are real
 `python -m rmbench_fast` subprocesses with HF_ENDPOINT pointing at it (the client reads it at
 import time), so nothing of the client is mocked. Every request waits at most 10 s, and the
 server shuts itself down after a few minutes even if a test hangs.
 
 The repos hold tiny random Llama models (tests/helpers/tiny.py) plus files a run must never fetch:
-`pytorch_model.bin` (pickle) and `modeling_x.py` (code).
+`pytorch_model.bin` (pickle) and `modeling_x.py` (code). `org/big` holds one whose weights
+(16 MB) outgrow the client's 10 MiB write chunk, so a killed download leaves bytes to resume.
 """
 
 from __future__ import annotations
@@ -50,15 +52,22 @@ def _sha(seed: str) -> str:
 class FakeHub:
     """A fake Hugging Face hub. `repos[(kind, repo_id)]` = {"refs": {name: sha}, "commits":
     {sha: {path: bytes}}, "private": bool, "gated": bool, "sizes": {path: reported size}}.
-    `requests` logs (method, kind, repo_id, revision, file) for every file request; `slow`
-    maps a file name to a per-8-KiB-chunk delay; `on_info` runs after each info request."""
+    `requests` logs (method, kind, repo_id, revision, file) for every file request, `ranges`
+    (file, Range header) for every GET of a file; `hold` maps a file name to a byte offset where
+    its stream stops until `release` is set (at most 60 s); `no_range` names files whose Range
+    header is ignored (200 and the whole file); `etags` overrides a file's ETag (a wrong sha256);
+    `on_info` runs after each info request."""
 
     def __init__(self, *, lifetime_s: float = 600.0) -> None:
         self.repos: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str, str, str, str]] = []
         self.info_requests: list[tuple[str, str, str]] = []
         self.auth_seen: list[str | None] = []
-        self.slow: dict[str, float] = {}
+        self.ranges: list[tuple[str, str | None]] = []
+        self.hold: dict[str, int] = {}
+        self.release = threading.Event()
+        self.no_range: set[str] = set()
+        self.etags: dict[str, str] = {}
         self.sent: Counter[str] = Counter()  # bytes of each file sent so far
         self.on_info: Any = None
         self.lock = threading.Lock()
@@ -162,6 +171,8 @@ class FakeHub:
                 repo_id, rev, name = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
                 with hub.lock:
                     hub.requests.append((self.command, kind, repo_id, rev, name))
+                    if self.command == "GET":
+                        hub.ranges.append((name, self.headers.get("Range")))
                 repo = self._repo(kind, repo_id)
                 if repo is None:
                     return
@@ -174,11 +185,12 @@ class FakeHub:
                     return
                 start = 0
                 rng = self.headers.get("Range")
-                if rng and rng.startswith("bytes="):
+                if rng and rng.startswith("bytes=") and name not in hub.no_range:
                     start = int(rng[6:].split("-")[0] or 0)
+                etag = hub.etags.get(name) or hashlib.sha256(body).hexdigest()
                 headers = {
                     "X-Repo-Commit": sha,
-                    "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+                    "ETag": f'"{etag}"',
                     "Accept-Ranges": "bytes",
                     "Content-Length": str(len(body) - start),
                     "Content-Type": "application/octet-stream",
@@ -187,8 +199,8 @@ class FakeHub:
                 if start:
                     status = 206
                     headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
-                delay = hub.slow.get(name)
-                if self.command == "HEAD" or delay is None:
+                hold = hub.hold.get(name)
+                if self.command == "HEAD" or hold is None:
                     self._send(status, body[start:], headers)
                     if self.command == "GET":
                         with hub.lock:
@@ -198,12 +210,13 @@ class FakeHub:
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                for i in range(start, len(body), 8192):
-                    self.wfile.write(body[i : i + 8192])
+                for i in range(start, len(body), 65536):
+                    if i >= hold:
+                        hub.release.wait(60)
+                    self.wfile.write(body[i : i + 65536])
                     self.wfile.flush()
                     with hub.lock:
-                        hub.sent[name] += len(body[i : i + 8192])
-                    time.sleep(delay)
+                        hub.sent[name] += len(body[i : i + 65536])
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -248,6 +261,7 @@ def tiny_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
 
     root = tmp_path_factory.mktemp("tiny_hub")
     out: dict[str, dict[str, bytes]] = {}
+    out["big"] = _dir_files(make_tiny_model_dir(root / "big", "llama", vocab_size=32000, seed=3))
     for seed in (0, 1, 2):
         files = _dir_files(make_tiny_model_dir(root / f"m{seed}", "llama", vocab_size=128, seed=seed))
         files["pytorch_model.bin"] = b"PICKLE: must never be fetched"
@@ -272,6 +286,7 @@ def hub(tiny_repos: dict[str, dict[str, bytes]]) -> Iterator[FakeHub]:
     h = FakeHub()
     m0, m1, m2 = tiny_repos["m0"], tiny_repos["m1"], tiny_repos["m2"]
     h.add("model", "org/tiny", {SHA_A: m0, SHA_B: m1, SHA_C: m2}, {"main": SHA_A, "v1": SHA_B})
+    h.add("model", "org/big", {SHA_A: tiny_repos["big"]}, {"main": SHA_A})
     h.add("model", "org/private", {SHA_A: m0}, {"main": SHA_A}, private=True)
     h.add("model", "org/gated", {SHA_A: m0}, {"main": SHA_A}, gated=True)
     pickle_only = {k: v for k, v in m0.items() if not k.endswith(".safetensors")}
@@ -515,17 +530,50 @@ def test_sweep_of_two_revisions_and_branch_resolved_once(hub: FakeHub, tmp_path:
     assert f"org/tiny@{SHA_B[:7]}" in cmp.stdout and f"org/tiny@{SHA_C[:7]}" in cmp.stdout
 
 
+def _weights(hub: FakeHub, repo_id: str) -> bytes:
+    return bytes(hub.repos[("model", repo_id)]["commits"][SHA_A]["model.safetensors"])
+
+
+def _blobs(home: Path, repo_id: str) -> Path:
+    return home / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}" / "blobs"
+
+
+def _plant_partial(hub: FakeHub, home: Path, repo_id: str, prefix: bytes) -> Path:
+    """A partial download as a killed run leaves it, under the name the resume looks for."""
+    blobs = _blobs(home, repo_id)
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial = blobs / (hashlib.sha256(_weights(hub, repo_id)).hexdigest() + ".rmbf-partial")
+    partial.write_bytes(prefix)
+    return partial
+
+
+def _snapshot_weights(home: Path, repo_id: str) -> Path:
+    folder = home / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / SHA_A
+    return folder / "model.safetensors"
+
+
+def _check_cached_weights(hub: FakeHub, home: Path, repo_id: str) -> None:
+    """The weights sit in the hub cache's own layout, byte-identical to what the hub serves,
+    with no partial file left behind."""
+    body = _weights(hub, repo_id)
+    pointer = _snapshot_weights(home, repo_id)
+    assert pointer.is_symlink()
+    assert os.readlink(pointer) == f"../../blobs/{hashlib.sha256(body).hexdigest()}"
+    assert pointer.read_bytes() == body
+    assert not list(_blobs(home, repo_id).glob("*.rmbf-partial"))
+
+
 def test_kill_during_download_then_resume(hub: FakeHub, tmp_path: Path) -> None:
     """kill -9 while the weights stream: the rerun fetches only what had not completed (the
-    small files came first and are not fetched again) and scores normally.
+    small files came first and are not fetched again, the weights continue from the bytes on
+    disk with a range request), writes the same file the hub serves, and scores normally.
 
-    The installed huggingface_hub (2.4) downloads each file into a per-process temporary file
-    that it deletes on failure (and a SIGKILL leaves behind, unused), so a killed file restarts
-    from byte 0: the resume is per file, not per byte."""
+    huggingface_hub (2.5) writes a download in 10 MiB pieces, so the 16 MB weights of `org/big`
+    are held by the fake hub past the first piece, then the run is killed."""
     env = _env(hub, tmp_path)
-    hub.slow["model.safetensors"] = 0.05  # 8 KiB per 50 ms: several seconds for the weights
+    hub.hold["model.safetensors"] = 12 * 2**20
     out = tmp_path / "o"
-    args = [sys.executable, "-m", "rmbench_fast", "run", "--model", "org/tiny", *RUN_ARGS, "--limit", "1"]
+    args = [sys.executable, "-m", "rmbench_fast", "run", "--model", "org/big", *RUN_ARGS, "--limit", "1"]
     proc = subprocess.Popen(
         [*args, "--out", str(out)],
         cwd=REPO,
@@ -533,27 +581,33 @@ def test_kill_during_download_then_resume(hub: FakeHub, tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    blobs = _blobs(tmp_path, "org/big")
     try:
         deadline = time.monotonic() + 120
-        while hub.sent["model.safetensors"] < 64 * 1024:
+        while sum(p.stat().st_size for p in blobs.glob("*.rmbf-partial")) < 10 * 2**20:
             assert proc.poll() is None, "the run ended before the download was killed"
-            assert time.monotonic() < deadline, "the weights' download never started"
+            assert time.monotonic() < deadline, "the weights' download never reached the disk"
             time.sleep(0.05)
         proc.kill()
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    total = len(hub.repos[("model", "org/tiny")]["commits"][SHA_A]["model.safetensors"])
+        hub.release.set()
+    body = _weights(hub, "org/big")
+    total = len(body)
     assert hub.sent["model.safetensors"] < total
-    snapshot = tmp_path / "hf" / "hub" / "models--org--tiny" / "snapshots" / SHA_A
+    kept = [p.stat().st_size for p in blobs.glob("*.rmbf-partial")]
+    assert len(kept) == 1 and 0 < kept[0] < total, kept
+    assert body.startswith(next(blobs.glob("*.rmbf-partial")).read_bytes())
+    snapshot = _snapshot_weights(tmp_path, "org/big").parent
     assert (snapshot / "config.json").is_file() and not (snapshot / "model.safetensors").exists()
     offline = _one_line_error(
         _run(
             _env(hub, tmp_path, HF_HUB_OFFLINE="1"),
             "run",
             "--model",
-            "org/tiny",
+            "org/big",
             *RUN_ARGS,
             "--out",
             str(out),
@@ -561,13 +615,61 @@ def test_kill_during_download_then_resume(hub: FakeHub, tmp_path: Path) -> None:
     )
     assert "the cached snapshot is incomplete" in offline and "model.safetensors" in offline
 
-    hub.slow.clear()
-    before = Counter(hub.fetched())
-    done = _run(env, "run", "--model", "org/tiny", *RUN_ARGS, "--limit", "1", "--out", str(out))
+    hub.hold.clear()
+    before, sent_before, n_ranges = Counter(hub.fetched()), hub.sent["model.safetensors"], len(hub.ranges)
+    done = _run(env, "run", "--model", "org/big", *RUN_ARGS, "--limit", "1", "--out", str(out))
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     again = Counter(hub.fetched()) - before
     assert again == Counter({"model.safetensors": 1}), again
-    assert "downloading 1 file(s) of org/tiny" in done.stdout
-    assert (snapshot / "model.safetensors").is_file()
+    assert hub.ranges[n_ranges:] == [("model.safetensors", f"bytes={kept[0]}-")]
+    assert hub.sent["model.safetensors"] - sent_before == total - kept[0] < total  # only the rest
+    assert "downloading 1 file(s) of org/big" in done.stdout
+    assert f"resuming model.safetensors at {kept[0] / 1e6:.1f} of {total / 1e6:.1f} MB" in done.stdout
+    _check_cached_weights(hub, tmp_path, "org/big")
     assert _meta(out)["model_source"]["sha"] == SHA_A
+    assert json.loads((out / "scores.json").read_text())
     shutil.rmtree(tmp_path / "hf", ignore_errors=True)
+
+
+def test_corrupt_weights_are_thrown_away(hub: FakeHub, tmp_path: Path) -> None:
+    """Bytes that fail the sha256 the hub names are never kept. Fetched whole (the hub sent
+    them): deleted, one line, exit 2, and nothing in the snapshot. Resumed from a kept partial
+    whose bytes are wrong: the partial is the suspect, so the same run throws it away, fetches
+    the file again from byte 0 and scores."""
+    env = _env(hub, tmp_path)
+    body = _weights(hub, "org/tiny")
+    out = ("--out", str(tmp_path / "o"))
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    hub.etags["model.safetensors"] = wrong
+    line = _one_line_error(_run(env, "run", "--model", "org/tiny", *RUN_ARGS, "--limit", "1", *out))
+    assert "model.safetensors: the downloaded bytes do not match the hub's sha256" in line, line
+    assert not _snapshot_weights(tmp_path, "org/tiny").exists()
+    assert not list(_blobs(tmp_path, "org/tiny").glob(f"{wrong}*"))  # neither blob nor partial
+
+    hub.etags.clear()
+    half = len(body) // 2
+    _plant_partial(hub, tmp_path, "org/tiny", bytes(b ^ 0xFF for b in body[:half]))
+    sent_before, n_ranges = hub.sent["model.safetensors"], len(hub.ranges)
+    done = _run(env, "run", "--model", "org/tiny", *RUN_ARGS, "--limit", "1", *out)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert "does not match its sha256; downloading it anew" in done.stdout
+    assert hub.ranges[n_ranges:] == [("model.safetensors", f"bytes={half}-"), ("model.safetensors", None)]
+    assert hub.sent["model.safetensors"] - sent_before == (len(body) - half) + len(body)
+    _check_cached_weights(hub, tmp_path, "org/tiny")
+    assert json.loads((tmp_path / "o" / "scores.json").read_text())
+
+
+def test_resume_when_the_server_ignores_range(hub: FakeHub, tmp_path: Path) -> None:
+    """A server (or proxy) that answers a range request with 200 and the whole file: the kept
+    prefix is dropped, not prepended again, and the file comes out right."""
+    env = _env(hub, tmp_path)
+    body = _weights(hub, "org/tiny")
+    half = len(body) // 2
+    _plant_partial(hub, tmp_path, "org/tiny", body[:half])
+    hub.no_range.add("model.safetensors")
+    done = _run(env, "run", "--model", "org/tiny", *RUN_ARGS, "--limit", "1", "--out", str(tmp_path / "o"))
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert [r for r in hub.ranges if r[0] == "model.safetensors"] == [("model.safetensors", f"bytes={half}-")]
+    assert hub.sent["model.safetensors"] == len(body)
+    _check_cached_weights(hub, tmp_path, "org/tiny")
+    assert json.loads((tmp_path / "o" / "scores.json").read_text())
