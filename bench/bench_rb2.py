@@ -72,8 +72,8 @@ def main() -> int:
     import tempfile
 
     from rmbench_fast.benchmarks.rewardbench2.data import load_prompts, select
-    from rmbench_fast.pipeline import RunConfig
     from rmbench_fast.pipeline.rewardbench2 import run_rewardbench2
+    from rmbench_fast.settings import RunConfig
     from tests.helpers.rb2_official import official_classifier_scores
     from tests.helpers.rb2_sample import write_sample
     from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_model_dir

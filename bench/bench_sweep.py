@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
 
     from rmbench_fast import evaluate
-    from rmbench_fast.pipeline import RunConfig
     from rmbench_fast.pipeline.sweep import run_sweep
+    from rmbench_fast.settings import RunConfig
 
     if args.model is None:
         from rmbench_fast.inputs.demo import ensure_smollm2

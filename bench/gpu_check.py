@@ -99,7 +99,7 @@ def load_seqs(data: Path, per_domain: int, shortest: bool = False) -> tuple[list
     from rmbench_fast.benchmarks.rmbench.data import load_records, select
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.tokenization import Tokenizer
-    from rmbench_fast.pipeline import tokenize_records
+    from rmbench_fast.pipeline.tokens import tokenize_records
 
     records = load_records(data)
     if shortest:

@@ -189,7 +189,7 @@ def tokenize(records: Sequence[Any], kind: str, tok_dir: Path | None = None) -> 
     from rmbench_fast.inputs.demo import ensure_smollm2
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.tokenization import Tokenizer
-    from rmbench_fast.pipeline import tokenize_records
+    from rmbench_fast.pipeline.tokens import tokenize_records
 
     tok_dir = tok_dir or ensure_smollm2()
     tok = Tokenizer(tok_dir)

@@ -1,10 +1,12 @@
-"""How a run scores: the settings every scorer (native engine, transformers backend) takes.
+"""How a run scores: the run's options (`RunConfig`, what `run` and `evaluate` take) and the
+settings every scorer (native engine, transformers backend) takes (`ScoreSettings`).
 
-`RunConfig` (the CLI's options) becomes one `ScoreSettings`; the scorers read only this.
+A `RunConfig` becomes one `ScoreSettings` (pipeline.score.score_settings); the scorers read only this.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -53,3 +55,52 @@ class ScoreSettings:
         if unknown:
             raise TypeError(f"unknown scorer settings: {', '.join(sorted(unknown))}")
         return replace(settings or cls(), **overrides)
+
+
+@dataclass
+class RunConfig:
+    model: str | None = None
+    ref_model: str | None = None
+    ref_free: str | None = None
+    kind: str = "auto"
+    data: str | None = None
+    limit: int | None = None
+    domains: Sequence[str] | None = None
+    ids: Sequence[str] | None = None
+    chat_template: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    backend: str = "auto"
+    batch_tokens: int | None = None
+    batch_size: int = 8
+    out: str | None = DEFAULT_OUT
+    fp32_scores: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    progress: bool = True
+    # Bootstrap confidence intervals in metrics.json (rmbench_fast.results.stats): resamples and seed.
+    resamples: int = 10000
+    seed: int = 0
+    # Native engine choices (--attn, --lm-head, --ref-mode; see ScoreSettings and score_run).
+    attn: str = "auto"
+    lm_head: str = "auto"
+    ref_mode: str = "auto"
+    # The results store (rmbench_fast.store.db): its file or directory, or off.
+    cache_dir: str | None = None
+    no_cache: bool = False
+    # Keep going (exit 0) when a score is NaN or inf; such a score loses every comparison.
+    allow_nonfinite: bool = False
+    # hf backend: "auto" spreads an unsupported architecture over the visible GPUs (accelerate).
+    device_map: str | None = None
+    # Truncation (SPEC §4/§5). The official scripts use 2048 and, for DPO prompts, 128; another
+    # value is marked official: false in meta.settings (Skywork-Reward-V2 recommends 16384).
+    max_length: int = 2048
+    max_prompt_length: int = 128
+    # "causal-logit:<token_id>": a causal LM's logit of that token after the prompt and response
+    # (the chat template with its generation prompt), as Llama-3.1-Nemotron-70B-Reward-HF scores.
+    reward: str | None = None
+    # Tensor-parallel size under torchrun (the world is DP x TP ranks; rmbench_fast.utils.distributed).
+    tp: int = 1
+    # CPU: the linears' kernel (engine/layers/cpu_gemm.py) and the thread count (None: physical cores).
+    cpu_gemm: str = "auto"
+    threads: int | None = None

@@ -103,7 +103,7 @@ def _scored_tokens(model: Path, data: Path) -> np.ndarray:
     from rmbench_fast.benchmarks.rmbench.data import load_records
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.tokenization import Tokenizer
-    from rmbench_fast.pipeline import tokenize_records
+    from rmbench_fast.pipeline.tokens import tokenize_records
 
     seqs = tokenize_records(
         load_records(data), Formatter.from_model_dir(model, None), Tokenizer(model), "dpo"

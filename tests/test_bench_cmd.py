@@ -20,7 +20,7 @@ from rmbench_fast.commands.bench import add_bench_options, main, run_bench
 from rmbench_fast.commands.options import add_run_options
 from rmbench_fast.errors import UsageError
 from rmbench_fast.perf.benchmark import HF_HINT, decisive_agreement
-from rmbench_fast.pipeline import sample_data_path
+from rmbench_fast.pipeline.data import sample_data_path
 from tests.helpers.require import missing
 
 ONE_RECORD = ["--data", str(sample_data_path()), "--domains", "chat", "--limit", "1", "--device", "cpu"]

@@ -73,7 +73,7 @@ def _ours(
     from rmbench_fast.benchmarks.rmbench.data import load_records
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.tokenization import Tokenizer
-    from rmbench_fast.pipeline import tokenize_records
+    from rmbench_fast.pipeline.tokens import tokenize_records
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "records.jsonl"

@@ -18,11 +18,10 @@ from rmbench_fast.benchmarks import REWARDBENCH2
 from rmbench_fast.benchmarks.rewardbench2.ratings import MAX_NEW_TOKENS as RATINGS_MAX_NEW_TOKENS
 from rmbench_fast.errors import UsageError
 from rmbench_fast.records import DOMAINS
-from rmbench_fast.settings import DEFAULT_OUT, check_limit
+from rmbench_fast.settings import DEFAULT_OUT, RunConfig, check_limit
 
 if TYPE_CHECKING:
     from rmbench_fast.judge.runner import JudgeConfig
-    from rmbench_fast.pipeline import RunConfig
 
 ENGINES = ("vllm",)
 JUDGE_MAX_NEW_TOKENS = 4096  # RM-Bench's pairwise verdicts: an explanation, then the boxed verdict
@@ -301,8 +300,6 @@ def add_judge_options(parser: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The parsed run options as the pipeline's RunConfig (the one mapping of the run options)."""
-    from rmbench_fast.pipeline import RunConfig  # start-up cost: the pipeline imports torch
-
     check_limit(args.limit)
     return RunConfig(
         model=getattr(args, "model", None),

@@ -272,7 +272,9 @@ def judge_requests(
 def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> dict[str, Any]:
     """A whole `run --kind generative`; writes OUT/{scores.json, judgments.jsonl, metrics.json}
     and returns metrics.json's content."""
-    from rmbench_fast.pipeline import EvalCache, RunConfig, load_data
+    from rmbench_fast.pipeline.data import load_data
+    from rmbench_fast.pipeline.memo import EvalCache
+    from rmbench_fast.settings import RunConfig
 
     t_start = time.perf_counter()
     template: Template = load_template(cfg.template)

@@ -69,7 +69,7 @@ class Prepared:
     cfg: Any  # RunConfig
     records: list[Any]
     seqs: list[list[Any]]
-    model: Any  # pipeline.ModelChoice
+    model: Any  # pipeline.models.ModelChoice
     pad_id: int | None
     data_sha256: str
     data_path: str
@@ -77,7 +77,10 @@ class Prepared:
 
 def prepare(cfg: Any, log: Callable[[str], None] = print) -> Prepared:
     """Load, validate and tokenize with the pipeline's own steps (no model weights loaded)."""
-    from rmbench_fast.pipeline import EvalCache, choose_models, load_data, resolve_hub_models, tokenize_run
+    from rmbench_fast.pipeline.data import load_data
+    from rmbench_fast.pipeline.memo import EvalCache
+    from rmbench_fast.pipeline.models import choose_models, resolve_hub_models
+    from rmbench_fast.pipeline.tokens import tokenize_run
 
     cache = EvalCache()
     cfg, _sources = resolve_hub_models(cfg, log)  # hub ids -> their snapshot directories
@@ -93,7 +96,7 @@ def _cfg_doc(cfg: Any) -> dict[str, Any]:
 
 
 def _cfg_from_doc(doc: dict[str, Any]) -> Any:
-    from rmbench_fast.pipeline import RunConfig
+    from rmbench_fast.settings import RunConfig
 
     return RunConfig(**doc)
 
@@ -279,7 +282,7 @@ def run_official(prep: Prepared, eight_bit: bool, warmup: int) -> dict[str, Any]
 def run_native(prep: Prepared, warmup: int) -> dict[str, Any]:
     """The native engine on the prepared sequences (with a reference: both models per batch)."""
     from rmbench_fast.engine import NativeScorer
-    from rmbench_fast.pipeline import score_settings
+    from rmbench_fast.pipeline.score import score_settings
 
     m, cfg = prep.model, prep.cfg
     settings = score_settings(cfg, m.kind, m.ref_free, m.device, m.dtype, prep.pad_id)

@@ -446,7 +446,8 @@ def profile_run(
     import torch
     from torch.profiler import ProfilerActivity
 
-    from rmbench_fast.pipeline import resolve_device, run_evaluation
+    from rmbench_fast.pipeline import run_evaluation
+    from rmbench_fast.pipeline.models import resolve_device
 
     cfg = replace(cfg, no_cache=True, progress=False)
     device = resolve_device(cfg.device)

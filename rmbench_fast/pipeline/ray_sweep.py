@@ -5,7 +5,7 @@ cluster; the outputs are the local sweep's: OUT/NN-<name>/ (written by the drive
 filesystem is needed) and OUT/sweep.json, rewritten as each checkpoint finishes.
 
 - Reference: with a shared reference model on the native engine, one task computes its
-  Σ log π_ref first (`pipeline.prepare_reference`); the result goes into Ray's object store and
+  Σ log π_ref first (`pipeline.score.prepare_reference`); the result goes into Ray's object store and
   seeds every checkpoint's EvalCache, so each checkpoint replays the same batches and its scores
   are bit-identical to the local sweep's.
 - Placement: K = 1 is a task with `num_gpus=1`; K > 1 reserves a STRICT_PACK placement group of K
@@ -43,7 +43,7 @@ from rmbench_fast.results.report import write_outputs
 from rmbench_fast.utils.atomic import write_json_atomic
 
 if TYPE_CHECKING:
-    from rmbench_fast.pipeline import RunConfig
+    from rmbench_fast.settings import RunConfig
 
 PLACEMENT_TIMEOUT_S = 600.0
 
@@ -74,7 +74,9 @@ def connect(address: str) -> Any:
 
 def _score_checkpoint(cfg_dict: dict[str, Any], seed_entries: dict[tuple[Any, ...], Any]) -> dict[str, Any]:
     """The Ray task: one checkpoint's run, seeded with the shared reference sums."""
-    from rmbench_fast.pipeline import EvalCache, RunConfig, run_evaluation
+    from rmbench_fast.pipeline import run_evaluation
+    from rmbench_fast.pipeline.memo import EvalCache
+    from rmbench_fast.settings import RunConfig
 
     cfg = RunConfig(**cfg_dict)
     cache = EvalCache()
@@ -168,7 +170,8 @@ def run_ray_sweep(
         if gpus_per_model == 1:
             seed = {}
             if base.ref_model:
-                from rmbench_fast.pipeline import RunConfig, prepare_reference
+                from rmbench_fast.pipeline.score import prepare_reference
+                from rmbench_fast.settings import RunConfig
 
                 console.print(f"[bold]sweep:[/bold] reference {base.ref_model} (one task, shared)")
                 task = ray.remote(num_gpus=1)(

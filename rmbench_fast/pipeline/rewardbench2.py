@@ -1,6 +1,6 @@
 """`python -m rmbench_fast run --benchmark rewardbench2`: score a reward model on RewardBench 2.
 
-Steps: load and validate the prompts (data) -> the model and its kind (pipeline.choose_models)
+Steps: load and validate the prompts (data) -> the model and its kind (pipeline.models.choose_models)
 -> N token sequences per prompt (grouping) -> the native engine scores every completion, the
 prompt's tokens stored once per prompt -> metrics with intervals -> scores.json, metrics.json
 and the per-subset table.
@@ -68,12 +68,14 @@ def run_rewardbench2(
     log: Callable[[str], None] = print,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Score RewardBench 2 with `cfg` (a pipeline.RunConfig). Returns metrics.json's content
+    """Score RewardBench 2 with `cfg` (a settings.RunConfig). Returns metrics.json's content
     {"subsets", "overall", "meta"} plus "rows" (scores.json) and "scores" [n, N_max]."""
-    from rmbench_fast import pipeline  # start-up cost: the pipeline imports torch
     from rmbench_fast.engine.scorer import NativeScorer, native_supports
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.tokenization import Tokenizer
+    from rmbench_fast.pipeline.models import choose_models, data_shard  # start-up cost: torch
+    from rmbench_fast.pipeline.score import score_settings  # start-up cost: torch
+    from rmbench_fast.pipeline.tokens import classifier_pad_id, head_pooling  # start-up cost: torch
 
     t0 = time.perf_counter()
     _refuse(cfg)
@@ -82,7 +84,7 @@ def run_rewardbench2(
     prompts = select(load_prompts(path), subsets=subsets, limit=cfg.limit)
     if not prompts:
         raise UsageError(f"no prompts left to score in {path} after --subsets/--limit")
-    model = pipeline.choose_models(cfg, log)
+    model = choose_models(cfg, log)
     if model.kind not in ("classifier", "causal-logit"):
         raise UsageError(
             f"{model.model_dir} is a {model.kind} model; --benchmark {REWARDBENCH2} scores sequence "
@@ -96,17 +98,17 @@ def run_rewardbench2(
     formatter = Formatter.from_model_dir(model.model_dir, cfg.chat_template)
     tok = Tokenizer(model.model_dir)
     add_eos = model.kind == "classifier" and not formatter.uses_chat_template
-    pad_id = pipeline.classifier_pad_id(model.info, tok) if model.kind == "classifier" else None
+    pad_id = classifier_pad_id(model.info, tok) if model.kind == "classifier" else None
     seqs = tokenize_prompts(
         prompts, formatter, tok, kind=model.kind, add_eos=add_eos, pad_id=pad_id, max_length=cfg.max_length
     )
     head = model.info.native_head if model.kind == "classifier" else None
     if head is not None:
-        seqs = pipeline.head_pooling(seqs, head, pad_id)
-    settings = pipeline.score_settings(cfg, model.kind, None, model.device, model.dtype, pad_id)
+        seqs = head_pooling(seqs, head, pad_id)
+    settings = score_settings(cfg, model.kind, None, model.device, model.dtype, pad_id)
     t1 = time.perf_counter()
     scorer = NativeScorer(model.model_dir, settings, log=log)
-    scorer.shard = pipeline.data_shard()
+    scorer.shard = data_shard()
     scores = np.asarray(scorer.score(seqs, progress=progress), dtype=np.float64)  # [n, N_max]
     scoring_s = time.perf_counter() - t1
     result = compute_metrics(prompts, scores, resamples=cfg.resamples, seed=cfg.seed)

@@ -20,7 +20,7 @@ from rmbench_fast.results.report import check_out_dir
 from rmbench_fast.utils.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # pipeline pulls in torch; `report SWEEP_OUT` does not need it
-    from rmbench_fast.pipeline import RunConfig
+    from rmbench_fast.settings import RunConfig
 
 SWEEP_FILE = "sweep.json"
 DEFAULT_SWEEP_OUT = "rmbench_sweep"
@@ -36,7 +36,7 @@ def check_model(model: str, base: RunConfig) -> None:
     code), the kind against the reward options, and the chat template."""
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.modelio import inspect_model_dir
-    from rmbench_fast.pipeline import check_kind, kind_hint, resolve_hub_models
+    from rmbench_fast.pipeline.models import check_kind, kind_hint, resolve_hub_models
 
     # A hub id resolves to its commit here, once: the run below gets the same commit.
     cfg, _sources = resolve_hub_models(replace(base, model=model), print)
@@ -76,7 +76,8 @@ def summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, 
 
 def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str, Any]]:
     """Evaluate each model with `base`'s options; returns sweep.json's rows."""
-    from rmbench_fast.pipeline import EvalCache, run_and_report
+    from rmbench_fast.pipeline import run_and_report
+    from rmbench_fast.pipeline.memo import EvalCache
 
     if not models:
         raise UsageError("sweep needs at least one model directory")

@@ -22,7 +22,7 @@ def test_smollm2_real_records_match_hf(smollm2_dir: Path, rm_bench_data_dir: Pat
     from rmbench_fast.engine import NativeScorer
     from rmbench_fast.inputs.format import Formatter
     from rmbench_fast.inputs.tokenization import Tokenizer
-    from rmbench_fast.pipeline import tokenize_records
+    from rmbench_fast.pipeline.tokens import tokenize_records
     from tests.helpers.tiny import hf_reference_scores
 
     recs = [

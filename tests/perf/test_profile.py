@@ -18,7 +18,7 @@ from rich.console import Console
 from rmbench_fast.commands.options import add_run_options
 from rmbench_fast.commands.profile_cmd import add_profile_options, run_profile
 from rmbench_fast.perf.profiling import PROFILE_FILE, attribute
-from rmbench_fast.pipeline import sample_data_path
+from rmbench_fast.pipeline.data import sample_data_path
 from rmbench_fast.utils.phases import PREFIX
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rmbench_fast.inputs.modelio import NativeHead
-from rmbench_fast.pipeline import head_pooling
+from rmbench_fast.pipeline.tokens import head_pooling
 from rmbench_fast.records import TokSeq
 
 PAD = 2

@@ -65,12 +65,12 @@ def _options(data: Path, out: Path) -> list[str]:
 def test_sweep_with_reference_matches_separate_runs(
     checkpoints: dict[str, Path], rm_bench_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rmbench_fast import pipeline
+    from rmbench_fast.pipeline import score
 
     ref_passes: list[Path] = []
-    real = pipeline._native_sums
+    real = score._native_sums
     monkeypatch.setattr(
-        pipeline,
+        score,
         "_native_sums",
         lambda cfg, model_dir, *a, **kw: ref_passes.append(model_dir) or real(cfg, model_dir, *a, **kw),
     )
@@ -152,8 +152,8 @@ def test_sweep_api_console_output(
 ) -> None:
     from rich.console import Console
 
-    from rmbench_fast.pipeline import RunConfig
     from rmbench_fast.pipeline.sweep import run_sweep
+    from rmbench_fast.settings import RunConfig
 
     buf = io.StringIO()
     cfg = RunConfig(
@@ -175,7 +175,8 @@ def test_run_with_reference_reports_progress_over_both_passes(
 ) -> None:
     """A single run with a reference model computes the reference pass first (one model in
     memory at a time); the progress total covers both passes and is reached exactly."""
-    from rmbench_fast.pipeline import RunConfig, run_evaluation
+    from rmbench_fast.pipeline import run_evaluation
+    from rmbench_fast.settings import RunConfig
 
     totals: list[int] = []
     done: list[int] = []
@@ -215,7 +216,7 @@ def test_sweep_checks_templates_before_scoring(
 
 
 def test_tokenizer_fingerprint_tracks_every_tokenization_file(tmp_path: Path) -> None:
-    from rmbench_fast.pipeline import tokenizer_fingerprint
+    from rmbench_fast.pipeline.tokens import tokenizer_fingerprint
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
