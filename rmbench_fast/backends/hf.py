@@ -5,8 +5,8 @@ computation over speed: padded batches, no prefix sharing, positions as HF compu
 (`arange`; we never pass position_ids), the model's own classifier pooling.
 
 Sequences come pre-tokenized (`TokSeq`, see rmbench_fast.records); this module only batches,
-runs the model and reduces. Scores are returned as float64 [n_records, 6] in slot order
-(chosen style 0..2, rejected style 0..2).
+runs the model and reduces. Scores are returned as float64 [n_records, N]: RM-Bench's 6 in slot
+order (chosen style 0..2, rejected style 0..2), or a RewardBench 2 prompt's N completions.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from rmbench_fast.scoring.rewards import check_ref_free_mode, reward_from_logpro
 from rmbench_fast.settings import ScoreSettings
 from rmbench_fast.utils.dtypes import parse_dtype
 
-Progress = Callable[[int], None]  # called with the number of records just completed (all 6 scored)
+Progress = Callable[[int], None]  # called with the number of records just completed (all scored)
 
 
 def resolve_classifier_pad_id(config_pad: int | None, tok_pad: int | None, tok_eos: int | None) -> int | None:
@@ -265,17 +265,19 @@ class HFScorer:
     # -- public --------------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, seqs: list[list[TokSeq]], progress: Progress | None = None) -> np.ndarray:
-        """seqs: [n_records][6] TokSeq in slot order -> scores [n_records, 6] float64.
+        """seqs: [n_records][N_r] TokSeq (RM-Bench: the 6 in slot order; RewardBench 2: a
+        prompt's N_r completions) -> scores [n_records, max N_r] float64, NaN past a record's N_r.
 
         Sequences are batched longest first (batch composition does not change any score:
         padding is on the right and masked). `self.stats` gets tokens, padded tokens, seconds.
         """
         for r, rec in enumerate(seqs):
-            if len(rec) != N_SLOTS:
-                raise ValueError(f"record {r}: expected {N_SLOTS} sequences, got {len(rec)}")
+            if not rec:
+                raise ValueError(f"record {r}: no sequences")
         flat = [(r, j, s) for r, rec in enumerate(seqs) for j, s in enumerate(rec)]
         order = sorted(range(len(flat)), key=lambda i: -len(flat[i][2].ids))
-        out = np.full((len(seqs), N_SLOTS), np.nan, dtype=np.float64)
+        width = max((len(rec) for rec in seqs), default=N_SLOTS)
+        out = np.full((len(seqs), width), np.nan, dtype=np.float64)
         done = [0] * len(seqs)  # sequences scored per record, for progress in whole records
         t0, tokens, padded, n_batches = time.perf_counter(), 0, 0, 0
         run = self._classifier_batch if self.kind == "classifier" else self._dpo_batch
@@ -288,7 +290,7 @@ class HFScorer:
             for i, v in zip(idx, run(batch)):
                 out[flat[i][0], flat[i][1]] = v
                 done[flat[i][0]] += 1
-                finished += int(done[flat[i][0]] == N_SLOTS)
+                finished += int(done[flat[i][0]] == len(seqs[flat[i][0]]))
             tokens += sum(len(s.ids) for s in batch)
             padded += len(batch) * max(len(s.ids) for s in batch)
             n_batches += 1

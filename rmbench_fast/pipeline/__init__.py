@@ -9,8 +9,9 @@ same data share), data (step 1: resolve and load the records), models (step 2: t
 directories, their kind, the device and the world), tokens (step 3: format, tokenize, the
 pooling rules), score (step 4: ScoreSettings, the scorer, the results store, the reference
 sums), then the benchmark's metrics, meta (step 5: metrics.json's meta, the non-finite check),
-sweep (many checkpoints in one process, sharing the reference model's sums), ray_sweep (the
-sweep as Ray tasks), rewardbench2 (the same steps for RewardBench 2: N completions per prompt).
+progress (the scoring bar), sweep (many checkpoints in one process, sharing the reference model's sums),
+ray_sweep (the sweep as Ray tasks), rewardbench2 (the same steps for RewardBench 2: N completions per
+prompt).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rmbench_fast.pipeline.data import load_data, resolve_data_source
 from rmbench_fast.pipeline.memo import EvalCache
 from rmbench_fast.pipeline.meta import check_finite, json_safe_rows, record_sources, run_meta
 from rmbench_fast.pipeline.models import choose_models, join_world, resolve_hub_models
+from rmbench_fast.pipeline.progress import scoring_bar
 from rmbench_fast.pipeline.score import score_run
 from rmbench_fast.pipeline.tokens import tokenize_run
 from rmbench_fast.results.report import check_out_dir, print_report, score_rows, write_outputs
@@ -103,37 +105,11 @@ def run_and_report(
 ) -> dict[str, Any]:
     """`python -m rmbench_fast run`: evaluate with a progress bar, write the outputs, print tables
     (`tables=False`: only the closing line; `cache`: see EvalCache)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     if is_main():  # rank 0 writes the outputs: find out now, not after scoring, that it cannot
         check_out_dir(Path(cfg.out or DEFAULT_OUT))
-    with Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("records"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not cfg.progress or not is_main(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("scoring", total=None)
-
+    with scoring_bar(console, enabled=cfg.progress and is_main()) as (advance, set_total):
         result = run_evaluation(
-            cfg,
-            progress=lambda n: bar.advance(task, n),
-            set_total=lambda n: bar.update(task, total=n),
-            log=console.print,
-            cache=cache,
-            sweep=sweep,
+            cfg, progress=advance, set_total=set_total, log=console.print, cache=cache, sweep=sweep
         )
     rows = result.pop("rows")
     out_dir = Path(cfg.out or DEFAULT_OUT)

@@ -162,8 +162,7 @@ def test_bad_record_exits_2_with_one_line(
     "extra, words",
     [
         (["--domains", "chat"], "takes no --domains"),
-        (["--backend", "hf"], "runs on the native engine"),
-        (["--kind", "dpo"], "--kind dpo is not supported"),
+        (["--ids", "x"], "takes no --ids"),
     ],
 )
 def test_rm_bench_options_are_refused(

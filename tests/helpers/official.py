@@ -115,8 +115,11 @@ def official_dpo_scores(
     ref_free_type: str = "avg",
     batch_size: int = 6,
     conv_name: str = "tulu",
+    max_length: int = 2048,
+    max_prompt_length: int = 128,
 ) -> np.ndarray:
-    """run_dpo.py on raw RM-Bench records, fp32 CPU -> scores [n_records, 6] (chosen 0..2, rejected 0..2)."""
+    """run_dpo.py on raw RM-Bench records, fp32 CPU -> scores [n_records, 6] (chosen 0..2, rejected 0..2).
+    `max_length` / `max_prompt_length` set DPOInference's truncation limits (its defaults: 2048, 128)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dpo_cls, _ = official_classes()
@@ -138,6 +141,7 @@ def official_dpo_scores(
         accelerator=SimpleNamespace(device=torch.device("cpu")),
         ref_free_norm=ref_free_type,
     )
+    dpo.max_length, dpo.max_prompt_length = max_length, max_prompt_length
     scores = np.zeros((len(records), 6))
     for k in range(3):
         rows = [

@@ -5,6 +5,11 @@ The official runner unrolls a prompt into N rows, chosen first then rejected, ea
 row on its own. We tokenize the same N texts the same way (`encode_classifier`, the RM-Bench
 classifier rule), so every sequence's ids are the official row's ids; the planner then finds
 the prompt's common token prefix and stores it once per prompt (one segment, N branches).
+
+DPO (ours: RewardBench 2 has no DPO script): each completion is tokenized by reward-bench's
+`DPOInference.tokenize_row` rule (`encode_dpo_pair`) with the completion as both members of the
+pair, so its truncation depends on its own length only (a best-of-N prompt has no canonical
+chosen/rejected pairing), and its reward is SPEC §5's over its answer tokens.
 """
 
 from __future__ import annotations
@@ -31,18 +36,32 @@ def tokenize_prompts(
     add_eos: bool,
     pad_id: int | None,
     max_length: int,
+    max_prompt_length: int = 128,
 ) -> list[list[TokSeq]]:
     """seqs[p]: prompt p's N TokSeqs in completion order. kind: "classifier" (a sequence
-    classifier or custom head: pooled score) or "causal-logit" (one logit after the text)."""
+    classifier or custom head: pooled score), "causal-logit" (one logit after the text) or
+    "dpo" (the answer tokens' log-probs, module docstring)."""
     from rmbench_fast.inputs.tokenization import (  # start-up cost: tokenizers
         encode_causal_logit,
         encode_classifier,
+        encode_dpo_pair,
     )
 
     out = []
     for p in prompts:
         try:
-            if kind == "causal-logit":
+            if kind == "dpo":
+                prompt_text = formatter.prompt_text(p.prompt)
+                texts = completion_texts(p, formatter)
+                out.append(
+                    [
+                        encode_dpo_pair(
+                            tok, prompt_text, t, t, max_length=max_length, max_prompt_length=max_prompt_length
+                        )[0]
+                        for t in texts
+                    ]
+                )
+            elif kind == "causal-logit":
                 texts = completion_texts(p, formatter, generation_prompt=True)
                 out.append([encode_causal_logit(tok, t, max_length=max_length) for t in texts])
             else:
