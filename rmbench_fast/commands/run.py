@@ -23,15 +23,20 @@ def add_benchmark_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_options(parser)
-    add_benchmark_option(parser)
+def add_subsets_option(parser: argparse.ArgumentParser) -> None:
+    """--subsets: RewardBench 2's selection (RM-Bench's is --domains)."""
     parser.add_argument(
         "--subsets",
         nargs="+",
         metavar="SUBSET",
         help="rewardbench2: subsets to score (Factuality, 'Precise IF', Math, Safety, Focus, Ties; default all)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser)
+    add_benchmark_option(parser)
+    add_subsets_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

