@@ -673,3 +673,35 @@ def test_resume_when_the_server_ignores_range(hub: FakeHub, tmp_path: Path) -> N
     assert hub.sent["model.safetensors"] == len(body)
     _check_cached_weights(hub, tmp_path, "org/tiny")
     assert json.loads((tmp_path / "o" / "scores.json").read_text())
+
+
+def test_rewardbench2_by_dataset_id(hub: FakeHub, tmp_path: Path) -> None:
+    """`run --benchmark rewardbench2 --data allenai/reward-bench-2`: the parquet shard is fetched
+    (nothing else), meta records the dataset's commit, and an offline rerun is byte-identical."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers.rb2_sample import sample_rows
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(sample_rows()), buf)
+    sha = _sha("rb2-data")
+    files = {"data/test-00000-of-00001.parquet": buf.getvalue(), "README.md": b"# RB2 (fake)\n"}
+    hub.add("dataset", "allenai/reward-bench-2", {sha: files}, {"main": sha})
+    args = ("run", "--benchmark", "rewardbench2", "--model", "org/tiny", "--ref-free", "avg")
+    args += ("--data", "allenai/reward-bench-2", "--subsets", "Math", "Ties", *RUN_ARGS)
+    out1, out2 = tmp_path / "rb2-1", tmp_path / "rb2-2"
+    p1 = _run(_env(hub, tmp_path), *args, "--out", str(out1))
+    assert p1.returncode == 0, (p1.stdout[-3000:], p1.stderr[-3000:])
+    assert hub.fetched("allenai/reward-bench-2") == ["data/test-00000-of-00001.parquet"]
+    meta = _meta(out1)
+    assert meta["benchmark"] == "rewardbench2" and meta["kind"] == "dpo"
+    assert (
+        meta["data"]["source"]["sha"] == sha and meta["data"]["source"]["repo_id"] == "allenai/reward-bench-2"
+    )
+    assert meta["data"]["n_prompts"] == 12 and meta["model_ref"] == f"org/tiny@{SHA_A}"
+    p2 = _run(_env(hub, tmp_path, HF_HUB_OFFLINE="1"), *args, "--out", str(out2))
+    assert p2.returncode == 0, (p2.stdout[-3000:], p2.stderr[-3000:])
+    assert (out1 / "scores.json").read_bytes() == (out2 / "scores.json").read_bytes()
