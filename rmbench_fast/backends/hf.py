@@ -21,7 +21,7 @@ import torch
 
 from rmbench_fast.errors import ModelError, UsageError
 from rmbench_fast.inputs.modelio import ModelInfo, inspect_model_dir
-from rmbench_fast.records import N_SLOTS, TokSeq
+from rmbench_fast.records import TokSeq
 from rmbench_fast.scoring.logprobs import token_logprobs
 from rmbench_fast.scoring.rewards import check_ref_free_mode, reward_from_logprobs
 from rmbench_fast.settings import ScoreSettings
@@ -276,7 +276,7 @@ class HFScorer:
                 raise ValueError(f"record {r}: no sequences")
         flat = [(r, j, s) for r, rec in enumerate(seqs) for j, s in enumerate(rec)]
         order = sorted(range(len(flat)), key=lambda i: -len(flat[i][2].ids))
-        width = max((len(rec) for rec in seqs), default=N_SLOTS)
+        width = max((len(rec) for rec in seqs), default=0)
         out = np.full((len(seqs), width), np.nan, dtype=np.float64)
         done = [0] * len(seqs)  # sequences scored per record, for progress in whole records
         t0, tokens, padded, n_batches = time.perf_counter(), 0, 0, 0
