@@ -18,6 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console  # start-up cost: rich loads only when a command runs
 
-    from rmbench_fast.store.db import cache_command  # start-up cost: the store imports the model readers
+    from rmbench_fast.store.admin import cache_command  # start-up cost: the store imports the model readers
 
     return cache_command(args.action, args.cache_dir, Console(), model=args.model)

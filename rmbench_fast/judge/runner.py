@@ -179,7 +179,7 @@ class StoredAnswers:
     identity: str  # the judge's store identity (store_identity)
 
     def key(self, req: JudgeRequest) -> str:
-        from rmbench_fast.store.db import judge_key
+        from rmbench_fast.store.keys import judge_key
 
         return judge_key(self.identity, req.key)
 

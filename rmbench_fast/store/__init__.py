@@ -1,5 +1,7 @@
 """The crash-safe results store (SQLite) and the scheduler's view of it.
 
-Data flow: db (ResultStore, its schema, the keys and model fingerprints a stored value is
-found by) -> resume (the store as the engine scheduler's batch cache: resume and reuse).
+Data flow: keys (the scope, sequence, batch and judge keys a stored value is found by, and the
+values' layout) -> fingerprint (a model's content hash) -> summary (what `info()` reports) -> db
+(ResultStore: its schema, paths, batches, judge answers, the file-hash memo) -> admin (`cache
+info` / `cache clear`) -> resume (the store as the engine scheduler's batch cache: resume and reuse).
 """

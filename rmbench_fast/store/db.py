@@ -5,34 +5,8 @@ One file (`results.sqlite`, by default in the user cache directory next to the d
 every model setup ("scope") and every batch the engine computed, each sequence's three float64
 values. Only the standard library's `sqlite3` is used.
 
-Identity
---------
-A stored value is keyed by everything that determines it:
-
-- **scope** (`scope_key(**parts)`): sha256 of the canonical JSON of a dict the caller builds with
-  every setting that decides a result besides the token ids: the model fingerprint
-  (`fingerprint_model`, a content hash, never a path), the tokenizer / template fingerprint, the
-  kind ("dpo" or "classifier"), dtype, device type, attention implementation, kernel choice,
-  `fp32_scores`, ... The store hashes the dict, and keeps it as JSON for `cache info`.
-  `ResultStore.scope(parts, label=...)` registers it; `parts` must hold `model` (the fingerprint)
-  and `kind`. `label` (e.g. the model path) is shown by `cache info` and is not part of the key.
-- **sequence** (`seq_key(ids, label_start, pool_index=..., mask_first=...)`): sha256 of the token
-  ids (any int array or list; hashed as int64) and the label span / pooled position
-  (the fields of `rmbench_fast.records.TokSeq`; `seq_key_of(seq)` takes one).
-- **batch** (`batch_key(seq_keys, layout)`): sha256 of the ordered sequence keys and a layout
-  descriptor the caller passes (whatever else decides the batch's shapes: packing, prefix
-  sharing, padding, ...). A sequence's value can change in its last bits with the batch it was
-  computed in (matmul blocking follows the batch shape), so bit-identical resume works on
-  whole batches.
-
-Values
-------
-Each sequence stores three float64, kept as a 24-byte little-endian BLOB so they round-trip
-bit-exactly (NaN payloads and -0.0 included; SQLite's REAL would turn NaN into NULL):
-
-- DPO: (Σ log p, count, Σ (log p)²) over the answer tokens: enough for every reward mode
-  (avg = Σ/count, sum, norm = -sqrt(Σ²), and the difference to a reference model's Σ);
-- classifier: (score, NaN, NaN) (`classifier_values(scores)` builds the rows).
+Its keys (`scope_key`, `seq_key_of`, `batch_key`, ...) and values are described in `keys`, model
+fingerprints in `fingerprint`.
 
 API for the engine
 ------------------
@@ -67,7 +41,7 @@ API for the engine
 - `batch_keys(scope)` lists the stored batches (for progress), `check()` runs SQLite's
   integrity check plus the store's own (every batch complete), `info()` summarises,
   `clear(model_fingerprint=None)` deletes, `close()` (or a `with` block) closes.
-- `cache_command(action, path, console)` implements `python -m rmbench_fast cache {info,clear}`.
+- `admin.cache_command(action, path, console)` implements `python -m rmbench_fast cache {info,clear}`.
 
 Errors
 ------
@@ -96,17 +70,13 @@ remembered (its timestamps cannot yet tell a later same-size rewrite apart, git'
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shlex
 import sqlite3
-import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +85,9 @@ import numpy as np
 from rmbench_fast import __version__
 from rmbench_fast.errors import ModelError, UsageError
 from rmbench_fast.inputs.demo import default_cache_dir
-from rmbench_fast.inputs.modelio import PICKLE_GLOBS, SAFETENSORS_GLOBS
+from rmbench_fast.store import fingerprint
+from rmbench_fast.store.keys import canonical_json, key_bytes, scope_key
+from rmbench_fast.store.summary import ScopeInfo, StoreInfo
 
 SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
@@ -124,9 +96,7 @@ APPLICATION_ID = 0x524D4246
 BUSY_TIMEOUT_S = 60.0
 # A file whose mtime/ctime is this recent when hashed is not memoized (see module docstring).
 RACY_WINDOW_NS = 2_000_000_000
-HASH_CHUNK = 16 << 20
 KINDS = ("dpo", "classifier")
-_KEY_HEX_LEN = 64
 _VALUE_BYTES = 24  # 3 x float64
 _IN_CHUNK = 500  # parameters per `IN (...)` query
 _REQUIRED_TABLES = frozenset({"meta", "scopes", "batches", "seqs", "file_hashes"})
@@ -188,10 +158,6 @@ class StoreError(UsageError):
     """
 
 
-# ---------------------------------------------------------------------------------------------
-# Paths
-
-
 def default_store_path() -> Path:
     """`$RMBENCH_FAST_STORE` (a file or directory) if set, else `$RMBENCH_FAST_CACHE/results.sqlite`,
     else `~/.cache/rmbench_fast/results.sqlite`."""
@@ -222,260 +188,6 @@ def open_store(path: Path | str | None = None) -> ResultStore:
 def _move_aside_hint(path: Path) -> str:
     q = shlex.quote(str(path))
     return f"move it aside (mv {q} {q}.bad) or run with --no-cache"
-
-
-# ---------------------------------------------------------------------------------------------
-# Keys
-
-
-def _canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace; only JSON types (tuples become lists)."""
-
-    def check(value: Any, where: str) -> None:
-        if value is None or isinstance(value, (str, bool, int)):
-            return
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise ValueError(f"scope part {where} is {value!r}; only finite numbers can be hashed")
-            return
-        if isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                check(item, f"{where}[{i}]")
-            return
-        if isinstance(value, Mapping):
-            for k, item in value.items():
-                if not isinstance(k, str):
-                    raise TypeError(f"scope part {where} has a non-string key {k!r}")
-                check(item, f"{where}.{k}")
-            return
-        raise TypeError(
-            f"scope part {where} is a {type(value).__name__}; pass JSON types (str, int, float, bool, "
-            "None, lists, dicts) so the key is canonical"
-        )
-
-    check(obj, "parts")
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def scope_key(**parts: Any) -> str:
-    """sha256 (hex) of the canonical JSON of `parts`: every setting that decides a result besides
-    the token ids. Key order does not matter; values must be JSON types."""
-    text = _canonical_json(parts)
-    return hashlib.sha256(b"rmbench_fast scope v1\0" + text.encode()).hexdigest()
-
-
-def _int64_ids(ids: Any, name: str) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, dtype="<i8")
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
-    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and int(arr.max()) > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} has a value above int64")
-    return arr.astype("<i8", copy=False)
-
-
-def seq_key(ids: Any, label_start: int, *, pool_index: int = -1, mask_first: bool = False) -> str:
-    """sha256 (hex) of one sequence: its token ids (any integer array or list, hashed as int64, so
-    int32 and int64 arrays of the same ids agree) and what is read from it: `label_start` (tokens
-    ids[label_start:] are scored, DPO), `pool_index` (the classifier's pooled position, -1 for
-    DPO) and `mask_first` (classifier: token 0 masked), as in `rmbench_fast.records.TokSeq`."""
-    arr = _int64_ids(ids, "ids")
-    n = int(arr.shape[0])
-    label_start = int(label_start)
-    if not 0 <= label_start <= n:
-        raise ValueError(f"label_start {label_start} outside 0..{n}")
-    h = hashlib.sha256(b"rmbench_fast seq v1\0")
-    h.update(struct.pack("<qqq?", n, label_start, int(pool_index), bool(mask_first)))
-    h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def seq_key_of(seq: Any) -> str:
-    """`seq_key` of a `TokSeq`-like object (ids, label_start, pool_index, mask_first)."""
-    return seq_key(
-        seq.ids,
-        seq.label_start,
-        pool_index=getattr(seq, "pool_index", -1),
-        mask_first=getattr(seq, "mask_first", False),
-    )
-
-
-def judge_key(store_identity: str, request_key: str) -> str:
-    """The store key of one judge request: sha256 of the judge's store identity (content-derived
-    where it can be: the in-process model's fingerprint and dtype; for a server its URL and
-    served model name) and the request's own key (prompt and decoding settings)."""
-    return hashlib.sha256(f"{store_identity}\0{request_key}".encode()).hexdigest()
-
-
-def batch_key(seq_keys: Sequence[str], layout: Any = None) -> str:
-    """sha256 (hex) of a batch: its sequence keys in order and `layout`, a JSON-typed descriptor
-    of whatever else decides the batch's shapes (packing, prefix sharing, padding...)."""
-    text = _canonical_json({"seqs": [_check_key(k, "sequence key") for k in seq_keys], "layout": layout})
-    return hashlib.sha256(b"rmbench_fast batch v1\0" + text.encode()).hexdigest()
-
-
-def classifier_values(scores: Any) -> np.ndarray:
-    """Rows `(score, NaN, NaN)` float64 `[n, 3]` for classifier scores."""
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    out = np.full((s.shape[0], 3), np.nan, dtype=np.float64)
-    out[:, 0] = s
-    return out
-
-
-def _check_key(key: str, what: str) -> str:
-    if not isinstance(key, str) or len(key) != _KEY_HEX_LEN:
-        raise ValueError(f"{what} must be a {_KEY_HEX_LEN}-character sha256 hex string, got {key!r}")
-    try:
-        bytes.fromhex(key)
-    except ValueError:
-        raise ValueError(f"{what} must be a sha256 hex string, got {key!r}") from None
-    return key
-
-
-def _key_bytes(key: str, what: str) -> bytes:
-    return bytes.fromhex(_check_key(key, what))
-
-
-# ---------------------------------------------------------------------------------------------
-# Model fingerprints
-
-
-def _hash_file(path: Path) -> str:
-    """sha256 (hex) of a file, streamed in HASH_CHUNK pieces."""
-    h = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-    return h.hexdigest()
-
-
-def _stat_key(st: os.stat_result) -> str:
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
-
-
-def model_files(model_dir: Path | str) -> list[str]:
-    """The files (names relative to `model_dir`) that decide a model's outputs: config.json,
-    the weights the loader reads (safetensors when there are any, as in `rmbench_fast.inputs.modelio`,
-    else pickle checkpoints, else GGUF), their shard index and any remote-code `*.py`."""
-    root = Path(model_dir)
-    if not root.is_dir():
-        raise ModelError(f"model directory {root} does not exist")
-
-    def names(patterns: Iterable[str]) -> list[str]:
-        return sorted({p.name for pat in patterns for p in root.glob(pat) if p.is_file()})
-
-    weights = names(SAFETENSORS_GLOBS) or names(PICKLE_GLOBS) or names(("*.gguf",))
-    if not weights:
-        raise ModelError(f"model directory {root} has no weights to fingerprint")
-    extra = names(("config.json", "*.index.json", "*.py"))
-    return sorted(set(weights) | set(extra))
-
-
-def fingerprint_model(
-    model_dir: Path | str, store: ResultStore | None = None, files: Sequence[str] | None = None
-) -> str:
-    """sha256 (hex) of a model's content: the names, sizes and sha256 of `files` (default:
-    `model_files(model_dir)`; pass `ModelInfo.weight_files + ["config.json"]` to match the
-    loader exactly). Independent of the directory's path. With a `store`, each file's hash is
-    remembered by (path, size, mtime, ctime, inode, device), so a rerun does not read it again."""
-    root = Path(model_dir)
-    names = sorted(set(files)) if files is not None else model_files(root)
-    h = hashlib.sha256(b"rmbench_fast model v1\0")
-    for name in names:
-        path = root / name
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
-        digest = store._file_hash(path) if store is not None else _hash_file(path)
-        h.update(f"{name}\0{size}\0{digest}\n".encode())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Summaries
-
-
-@dataclass(frozen=True)
-class ScopeInfo:
-    """One stored scope: its key, model fingerprint, kind, settings and how much it holds."""
-
-    key: str
-    model: str
-    kind: str
-    parts: dict[str, Any]
-    label: str | None
-    batches: int
-    seqs: int
-    created: float
-    used: float
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """All scopes of one model fingerprint."""
-
-    model: str
-    labels: tuple[str, ...]
-    kinds: tuple[str, ...]
-    scopes: int
-    batches: int
-    seqs: int
-    settings: tuple[str, ...]  # distinct "dtype/device" of its scopes
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    """What `ResultStore.info()` reports."""
-
-    path: Path
-    size_bytes: int  # the database file with its -wal and -shm files
-    schema_version: int
-    file_hashes: int
-    scopes: tuple[ScopeInfo, ...] = field(default_factory=tuple)
-    judgments: int = 0  # generative judges' stored answers
-
-    @property
-    def batches(self) -> int:
-        return sum(s.batches for s in self.scopes)
-
-    @property
-    def seqs(self) -> int:
-        return sum(s.seqs for s in self.scopes)
-
-    def models(self) -> list[ModelSummary]:
-        """One summary per model fingerprint, most sequences first."""
-        groups: dict[str, list[ScopeInfo]] = {}
-        for s in self.scopes:
-            groups.setdefault(s.model, []).append(s)
-        out = []
-        for model, scopes in groups.items():
-            settings = sorted({f"{s.parts.get('dtype', '?')}/{s.parts.get('device', '?')}" for s in scopes})
-            out.append(
-                ModelSummary(
-                    model=model,
-                    labels=tuple(sorted({s.label for s in scopes if s.label})),
-                    kinds=tuple(sorted({s.kind for s in scopes})),
-                    scopes=len(scopes),
-                    batches=sum(s.batches for s in scopes),
-                    seqs=sum(s.seqs for s in scopes),
-                    settings=tuple(settings),
-                )
-            )
-        out.sort(key=lambda m: (-m.seqs, m.model))
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The store
 
 
 def _check_header(path: Path) -> None:
@@ -697,7 +409,7 @@ class ResultStore:
         if kind not in KINDS:
             raise ValueError(f"scope parts need 'kind' in {KINDS}, got {kind!r}")
         key = scope_key(**parts)
-        self._scopes[key] = (model, kind, _canonical_json(parts), label)
+        self._scopes[key] = (model, kind, canonical_json(parts), label)
         with self._write() as db:
             self._upsert_scope(db, key)
         return key
@@ -730,8 +442,8 @@ class ResultStore:
         Returns True if written, False if this batch (same scope, key and sequences) was already
         stored (nothing changes). The same key with other sequences raises ValueError.
         """
-        bkey = _key_bytes(batch_key, "batch key")
-        keys = [_key_bytes(k, "sequence key") for k in seq_keys]
+        bkey = key_bytes(batch_key, "batch key")
+        keys = [key_bytes(k, "sequence key") for k in seq_keys]
         vals = np.asarray(values)
         if vals.dtype != np.float64:
             raise TypeError(f"values must be float64, got {vals.dtype}")
@@ -769,8 +481,8 @@ class ResultStore:
 
     def get_batch(self, scope: str, batch_key: str, seq_keys: Sequence[str]) -> np.ndarray | None:
         """The values `[n, 3]` of this exact batch (same key, same sequences in order), else None."""
-        bkey = _key_bytes(batch_key, "batch key")
-        keys = [_key_bytes(k, "sequence key") for k in seq_keys]
+        bkey = key_bytes(batch_key, "batch key")
+        keys = [key_bytes(k, "sequence key") for k in seq_keys]
         with self._guard():
             rows = self.db.execute(
                 "SELECT b.n, s.key, s.v FROM scopes c JOIN batches b ON b.scope_id = c.id "
@@ -800,15 +512,15 @@ class ResultStore:
         counts as not from another batch. Otherwise the earliest stored copy is used.
         """
         n = len(seq_keys)
-        keys = [_key_bytes(k, "sequence key") for k in seq_keys]
+        keys = [key_bytes(k, "sequence key") for k in seq_keys]
         if expected is None or isinstance(expected, str):
             exp_list: list[bytes | None] = [
-                None if expected is None else _key_bytes(expected, "batch key")
+                None if expected is None else key_bytes(expected, "batch key")
             ] * n
         else:
             if len(expected) != n:
                 raise ValueError(f"expected has {len(expected)} batch keys for {n} sequences")
-            exp_list = [None if e is None else _key_bytes(e, "batch key") for e in expected]
+            exp_list = [None if e is None else key_bytes(e, "batch key") for e in expected]
         values = np.full((n, 3), np.nan, dtype=np.float64)
         found = np.zeros(n, dtype=bool)
         other = np.zeros(n, dtype=bool)
@@ -849,16 +561,16 @@ class ResultStore:
 
     def fingerprint_model(self, model_dir: Path | str, files: Sequence[str] | None = None) -> str:
         """`fingerprint_model(model_dir, store=self, files=files)`."""
-        return fingerprint_model(model_dir, store=self, files=files)
+        return fingerprint.fingerprint_model(model_dir, store=self, files=files)
 
-    def _file_hash(self, path: Path) -> str:
+    def file_hash(self, path: Path) -> str:
         """sha256 of a file, from the memo when its stat is unchanged, else read and remembered."""
         real = path.resolve()
         try:
             st = real.stat()
         except OSError as exc:
             raise ModelError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
-        skey = _stat_key(st)
+        skey = fingerprint.stat_key(st)
         with self._guard():
             row = self.db.execute(
                 "SELECT stat, sha256 FROM file_hashes WHERE path = ?", (str(real),)
@@ -867,12 +579,12 @@ class ResultStore:
             return str(row[1])
         started = time.time_ns()
         try:
-            digest = _hash_file(real)
+            digest = fingerprint.hash_file(real)
             after = real.stat()
         except OSError as exc:
             raise ModelError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
         settled = max(st.st_mtime_ns, st.st_ctime_ns) <= started - RACY_WINDOW_NS
-        if _stat_key(after) == skey and settled:
+        if fingerprint.stat_key(after) == skey and settled:
             with self._write() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO file_hashes (path, stat, sha256, hashed) VALUES (?, ?, ?, ?)",
@@ -886,7 +598,7 @@ class ResultStore:
         """Store one judge answer under `key` (a 64-hex request key made with the judge's store
         identity, see `judge_key`), in its own transaction. The first stored answer wins: writing
         a key again changes nothing and returns False."""
-        blob = _key_bytes(key, "judgment key")
+        blob = key_bytes(key, "judgment key")
         text = json.dumps(dict(response), ensure_ascii=False, sort_keys=True)
         with self._write() as db:
             cur = db.execute(
@@ -897,7 +609,7 @@ class ResultStore:
 
     def get_judgments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored answers among `keys`: key -> the response dict given to `put_judgment`."""
-        blobs = {_key_bytes(k, "judgment key"): k for k in keys}
+        blobs = {key_bytes(k, "judgment key"): k for k in keys}
         found: dict[str, dict[str, Any]] = {}
         items = list(blobs)
         with self._read() as db:
@@ -1014,85 +726,14 @@ class ResultStore:
         return problems
 
 
-# ---------------------------------------------------------------------------------------------
-# python -m rmbench_fast cache {info,clear}
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def cache_command(action: str, path: Path | str | None, console: Any, *, model: str | None = None) -> int:
-    """`python -m rmbench_fast cache {info,clear}` on the store at `resolve_store_path(path)`.
-
-    info: size, and per model its names, kinds, settings, scopes, batches and sequences.
-    clear: deletes everything, or one model's results (`model`: a fingerprint or unique prefix).
-    A missing store is reported, not created. Returns the exit code (0); errors raise StoreError.
-    """
-    if action not in ("info", "clear"):
-        raise UsageError(f"unknown cache action {action!r} (expected info or clear)")
-    target = resolve_store_path(path)
-    if not target.exists():
-        console.print(f"no results store at {target}" + (" (nothing to clear)" if action == "clear" else ""))
-        return 0
-    with open_store(target) as store:
-        if action == "clear":
-            nb, ns = store.clear(model)
-            what = f"model {model}" if model else "all results"
-            console.print(f"cleared {what}: {nb} batches, {ns} sequences from {target}")
-            return 0
-        info = store.info()
-    from rich.table import Table
-
-    console.print(
-        f"results store {info.path}: {_human_size(info.size_bytes)}, schema {info.schema_version}, "
-        f"{len(info.scopes)} scopes, {info.batches} batches, {info.seqs} sequences, "
-        f"{info.file_hashes} file hashes, {info.judgments} judge answers"
-    )
-    if not info.scopes:
-        return 0
-    table = Table(title="entries per model")
-    for col in ("model", "name", "kind", "settings", "scopes", "batches", "sequences"):
-        table.add_column(col, justify="right" if col in ("scopes", "batches", "sequences") else "left")
-    for m in info.models():
-        table.add_row(
-            m.model[:12],
-            ", ".join(m.labels) or "-",
-            ", ".join(m.kinds),
-            ", ".join(m.settings),
-            str(m.scopes),
-            str(m.batches),
-            str(m.seqs),
-        )
-    console.print(table)
-    return 0
-
-
 __all__ = [
     "APPLICATION_ID",
     "BUSY_TIMEOUT_S",
     "SCHEMA_VERSION",
     "STORE_FILE",
-    "ModelSummary",
     "ResultStore",
-    "ScopeInfo",
     "StoreError",
-    "StoreInfo",
-    "batch_key",
-    "cache_command",
-    "classifier_values",
     "default_store_path",
-    "fingerprint_model",
-    "judge_key",
-    "model_files",
     "open_store",
     "resolve_store_path",
-    "scope_key",
-    "seq_key",
-    "seq_key_of",
 ]

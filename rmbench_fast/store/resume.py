@@ -19,7 +19,8 @@ import numpy as np
 from rmbench_fast import __version__
 from rmbench_fast.engine.scheduler import ScheduledBatch
 from rmbench_fast.records import TokSeq
-from rmbench_fast.store.db import ResultStore, batch_key, seq_key_of
+from rmbench_fast.store.db import ResultStore
+from rmbench_fast.store.keys import batch_key, seq_key_of
 
 N_VALUES = 3  # (S, N, Q) or (score, NaN, NaN): what the store keeps per sequence
 

@@ -24,22 +24,11 @@ import pytest
 from rmbench_fast.errors import RMBenchError, UsageError
 from rmbench_fast.records import TokSeq
 from rmbench_fast.store import db as store_mod
-from rmbench_fast.store.db import (
-    SCHEMA_VERSION,
-    ResultStore,
-    StoreError,
-    batch_key,
-    cache_command,
-    classifier_values,
-    default_store_path,
-    fingerprint_model,
-    judge_key,
-    model_files,
-    open_store,
-    scope_key,
-    seq_key,
-    seq_key_of,
-)
+from rmbench_fast.store import fingerprint
+from rmbench_fast.store.admin import cache_command
+from rmbench_fast.store.db import SCHEMA_VERSION, ResultStore, StoreError, default_store_path, open_store
+from rmbench_fast.store.fingerprint import fingerprint_model, model_files
+from rmbench_fast.store.keys import batch_key, classifier_values, judge_key, scope_key, seq_key, seq_key_of
 from tests.helpers.paths import REPO
 
 SEQS_PER_BATCH = 32
@@ -303,13 +292,13 @@ def _model_dir(root: Path, weights: bytes = b"\x01" * 4096, name: str = "model.s
 @pytest.fixture
 def hash_calls(monkeypatch) -> list[Path]:
     calls: list[Path] = []
-    real = store_mod._hash_file
+    real = fingerprint.hash_file
 
     def counting(path: Path) -> str:
         calls.append(Path(path))
         return real(path)
 
-    monkeypatch.setattr(store_mod, "_hash_file", counting)
+    monkeypatch.setattr(fingerprint, "hash_file", counting)
     return calls
 
 
