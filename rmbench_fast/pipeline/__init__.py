@@ -24,7 +24,7 @@ from typing import Any
 from rmbench_fast.benchmarks.rmbench.data import HF_DATASET
 from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
 from rmbench_fast.errors import UsageError
-from rmbench_fast.pipeline.data import load_data, resolve_data_source
+from rmbench_fast.pipeline.data import load_data
 from rmbench_fast.pipeline.memo import EvalCache
 from rmbench_fast.pipeline.meta import check_finite, json_safe_rows, record_sources, run_meta
 from rmbench_fast.pipeline.models import choose_models, join_world, resolve_hub_models
@@ -36,12 +36,6 @@ from rmbench_fast.settings import DEFAULT_OUT, RunConfig, check_limit
 from rmbench_fast.utils.distributed import is_main
 from rmbench_fast.utils.phases import phase
 from rmbench_fast.utils.threads import set_threads
-
-
-def resolve_data(data: str | None) -> tuple[Path, str]:
-    """The data path and where it came from: the user's, the HF cache, or the embedded sample."""
-    path, origin, _source = resolve_data_source(data)
-    return path, origin
 
 
 def run_evaluation(

@@ -26,8 +26,10 @@ def sample_data_path() -> Path:
 def resolve_data_source(
     data: str | None, *, progress: bool = True, log: Callable[[str], None] = print
 ) -> tuple[Path, str, hub.HubSnapshot | None]:
-    """`resolve_data` and the hub snapshot behind a `--data ORG/NAME[@REV]` dataset id: a local
-    path of that name first, else the hub (inputs.hub; origin "huggingface-hub")."""
+    """The data path, where it came from, and the hub snapshot behind a `--data ORG/NAME[@REV]`
+    dataset id: a local path of that name first, else the hub (inputs.hub; origin
+    "huggingface-hub"); without --data, a cached Hugging Face copy ("huggingface-cache"), else the
+    embedded sample ("embedded-sample")."""
     if data is not None:
         path, snap = hub.resolve_dataset(data, progress=progress, log=log)
         return path, ("user" if snap is None else "huggingface-hub"), snap

@@ -109,16 +109,16 @@ def test_real_rm_bench_files_load() -> None:
 
 def test_hf_hub_cache_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rmbench_fast.benchmarks.rmbench.data import hf_cached_dataset
-    from rmbench_fast.pipeline import resolve_data
+    from rmbench_fast.pipeline.data import resolve_data_source
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "nothing"))
     assert hf_cached_dataset() is None
-    assert resolve_data(None)[1] == "embedded-sample"
+    assert resolve_data_source(None)[1] == "embedded-sample"
     snap = tmp_path / "datasets--THU-KEG--RM-Bench" / "snapshots" / "abc123"
     (snap / "data").mkdir(parents=True)
     _write(snap / "data" / "total_dataset.json", [_row(1, domain="chat")])
     (snap / "README.md").write_text("x")
-    path, origin = resolve_data(None)
+    path, origin, _ = resolve_data_source(None)
     assert origin == "huggingface-cache" and path.name == "total_dataset.json"
     assert [r.domain for r in load_records(path)] == ["chat"]
