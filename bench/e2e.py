@@ -8,7 +8,7 @@ is `python -m rmbench_fast bench` with this script's historical defaults (the sh
 data, 3 domains x 24 records, float32 on the CPU, 2 threads, a 4096-token budget, reference-free
 avg); every other option of the command is passed through. The implementation, including
 `official_style_scores` (reward-bench's DPOInference batching, which bench/gpu_check.py imports
-from here), lives in rmbench_fast.perf.benchmark.
+from here), lives in rmbench_fast.perf.bench (`official_style_scores` in its `official` module).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rmbench_fast.commands.bench import main as bench_main
-from rmbench_fast.perf.benchmark import official_style_scores
+from rmbench_fast.perf.bench.official import official_style_scores
 
 __all__ = ["DEFAULTS", "bench_argv", "main", "official_style_scores"]
 

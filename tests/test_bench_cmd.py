@@ -19,7 +19,8 @@ from rich.console import Console
 from rmbench_fast.commands.bench import add_bench_options, main, run_bench
 from rmbench_fast.commands.options import add_run_options
 from rmbench_fast.errors import UsageError
-from rmbench_fast.perf.benchmark import HF_HINT, decisive_agreement
+from rmbench_fast.perf.bench.agreement import decisive_agreement
+from rmbench_fast.perf.bench.official import HF_HINT
 from rmbench_fast.pipeline.data import sample_data_path
 from tests.helpers.require import missing
 
@@ -165,7 +166,7 @@ def test_decisive_agreement_survives_a_monotone_activation() -> None:
 
 def test_e2e_script_is_a_wrapper() -> None:
     from bench import e2e
-    from rmbench_fast.perf.benchmark import official_style_scores
+    from rmbench_fast.perf.bench.official import official_style_scores
 
     assert e2e.official_style_scores is official_style_scores  # bench/gpu_check.py imports it from e2e
     argv = e2e.bench_argv(["--model", "M", "--limit", "4"])

@@ -1,5 +1,5 @@
 """`python -m rmbench_fast bench [run options] --paths official native [vllm]`: the same records
-through the official-style, native and vLLM paths (rmbench_fast.perf.benchmark does the work).
+through the official-style, native and vLLM paths (rmbench_fast.perf.bench does the work).
 
 `main` is also bench/e2e.py's.
 """
@@ -16,7 +16,8 @@ from typing import Any
 
 from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
 from rmbench_fast.errors import RMBenchError, UsageError
-from rmbench_fast.perf.benchmark import HF_HINT, PATHS, bench, print_bench
+from rmbench_fast.perf.bench import PATHS, bench, print_bench
+from rmbench_fast.perf.bench.official import HF_HINT
 from rmbench_fast.perf.profiling import command_line
 from rmbench_fast.settings import DEFAULT_OUT
 from rmbench_fast.utils.atomic import write_json_atomic

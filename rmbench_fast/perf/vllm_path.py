@@ -6,7 +6,7 @@ rmbench_fast:
 
     VLLM_PYTHON rmbench_fast/perf/vllm_path.py SPEC.json OUT.json
 
-SPEC.json (written by rmbench_fast.perf.benchmark): {"kind": "dpo" | "classifier", "models": [dirs],
+SPEC.json (written by rmbench_fast.perf.bench.vllm): {"kind": "dpo" | "classifier", "models": [dirs],
 "dtype", "prompts": [[token ids], ...], "label_start": [...] (DPO), "engine_args": {...}}.
 The sequences are rmbench_fast's own tokenization, so every path scores the same tokens.
 
