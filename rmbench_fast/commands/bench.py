@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rmbench_fast.benchmarks import REWARDBENCH2
 from rmbench_fast.commands.options import add_run_options, check_stats_options, run_config
+from rmbench_fast.commands.run import add_benchmark_option, add_subsets_option
 from rmbench_fast.errors import RMBenchError, UsageError
 from rmbench_fast.perf.bench import PATHS, bench, print_bench
 from rmbench_fast.perf.bench.official import HF_HINT
@@ -29,6 +31,8 @@ DESCRIPTION = "`python -m rmbench_fast bench [run options] --paths official nati
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_bench_options(parser)
+    add_benchmark_option(parser)
+    add_subsets_option(parser)
 
 
 def add_bench_options(p: argparse.ArgumentParser) -> None:
@@ -119,6 +123,10 @@ def run_bench(args: argparse.Namespace, console: Any) -> int:
     check_paths(args)
     cfg = run_config(args)
     paths = list(dict.fromkeys(args.paths))
+    if getattr(args, "benchmark", None) == REWARDBENCH2:
+        return _run_bench_rb2(args, cfg, paths, console)
+    if getattr(args, "subsets", None):
+        raise UsageError("--subsets applies to --benchmark rewardbench2; RM-Bench selects with --domains")
     doc = bench(
         cfg,
         paths,
@@ -134,6 +142,19 @@ def run_bench(args: argparse.Namespace, console: Any) -> int:
     out = bench_file(args)
     write_json_atomic(out, doc)
     print_bench(doc, console)
+    console.print(f"wrote {out}", soft_wrap=True)
+    return 0
+
+
+def _run_bench_rb2(args: argparse.Namespace, cfg: Any, paths: list[str], console: Any) -> int:
+    """`bench --benchmark rewardbench2`: run_v2.py's classifier flow against the engine."""
+    from rmbench_fast.perf.bench.rewardbench2 import bench_rb2, print_bench_rb2  # start-up cost: torch
+
+    doc = bench_rb2(cfg, paths, subsets=args.subsets, log=console.print)
+    doc["command"] = getattr(args, "command_line", None) or command_line("bench")
+    out = bench_file(args)
+    write_json_atomic(out, doc)
+    print_bench_rb2(doc, console)
     console.print(f"wrote {out}", soft_wrap=True)
     return 0
 

@@ -29,7 +29,9 @@ monotone activation such as vLLM's sigmoid keeps these, so rankings compare).
 Modules, in data-flow order: prepared (the records and sequences, once) -> measure (CPU time,
 sync, peak memory) -> official, native (the paths run in a child process: child) and vllm (in
 the vLLM environment) -> agreement (matrices, max |Δ|, decisive pairs) -> this module (bench:
-the whole comparison, print_bench); __main__ (the child entry, the benchmark classifier).
+the whole comparison, print_bench); __main__ (the child entry, the benchmark classifier);
+rewardbench2 (`bench --benchmark rewardbench2`: run_v2.py's classifier flow against the engine,
+in this process).
 """
 
 from __future__ import annotations
