@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def evaluate(model: str | None = None, **options: Any) -> dict[str, Any]:
     """Score a reward model on RM-Bench; see `rmbench_fast.pipeline.evaluate`."""
-    from rmbench_fast.pipeline import evaluate as _evaluate
+    from rmbench_fast.pipeline import evaluate as _evaluate  # start-up cost: the pipeline (torch)
 
     return _evaluate(model, **options)
 

@@ -6,7 +6,9 @@ the module itself). The tests fail on:
 - an edge that points upward in LAYERS (a folder imports its own folder and lower layers only);
 - a private name (`_x`) taken from another file (what two files share is public in the lower one);
 - a cycle between modules (imports inside functions included: they are never a way around one);
-- a module named like a standard-library module.
+- a module named like a standard-library module;
+- an import inside a function without a comment, on its lines or the line above, that says why:
+  "optional dependency" or "start-up cost".
 Imports under `if TYPE_CHECKING:` are annotations only and are not edges.
 """
 
@@ -218,6 +220,56 @@ def test_no_import_cycle() -> None:
 def test_no_standard_library_name() -> None:
     bad = sorted(m for m in modules() if m.rsplit(".", 1)[-1] in sys.stdlib_module_names)
     assert not bad, f"modules named like the standard library's: {bad}"
+
+
+LAZY_REASONS = ("optional dependency", "start-up cost")
+
+
+def unexplained_lazy_imports(path: Path) -> Iterator[int]:
+    """Lines of the imports inside a function of `path` with no comment naming a LAZY_REASONS
+    (on the import's own lines or the line right above)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    tree = ast.parse("\n".join(lines))
+    seen: set[int] = set()
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in seen:
+                continue
+            seen.add(id(node))
+            span = lines[max(node.lineno - 2, 0) : node.end_lineno]
+            comments = [ln.split("#", 1)[1] for ln in span if "#" in ln]
+            if not any(r in c for c in comments for r in LAZY_REASONS):
+                yield node.lineno
+
+
+def test_unexplained_lazy_import_is_found(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text(
+        "def f():\n"
+        "    import json\n"
+        "    # start-up cost: torch\n"
+        "    import torch\n"
+        "    import ray  # optional dependency: ray\n"
+        "    x = 1\n"
+        "    from a import (  # why not\n"
+        "        b,\n"
+        "    )\n"
+    )
+    assert list(unexplained_lazy_imports(src)) == [2, 7]
+
+
+def test_every_lazy_import_says_why() -> None:
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in modules().values()
+        for line in unexplained_lazy_imports(path)
+    ]
+    assert not bad, (
+        "imports inside a function need a comment saying why (optional dependency: <pkg>, or "
+        "start-up cost: <what it loads>); hoist the others to the module's top:\n" + "\n".join(bad)
+    )
 
 
 def test_the_checks_see_the_package() -> None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from rmbench_fast.errors import UsageError
+
 BACKENDS = ("hf",)
 
 
 def get_backend(name: str) -> Any:
     """The scorer class of backend `name` (imported on demand)."""
     if name == "hf":
-        from rmbench_fast.backends.hf import HFScorer
+        from rmbench_fast.backends.hf import HFScorer  # start-up cost: torch (backends.hf)
 
         return HFScorer
-    from rmbench_fast.errors import UsageError
 
     raise UsageError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")

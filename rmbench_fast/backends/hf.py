@@ -11,6 +11,8 @@ order (chosen style 0..2, rejected style 0..2), or a RewardBench 2 prompt's N co
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +44,7 @@ def resolve_classifier_pad_id(config_pad: int | None, tok_pad: int | None, tok_e
 
 
 def _hf_major_minor() -> tuple[int, int]:
-    import transformers
+    import transformers  # optional dependency: transformers (the [hf] extra)
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return major, minor
@@ -62,6 +64,7 @@ def _load(
     official scripts do for models too large for one device (one GPU busy at a time: the slow
     path, for architectures the native engine does not cover)."""
     try:
+        # optional dependency: transformers (the [hf] extra)
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     except ImportError:
         raise UsageError("the hf backend needs transformers: pip install 'rmbench_fast[hf]'") from None
@@ -72,8 +75,6 @@ def _load(
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     if device_map is not None:
-        import importlib.util
-
         if importlib.util.find_spec("accelerate") is None:
             raise UsageError("--device-map needs accelerate: pip install 'rmbench_fast[hf]'")
         kwargs["device_map"] = device_map
@@ -88,8 +89,6 @@ def _load(
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):

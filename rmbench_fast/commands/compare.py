@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rmbench_fast.benchmarks import BENCHMARKS, REWARDBENCH2
@@ -28,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _benchmark(args: argparse.Namespace) -> str:
     if args.benchmark is not None:
         return str(args.benchmark)
-    import json
 
     first = Path(args.runs[0])
     path = first / "metrics.json" if first.is_dir() else first

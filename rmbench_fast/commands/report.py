@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = read_metrics(out)
     benchmark = args.benchmark or (metrics.get("meta") or {}).get("benchmark") or "rm-bench"
     if benchmark == REWARDBENCH2:
+        # start-up cost: numpy
         from rmbench_fast.benchmarks.rewardbench2.report import print_report as print_rb2
 
         if args.leaderboard or args.plot:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rmbench_fast.errors import ModelError
-from rmbench_fast.inputs.modelio import NativeHeadName, detect_native_head
+from rmbench_fast.inputs.modelio import NativeHeadName, checkpoint_tensor_names, detect_native_head
 
 Family = Literal["llama", "mistral", "qwen2", "qwen3", "gemma2"]
 Head = Literal["causal", "classifier"]
@@ -147,8 +147,6 @@ class EngineConfig:
         """config.json of `model_dir`; the checkpoint's tensor names (read from the safetensors
         headers, no weights) also let a custom reward head be recognised by its layout.
         head_hint: the head a config without `architectures` gets (see `from_dict`)."""
-        from rmbench_fast.inputs.modelio import checkpoint_tensor_names
-
         path = Path(model_dir) / "config.json"
         if not path.is_file():
             raise ModelError("no config.json in the model directory", file=str(model_dir))

@@ -71,7 +71,7 @@ def _checkpoint_tensors(
 
     lazy: safetensors tensors come as `get_slice` handles (nothing read until indexed), so a
     tensor-parallel rank reads only its part; pickle weights are memory-mapped either way."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # start-up cost: safetensors
 
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from rmbench_fast.records import PackedBatch, TokSeq
 from rmbench_fast.scoring.plan import MAX_GROUP, plan_batches, plan_stats, segment_lengths, seq_slots
@@ -86,8 +87,6 @@ class DataShard:
 
     def merge(self, out: np.ndarray, schedule: Schedule) -> np.ndarray:
         """Every replica's values for the sequences it scored, gathered into one [n, N_max, k]."""
-        import torch.distributed as dist
-
         recs = [b.records for b in schedule.batches]
         records = np.concatenate(recs) if recs else np.zeros(0, dtype=np.int64)  # [M]
         slots = np.concatenate([b.slots for b in schedule.batches]) if recs else records

@@ -28,6 +28,7 @@ from rmbench_fast.engine.heads import LM_HEADS, classifier_stats, dpo_stats, log
 from rmbench_fast.engine.layers.attention import ATTN_IMPLS, FlexCompileError, PackedLayout, default_impl
 from rmbench_fast.engine.layers.attention.cpu_kernel import kernel_isa, kernel_name
 from rmbench_fast.engine.layers.cpu_gemm import prepack, resolve_cpu_gemm
+from rmbench_fast.engine.layers.parallel import vocab_parallel_token_logit
 from rmbench_fast.engine.loader import load_model, resolve_dtype
 from rmbench_fast.engine.scheduler import BatchCache, BatchScheduler, DataShard, Progress, Schedule
 from rmbench_fast.errors import ModelError, UsageError
@@ -63,8 +64,6 @@ def causal_logit_stats(
         rows, w, cap = hidden.index_select(0, pool), model.head_weight(), model.cfg.final_softcap
         shard = model.vocab_shard()
         if shard is not None:  # the row lives on one rank's vocabulary shard
-            from rmbench_fast.engine.layers.parallel import vocab_parallel_token_logit
-
             z = vocab_parallel_token_logit(rows, w, token, shard, cap)  # [n_seq, 1]
         else:
             z = torch.nn.functional.linear(rows, w[token : token + 1])  # [n_seq, 1]

@@ -202,7 +202,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     if "lm_head.weight" in tensors:
         config["tie_word_embeddings"] = False
 
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file  # start-up cost: safetensors
 
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     _write_json(out_dir / "config.json", config)
@@ -303,7 +303,7 @@ def _hf_name(gguf_name: str) -> str | None:
 
 
 def _hf_tensors(reader: Any, config: dict[str, Any], gguf_path: Path) -> dict[str, np.ndarray]:
-    from gguf.quants import dequantize
+    from gguf.quants import dequantize  # optional dependency: gguf (the [demo] extra)
 
     out: dict[str, np.ndarray] = {}
     for t in reader.tensors:

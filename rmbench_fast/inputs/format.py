@@ -119,9 +119,9 @@ def _strftime_now(fmt: str) -> str:
 @lru_cache(maxsize=16)
 def compile_chat_template(source: str) -> Any:
     """Compile a chat template in a jinja2 environment set up like transformers'."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    import jinja2  # start-up cost: jinja2
+    import jinja2.ext  # start-up cost: jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # start-up cost: jinja2
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -161,8 +161,8 @@ def compile_chat_template(source: str) -> Any:
 def _generation_extension() -> Any:
     """`{% generation %}...{% endgeneration %}` (used by some templates to mark assistant text):
     transformers renders its body unchanged when not tracking assistant masks."""
-    import jinja2
-    from jinja2.ext import Extension
+    import jinja2  # start-up cost: jinja2
+    from jinja2.ext import Extension  # start-up cost: jinja2
 
     class Generation(Extension):
         tags = {"generation"}
@@ -186,7 +186,7 @@ def render_chat_template(
     add_generation_prompt: bool = False,
 ) -> str:
     """transformers' apply_chat_template(messages, tokenize=False, add_generation_prompt=...)."""
-    import jinja2
+    import jinja2  # start-up cost: jinja2
 
     template = compile_chat_template(source)
     try:

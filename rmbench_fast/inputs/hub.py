@@ -144,9 +144,9 @@ def forget_commits() -> None:
 def _hf() -> Any:
     # start-up cost: only a run that names a hub id imports the client (its submodules are lazy)
     import huggingface_hub
-    import huggingface_hub.constants
-    import huggingface_hub.errors
-    import huggingface_hub.utils
+    import huggingface_hub.constants  # start-up cost: huggingface_hub
+    import huggingface_hub.errors  # start-up cost: huggingface_hub
+    import huggingface_hub.utils  # start-up cost: huggingface_hub
 
     return huggingface_hub
 

@@ -91,7 +91,8 @@ class _Lock:
     """The client's lock file of one blob, held while its bytes are written (says when it waits)."""
 
     def __init__(self, path: Path, name: str, log: Callable[[str], None]) -> None:
-        from filelock import FileLock  # installed with huggingface_hub
+        # start-up cost: filelock (installed with huggingface_hub)
+        from filelock import FileLock
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(path))
@@ -99,7 +100,7 @@ class _Lock:
         self._log = log
 
     def __enter__(self) -> None:
-        from filelock import Timeout
+        from filelock import Timeout  # start-up cost: filelock (installed with huggingface_hub)
 
         try:
             self._lock.acquire(timeout=0)
@@ -134,10 +135,10 @@ def fetch_resumable(
     killed run left; returns its `snapshots/<sha>/<name>` path. HubError for a file the hub
     describes oddly or whose bytes do not check out; the client's errors (HTTP, transport,
     disk) pass through for the caller to word."""
-    import huggingface_hub as hf
-    import huggingface_hub.constants
-    import huggingface_hub.utils
-    from huggingface_hub.file_download import http_get
+    import huggingface_hub as hf  # start-up cost: huggingface_hub
+    import huggingface_hub.constants  # start-up cost: huggingface_hub
+    import huggingface_hub.utils  # start-up cost: huggingface_hub
+    from huggingface_hub.file_download import http_get  # start-up cost: huggingface_hub
 
     where = f"{kind} {repo_id}@{sha[:7]}: {name}"
     url = hf.hf_hub_url(repo_id, name, repo_type=kind, revision=sha)

@@ -20,6 +20,7 @@ the model directory, so the native engine can run them without executing the rep
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from collections.abc import Collection
@@ -300,13 +301,11 @@ _HF_CLASSES = frozenset(
 
 def _known_to_transformers(arch: str) -> bool | None:
     """True/False if transformers is installed and does/doesn't define `arch`; None if it is absent."""
-    import importlib.util
-
     if importlib.util.find_spec("transformers") is None:
         return None
     if arch in _HF_CLASSES:
         return True
-    import transformers
+    import transformers  # optional dependency: transformers (the [hf] extra)
 
     try:
         return hasattr(transformers, arch)

@@ -184,7 +184,7 @@ def _rebuild_like_transformers5(backend: Any, config: TokenizerConfig) -> bool:
     pipeline (PreTrainedTokenizerFast/TokenizersBackend load it as is)."""
     if _base_class(config.tokenizer_class) != "GPT2Tokenizer":
         return False
-    from tokenizers import decoders, pre_tokenizers
+    from tokenizers import decoders, pre_tokenizers  # start-up cost: tokenizers
 
     before = (backend.normalizer, backend.pre_tokenizer)
     prefix = bool(config.raw.get("add_prefix_space", False))
@@ -198,8 +198,8 @@ class Tokenizer:
     """A fast tokenizer from a model directory, encoding like transformers' AutoTokenizer."""
 
     def __init__(self, model_dir: Path | str, config: TokenizerConfig | None = None) -> None:
-        from tokenizers import AddedToken
-        from tokenizers import Tokenizer as Backend
+        from tokenizers import AddedToken  # start-up cost: tokenizers
+        from tokenizers import Tokenizer as Backend  # start-up cost: tokenizers
 
         self.model_dir = Path(model_dir)
         path = self.model_dir / "tokenizer.json"
@@ -290,8 +290,8 @@ class Tokenizer:
         post-processor that `add_eos_token = True` installs."""
         key = (max_length, add_eos, rule)
         if key not in self._truncating:
-            from tokenizers import Tokenizer as Backend
-            from tokenizers import processors
+            from tokenizers import Tokenizer as Backend  # start-up cost: tokenizers
+            from tokenizers import processors  # start-up cost: tokenizers
 
             backend = Backend.from_str(self.backend.to_str())
             switch = self.eos_switch(rule) if add_eos else None

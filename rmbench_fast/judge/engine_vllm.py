@@ -18,10 +18,12 @@ overrides any `vllm.LLM` keyword.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rmbench_fast.inputs.demo import ensure_smollm2
 from rmbench_fast.inputs.hub import resolve_model
 from rmbench_fast.judge.client import JudgeError
 from rmbench_fast.judge.requests import JudgeRequest, JudgeResponse
@@ -42,8 +44,6 @@ def resolve_model_dir(model: str | None, log: Callable[[str], None]) -> Path:
 def resolve_model_source(model: str | None, log: Callable[[str], None]) -> tuple[Path, dict[str, Any] | None]:
     """`resolve_model_dir`, and the hub snapshot's metadata record for an id (else None)."""
     if model is None:
-        from rmbench_fast.inputs.demo import ensure_smollm2
-
         log("no --model given: the judge is the embedded demo model SmolLM2-135M-Instruct")
         return ensure_smollm2(), None
     path, snap = resolve_model(model, log=log)
@@ -54,7 +54,7 @@ def resolve_model_source(model: str | None, log: Callable[[str], None]) -> tuple
 
 def _cuda() -> bool:
     try:
-        import torch
+        import torch  # start-up cost: torch
 
         return bool(torch.cuda.is_available())
     except ImportError:
@@ -121,10 +121,9 @@ class VLLMEngine:
         """Import vLLM and load the model (JudgeError, one line, when vLLM is missing)."""
         if self._llm is not None:
             return
-        import time
 
         try:
-            import vllm
+            import vllm  # optional dependency: vllm
         except ImportError:
             raise JudgeError(INSTALL_HINT) from None
         self._version = getattr(vllm, "__version__", None)
@@ -134,7 +133,7 @@ class VLLMEngine:
         self.load_seconds = time.perf_counter() - t0
 
     def _params(self) -> Any:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional dependency: vllm
 
         s = self.sampling
         return SamplingParams(
@@ -161,8 +160,6 @@ class VLLMEngine:
     def run(
         self, requests: Sequence[JudgeRequest], on_result: Callable[[JudgeRequest, JudgeResponse], None]
     ) -> None:
-        import time
-
         self.preflight()
         params = self._params()
         for batch in self.batches_of(requests):

@@ -2,7 +2,7 @@
 
 `run_generative(cfg, console)` does a whole ``run --kind generative``:
 
-1. load and validate the data with the project's loaders (`pipeline.load_data`);
+1. load and validate the data with the project's loaders (`pipeline.data.load_data`);
 2. build every record's 18 requests in prefix order (`requests.build_requests`);
 3. reuse the answers already in ``OUT/judge_log.jsonl`` (`log`), and send only the others,
    appending each answer to the log as it arrives (a progress bar per request, with tokens/s);
@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,12 +22,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from rmbench_fast.judge.client import ClientSettings, JudgeError, OpenAIClient
 from rmbench_fast.judge.log import LOG_FILE, LogWriter, read_log
-from rmbench_fast.judge.prompt import RM_BENCH_TEMPLATE_SOURCE, Template, load_template, parse_verdict
+from rmbench_fast.judge.prompt import (
+    RM_BENCH_TEMPLATE_SOURCE,
+    Template,
+    load_template,
+    order_score,
+    parse_verdict,
+)
 from rmbench_fast.judge.requests import REQUESTS_PER_RECORD, JudgeRequest, JudgeResponse, build_requests
 from rmbench_fast.judge.scoring import generative_metrics, judge_rows, judge_stats, quarter_matrices
 from rmbench_fast.results.report import METRICS_FILE, SCORES_FILE, check_out_dir, print_report
-from rmbench_fast.settings import DEFAULT_OUT
+from rmbench_fast.settings import DEFAULT_OUT, RunConfig
+from rmbench_fast.store.keys import judge_key
 from rmbench_fast.utils.atomic import write_json_atomic, write_jsonl_atomic
 from rmbench_fast.utils.versions import versions
 
@@ -103,7 +112,7 @@ class JudgeConfig:
 def make_judge(cfg: JudgeConfig, log: Callable[[str], None]) -> Judge:
     """The backend for `cfg.engine` (nothing is contacted or loaded yet)."""
     if cfg.engine == "vllm":
-        from rmbench_fast.judge.engine_vllm import VLLMEngine
+        from rmbench_fast.judge.engine_vllm import VLLMEngine  # optional dependency: vllm
 
         return VLLMEngine(
             cfg.model,
@@ -114,7 +123,6 @@ def make_judge(cfg: JudgeConfig, log: Callable[[str], None]) -> Judge:
             engine_args=cfg.engine_args,
             log=log,
         )
-    from rmbench_fast.judge.client import ClientSettings, OpenAIClient
 
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     settings = ClientSettings(
@@ -133,7 +141,7 @@ class _Bar:
     """A rich progress bar per request, with the generation speed (completion tokens/s)."""
 
     def __init__(self, console: Any, total: int, enabled: bool) -> None:
-        from rich.progress import (
+        from rich.progress import (  # start-up cost: rich
             BarColumn,
             MofNCompleteColumn,
             Progress,
@@ -179,8 +187,6 @@ class StoredAnswers:
     identity: str  # the judge's store identity (store_identity)
 
     def key(self, req: JudgeRequest) -> str:
-        from rmbench_fast.store.keys import judge_key
-
         return judge_key(self.identity, req.key)
 
 
@@ -275,9 +281,6 @@ def answer_all(
     """`judge_requests` with the results store (unless --no-cache); a missing vLLM is said first,
     before the in-process judge's model is hashed for the store."""
     if cfg.engine == "vllm":
-        import importlib.util
-
-        from rmbench_fast.judge.client import JudgeError
         from rmbench_fast.judge.engine_vllm import INSTALL_HINT  # optional dependency: vllm (only its hint)
 
         if importlib.util.find_spec("vllm") is None:
@@ -314,9 +317,8 @@ def usage_meta(answers: Sequence[JudgeResponse], info: dict[str, Any]) -> dict[s
 def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> dict[str, Any]:
     """A whole `run --kind generative`; writes OUT/{scores.json, judgments.jsonl, metrics.json}
     and returns metrics.json's content."""
-    from rmbench_fast.pipeline.data import load_data
-    from rmbench_fast.pipeline.memo import EvalCache
-    from rmbench_fast.settings import RunConfig
+    from rmbench_fast.pipeline.data import load_data  # start-up cost: the pipeline (torch)
+    from rmbench_fast.pipeline.memo import EvalCache  # start-up cost: the pipeline (torch)
 
     t_start = time.perf_counter()
     template: Template = load_template(cfg.template)
@@ -383,8 +385,6 @@ def run_generative(cfg: JudgeConfig, console: Any, *, tables: bool = True) -> di
 
 
 def _judgment(source_index: int, r: JudgeRequest, a: JudgeResponse, verdict: str | None) -> dict[str, Any]:
-    from rmbench_fast.judge.prompt import order_score
-
     return {
         "index": r.index,
         "record_id": r.record_id,

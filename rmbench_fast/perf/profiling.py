@@ -36,14 +36,19 @@ process at the model's shapes and dtype, and peak memory. The run's results stor
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import resource
+import shlex
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from rmbench_fast.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -81,8 +86,6 @@ MLP_METHOD = (
 def command_line(name: str) -> str:
     """The command that is running, as `python -m rmbench_fast NAME ...` (from sys.argv when this
     process was started as that command, else a note that it was called from Python)."""
-    import shlex
-
     argv = list(sys.argv)
     if argv and Path(argv[0]).name in ("__main__.py", "rmbench-fast", "benchmark.py", "profile.py"):
         rest = argv[1:]
@@ -95,7 +98,7 @@ def command_line(name: str) -> str:
 # --- marks -----------------------------------------------------------------------------------
 def _module_mark(module: torch.nn.Module) -> str | None:
     """The phase a module call is marked as, or None (see the module docstring)."""
-    import torch
+    import torch  # start-up cost: torch
 
     name = type(module).__name__
     if name.endswith("MLP"):
@@ -115,8 +118,8 @@ def _module_mark(module: torch.nn.Module) -> str | None:
 @contextlib.contextmanager
 def module_marks() -> Iterator[None]:
     """Global forward hooks that mark MLP, attention-module and decoder-body calls as ranges."""
-    import torch
-    from torch.nn.modules import module as nn_module
+    import torch  # start-up cost: torch
+    from torch.nn.modules import module as nn_module  # start-up cost: torch
 
     open_ranges: dict[int, list[Any]] = defaultdict(list)
 
@@ -150,7 +153,7 @@ def nvtx_ranges(enabled: bool) -> Iterator[None]:
     `phases.phase` (and `module_marks`) looks up at each call pushes and pops an NVTX range
     for the rmbf:: names, for the duration of the profile only.
     """
-    import torch
+    import torch  # start-up cost: torch
 
     if not enabled:
         yield
@@ -262,11 +265,10 @@ def attribute(events: Any, *, device: bool, top_ops: int = 3) -> dict[str, Any]:
 def model_shape(model_dir: Path) -> dict[str, Any] | None:
     """The engine's view of a model: dims and the non-embedding parameter count (meta device,
     no memory), or None when the native engine does not know the architecture."""
-    import torch
+    import torch  # start-up cost: torch
 
-    from rmbench_fast.engine.config import EngineConfig
-    from rmbench_fast.engine.loader import model_class
-    from rmbench_fast.errors import ModelError
+    from rmbench_fast.engine.config import EngineConfig  # start-up cost: the engine
+    from rmbench_fast.engine.loader import model_class  # start-up cost: the engine
 
     try:
         cfg = EngineConfig.from_model_dir(model_dir, head_hint="causal")  # the body is the same
@@ -350,7 +352,7 @@ def run_flops(meta: dict[str, Any], shapes: dict[str, dict[str, Any] | None]) ->
 
 
 def _sync(device: str) -> None:
-    import torch
+    import torch  # start-up cost: torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -366,7 +368,7 @@ def matmul_rate(
     `budget_s`; the rate is their FLOPs over their time, i.e. the speed of a forward whose
     GEMMs all ran as fast as they do alone.
     """
-    import torch
+    import torch  # start-up cost: torch
 
     H, inter = shape["hidden_size"], shape["intermediate_size"]
     q, kv = shape["q_size"], shape["kv_size"]
@@ -399,7 +401,7 @@ def matmul_rate(
 
 
 def _peak_memory_mib(device: str) -> dict[str, Any]:
-    import torch
+    import torch  # start-up cost: torch
 
     if device.startswith("cuda"):
         return {
@@ -414,8 +416,6 @@ def _peak_memory_mib(device: str) -> dict[str, Any]:
 # --- the run ---------------------------------------------------------------------------------
 def _warm_imports(cfg: Any) -> None:
     """Import what the run imports lazily, so import time is not counted as a phase."""
-    import importlib
-
     for name in (
         "rmbench_fast.engine.scorer",
         "rmbench_fast.inputs.format",
@@ -441,13 +441,12 @@ def profile_run(
     matmul_budget_s: float = 0.25,
 ) -> dict[str, Any]:
     """Run `cfg` once under torch.profiler; -> the profile document (profile.json's content)."""
-    from dataclasses import replace
 
-    import torch
-    from torch.profiler import ProfilerActivity
+    import torch  # start-up cost: torch
+    from torch.profiler import ProfilerActivity  # start-up cost: torch
 
-    from rmbench_fast.pipeline import run_evaluation
-    from rmbench_fast.pipeline.models import resolve_device
+    from rmbench_fast.pipeline import run_evaluation  # start-up cost: the pipeline (torch)
+    from rmbench_fast.pipeline.models import resolve_device  # start-up cost: the pipeline (torch)
 
     cfg = replace(cfg, no_cache=True, progress=False)
     device = resolve_device(cfg.device)
@@ -560,10 +559,10 @@ def _rates(
             else None,
             model_compute_s=compute_s,
         )
-        from rmbench_fast.utils.dtypes import parse_dtype
+        from rmbench_fast.utils.dtypes import parse_dtype  # start-up cost: torch
 
         dtype = parse_dtype(meta["dtype"])
-        from rmbench_fast.engine.layers.cpu_gemm import peak_gemm_rate
+        from rmbench_fast.engine.layers.cpu_gemm import peak_gemm_rate  # start-up cost: the engine
 
         rate = matmul_rate(
             shapes["policy"], fl["tokens_per_batch"], fl["labels_per_batch"], device, dtype, budget_s
@@ -590,7 +589,7 @@ def _rates(
 # --- output ----------------------------------------------------------------------------------
 def print_profile(doc: dict[str, Any], console: Any) -> None:
     """The phase table and the rates."""
-    from rich.table import Table
+    from rich.table import Table  # start-up cost: rich
 
     cuda = any("device_s" in r for r in doc["phases"])
     table = Table(

@@ -63,8 +63,8 @@ def engine_kwargs(spec: dict[str, Any], model: str, cuda: bool) -> dict[str, Any
 
 def score_dpo(llm: Any, spec: dict[str, Any]) -> list[list[float]]:
     """Per sequence, the log-probs of its answer tokens (positions >= label_start)."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
+    from vllm import SamplingParams  # optional dependency: vllm
+    from vllm.inputs import TokensPrompt  # optional dependency: vllm
 
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in spec["prompts"]]
@@ -78,7 +78,7 @@ def score_dpo(llm: Any, spec: dict[str, Any]) -> list[list[float]]:
 
 def score_classifier(llm: Any, spec: dict[str, Any]) -> list[float]:
     """Per sequence, vLLM's classify output (the activation of the last token's logit)."""
-    from vllm.inputs import TokensPrompt
+    from vllm.inputs import TokensPrompt  # optional dependency: vllm
 
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in spec["prompts"]]
     outs = llm.classify(prompts, use_tqdm=False)
@@ -98,8 +98,8 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     out_path = Path(argv[2])
     try:
-        import torch
-        import vllm
+        import torch  # start-up cost: torch
+        import vllm  # optional dependency: vllm
     except ImportError as exc:
         out_path.write_text(json.dumps({"error": f"vLLM is not importable in {sys.executable}: {exc}"}))
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,6 @@ from rmbench_fast.settings import RunConfig
 
 
 def sample_data_path() -> Path:
-    from importlib.resources import files
-
     return Path(str(files("rmbench_fast") / "sample" / "rm_bench_sample.jsonl"))
 
 

@@ -9,9 +9,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rmbench_fast.errors import UsageError
 from rmbench_fast.inputs import hub
+from rmbench_fast.inputs.demo import ensure_smollm2
+from rmbench_fast.inputs.modelio import inspect_model_dir
 from rmbench_fast.settings import RunConfig
+from rmbench_fast.utils import distributed
+from rmbench_fast.utils.distributed import local_device
 from rmbench_fast.utils.dtypes import run_dtype
 
 
@@ -42,10 +48,6 @@ def resolve_hub_models(
 
 def resolve_device(device: str) -> str:
     """The run's device; under torchrun a CUDA device is this rank's own GPU (cuda:LOCAL_RANK)."""
-    import torch
-
-    from rmbench_fast.utils.distributed import local_device
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -55,8 +57,6 @@ def resolve_device(device: str) -> str:
 
 def join_world(cfg: RunConfig) -> Any:
     """torchrun's world (DP x TP ranks), or one process; --tp > 1 needs torchrun."""
-    from rmbench_fast.utils import distributed
-
     if not distributed.launched():
         if cfg.tp != 1:
             raise UsageError(
@@ -64,7 +64,6 @@ def join_world(cfg: RunConfig) -> Any:
             )
         return distributed.world()
     device = "cuda" if (cfg.device in ("auto", "cuda") or cfg.device.startswith("cuda")) else cfg.device
-    import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
@@ -73,8 +72,7 @@ def join_world(cfg: RunConfig) -> Any:
 
 def data_shard() -> Any:
     """This rank's data-parallel replica for the engine's scheduler, or None in one replica."""
-    from rmbench_fast.engine.scheduler import DataShard
-    from rmbench_fast.utils import distributed
+    from rmbench_fast.engine.scheduler import DataShard  # start-up cost: the engine
 
     w = distributed.world()
     return DataShard(w.dp_rank, w.dp_size, w.dp_group) if w.dp_size > 1 else None
@@ -139,12 +137,8 @@ class ModelChoice:
 
 def choose_models(cfg: RunConfig, log: Callable[[str], None]) -> ModelChoice:
     """Step 2: the model directories, their kind, and the device and dtype."""
-    from rmbench_fast.inputs.modelio import inspect_model_dir
-
     demo = cfg.model is None
     if demo:
-        from rmbench_fast.inputs.demo import ensure_smollm2
-
         log("no --model given: using the embedded demo policy SmolLM2-135M-Instruct (reference-free DPO)")
         model_dir = ensure_smollm2()
     else:

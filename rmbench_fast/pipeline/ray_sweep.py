@@ -20,6 +20,7 @@ Ray is an optional extra (`pip install 'rmbench_fast[ray]'`).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -27,10 +28,15 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from rmbench_fast.errors import RMBenchError, UsageError
 from rmbench_fast.inputs.hub import pin
+from rmbench_fast.pipeline import run_evaluation
+from rmbench_fast.pipeline.memo import EvalCache
+from rmbench_fast.pipeline.score import prepare_reference
 from rmbench_fast.pipeline.sweep import (
     DEFAULT_SWEEP_OUT,
     SWEEP_FILE,
@@ -40,10 +46,8 @@ from rmbench_fast.pipeline.sweep import (
     summary_row,
 )
 from rmbench_fast.results.report import write_outputs
+from rmbench_fast.settings import RunConfig
 from rmbench_fast.utils.atomic import write_json_atomic
-
-if TYPE_CHECKING:
-    from rmbench_fast.settings import RunConfig
 
 PLACEMENT_TIMEOUT_S = 600.0
 
@@ -51,7 +55,7 @@ PLACEMENT_TIMEOUT_S = 600.0
 def _ray() -> Any:
     if importlib.util.find_spec("ray") is None:
         raise UsageError("--ray needs Ray: pip install 'rmbench_fast[ray]'")
-    import ray
+    import ray  # optional dependency: ray
 
     return ray
 
@@ -74,16 +78,11 @@ def connect(address: str) -> Any:
 
 def _score_checkpoint(cfg_dict: dict[str, Any], seed_entries: dict[tuple[Any, ...], Any]) -> dict[str, Any]:
     """The Ray task: one checkpoint's run, seeded with the shared reference sums."""
-    from rmbench_fast.pipeline import run_evaluation
-    from rmbench_fast.pipeline.memo import EvalCache
-    from rmbench_fast.settings import RunConfig
-
     cfg = RunConfig(**cfg_dict)
     cache = EvalCache()
     for key, value in seed_entries.items():
         cache.put(key, value)
     result = run_evaluation(cfg, log=lambda _m: None, cache=cache, sweep=True)
-    import torch
 
     result["meta"]["ray"] = {
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -98,8 +97,6 @@ def _score_checkpoint(cfg_dict: dict[str, Any], seed_entries: dict[tuple[Any, ..
 
 def _score_checkpoint_tp(cfg_dict: dict[str, Any], tp: int) -> dict[str, Any]:
     """The Ray task for K > 1 GPUs: the checkpoint under torchrun with --tp K, its outputs read back."""
-    import json
-
     with tempfile.TemporaryDirectory() as tmp:
         argv = _run_argv(cfg_dict, Path(tmp))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}"]
@@ -131,7 +128,7 @@ def _run_argv(cfg: dict[str, Any], out: Path) -> list[str]:
 
 def _placement(ray: Any, gpus: int, timeout_s: float) -> Any:
     """A STRICT_PACK group of `gpus` one-GPU bundles, ready, or a one-line error."""
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.placement_group import placement_group, remove_placement_group  # optional dependency: ray
 
     pg = placement_group([{"GPU": 1, "CPU": 1}] * gpus, strategy="STRICT_PACK")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
@@ -170,9 +167,6 @@ def run_ray_sweep(
         if gpus_per_model == 1:
             seed = {}
             if base.ref_model:
-                from rmbench_fast.pipeline.score import prepare_reference
-                from rmbench_fast.settings import RunConfig
-
                 console.print(f"[bold]sweep:[/bold] reference {base.ref_model} (one task, shared)")
                 task = ray.remote(num_gpus=1)(
                     lambda d: prepare_reference(RunConfig(**d), log=lambda _m: None)
@@ -182,6 +176,7 @@ def run_ray_sweep(
             remote = ray.remote(num_gpus=1, max_retries=1, retry_exceptions=True)(_score_checkpoint)
             refs = {remote.remote(cfgs[i], seed_ref): i for i in cfgs}
         else:
+            # optional dependency: ray
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
             remote = ray.remote(num_gpus=1, max_retries=1, retry_exceptions=True)(_score_checkpoint_tp)
@@ -220,7 +215,7 @@ def run_ray_sweep(
         raise
     finally:
         if groups:
-            from ray.util.placement_group import remove_placement_group
+            from ray.util.placement_group import remove_placement_group  # optional dependency: ray
 
             for pg in groups:
                 remove_placement_group(pg)

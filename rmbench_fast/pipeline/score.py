@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from rmbench_fast.errors import ModelError, UsageError
 from rmbench_fast.pipeline.data import load_data
@@ -70,6 +71,7 @@ def _make_scorer(
             "--device-map spreads a model with the hf backend; it does not apply to --backend native"
         )
     if cfg.backend in ("auto", "native") and cfg.device_map is None:
+        # start-up cost: the engine
         from rmbench_fast.engine.scorer import NativeScorer, native_supports
 
         want_head = "classifier" if model.kind == "classifier" else "causal"
@@ -96,7 +98,7 @@ def _make_scorer(
         raise UsageError(
             "data parallelism under torchrun runs the native engine; the hf backend is one process"
         )
-    from rmbench_fast.backends.hf import HFScorer
+    from rmbench_fast.backends.hf import HFScorer  # start-up cost: torch (backends.hf)
 
     return "hf", HFScorer(model.model_dir, settings, ref_model_dir=ref_dir)
 
@@ -105,7 +107,7 @@ def _ref_sums_cacheable(cfg: RunConfig, model: ModelChoice) -> bool:
     """DPO with a reference model that the native engine runs for both models."""
     if not cfg.ref_model or model.ref_info is None or cfg.backend == "hf" or cfg.device_map is not None:
         return False
-    from rmbench_fast.engine.scorer import native_supports
+    from rmbench_fast.engine.scorer import native_supports  # start-up cost: the engine
 
     return native_supports(model.info.config) is None and native_supports(model.ref_info.config) is None
 
@@ -132,8 +134,8 @@ def _native_sums(
     """Per-sequence Σ log π over the answer tokens with the native engine; the model is freed
     on return. `replay`: score exactly these batches (another pass's schedule); `store`: the
     results store (stored batches are not recomputed)."""
-    from rmbench_fast.engine.scorer import NativeScorer
-    from rmbench_fast.scoring.rewards import SUM
+    from rmbench_fast.engine.scorer import NativeScorer  # start-up cost: the engine
+    from rmbench_fast.scoring.rewards import SUM  # start-up cost: torch
 
     log(f"reference model {model_dir}: Σ log π_ref over {len(seqs)} records")
     scorer = NativeScorer(model_dir, settings.with_kind_dpo_sum(), log=log)
@@ -153,6 +155,7 @@ class Store:
     kind: str
 
     def batch_cache(self, scorer: Any, model_dirs: list[Path], seqs: list[list[TokSeq]]) -> Any:
+        # start-up cost: sqlite and the store
         from rmbench_fast.store.resume import StoreBatchCache, scope_parts
 
         vs = scorer.value_settings()
@@ -167,7 +170,7 @@ def open_run_store(cfg: RunConfig, model: ModelChoice, toks: Tokenized) -> Store
     """The results store for a native run, or None (--no-cache, or the hf backend)."""
     if cfg.no_cache or cfg.backend == "hf" or cfg.device_map is not None:
         return None
-    from rmbench_fast.store.db import open_store
+    from rmbench_fast.store.db import open_store  # start-up cost: sqlite and the store
 
     tok = f"{tokenizer_fingerprint(model.model_dir)}:{cfg.chat_template}:{toks.add_eos}:{toks.pad_id}"
     kind = cfg.reward if model.kind == "causal-logit" else model.kind  # the token id is part of it
@@ -179,10 +182,9 @@ def _both_fit(model: ModelChoice, cfg: RunConfig) -> bool:
     bytes and a 25% margin against the free memory)."""
     if not model.device.startswith("cuda"):
         return False
-    import torch
 
-    from rmbench_fast.engine.config import EngineConfig
-    from rmbench_fast.engine.loader import model_class
+    from rmbench_fast.engine.config import EngineConfig  # start-up cost: the engine
+    from rmbench_fast.engine.loader import model_class  # start-up cost: the engine
 
     def n_params(d: Path) -> int:
         cfg = EngineConfig.from_model_dir(d, head_hint="causal")
@@ -292,7 +294,7 @@ def raise_budget(
     pass by each scheduler (which would raise it to the same value), and returned for meta."""
     if cfg.batch_tokens is None or cfg.backend == "hf" or cfg.device_map is not None or not seqs:
         return settings, None
-    from rmbench_fast.scoring.plan import segment_lengths
+    from rmbench_fast.scoring.plan import segment_lengths  # start-up cost: numpy
 
     longest = int(segment_lengths(seqs, share_prefix=settings.share_prefix).max())
     if longest <= settings.batch_tokens:

@@ -14,14 +14,23 @@ with its interval, and the table and plot show those instead of hard / normal / 
 
 from __future__ import annotations
 
+import json
 import textwrap
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from rmbench_fast.benchmarks import REWARDBENCH2, RM_BENCH
-from rmbench_fast.errors import UsageError
-from rmbench_fast.results.report import check_out_dir
+from rmbench_fast.benchmarks.rewardbench2.data import SUBSETS
+from rmbench_fast.errors import DataError, UsageError
+from rmbench_fast.inputs.modelio import inspect_model_dir
+from rmbench_fast.pipeline import run_and_report
+from rmbench_fast.pipeline.memo import EvalCache
+from rmbench_fast.pipeline.models import check_kind, kind_hint, resolve_hub_models
+from rmbench_fast.records import METRIC_DOMAINS
+from rmbench_fast.results.report import check_out_dir, import_pyplot
 from rmbench_fast.utils.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # pipeline pulls in torch; `report SWEEP_OUT` does not need it
@@ -39,9 +48,7 @@ def run_dirs(models: list[str], out: Path) -> list[Path]:
 def check_model(model: str, base: RunConfig) -> None:
     """The per-model checks a run makes before scoring: the directory (config, weights, remote
     code), the kind against the reward options, and the chat template."""
-    from rmbench_fast.inputs.format import Formatter
-    from rmbench_fast.inputs.modelio import inspect_model_dir
-    from rmbench_fast.pipeline.models import check_kind, kind_hint, resolve_hub_models
+    from rmbench_fast.inputs.format import Formatter  # start-up cost: jinja2
 
     # A hub id resolves to its commit here, once: the run below gets the same commit.
     cfg, _sources = resolve_hub_models(replace(base, model=model), print)
@@ -104,10 +111,8 @@ def run_sweep(
     subsets: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate each model with `base`'s options on `benchmark`; returns sweep.json's rows."""
-    # start-up cost: the pipeline imports torch; `report SWEEP_OUT` imports this module without it
+    # start-up cost: the RewardBench 2 pipeline loads only for a sweep that runs it
     from rmbench_fast.pipeline import rewardbench2 as rb2
-    from rmbench_fast.pipeline import run_and_report
-    from rmbench_fast.pipeline.memo import EvalCache
 
     if not models:
         raise UsageError("sweep needs at least one model directory")
@@ -136,10 +141,6 @@ def run_sweep(
 
 def read_sweep(out: Path) -> dict[str, Any]:
     """OUT/sweep.json's content ({"models": rows, ...}); exit 2 on a missing or bad file."""
-    import json
-
-    from rmbench_fast.errors import DataError
-
     path = out / SWEEP_FILE if out.is_dir() else out
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -163,9 +164,6 @@ def _groups(row: dict[str, Any]) -> dict[str, Any]:
 
 def _domain_order(rows: list[dict[str, Any]]) -> list[str]:
     """The domains (or subsets) of any row, in the benchmark's order, others after."""
-    from rmbench_fast.benchmarks.rewardbench2.data import SUBSETS
-    from rmbench_fast.records import METRIC_DOMAINS
-
     order = SUBSETS if _is_rb2(rows) else METRIC_DOMAINS
     seen = {d for r in rows for d in _groups(r)}
     return [d for d in order if d in seen] + sorted(seen - set(order))
@@ -198,7 +196,7 @@ def _checkpoint_label(row: dict[str, Any]) -> str:
 def print_sweep(rows: list[dict[str, Any]], console: Any) -> None:
     """One line per model: overall ± the larger half of its 95% interval, hard / normal / easy
     (RM-Bench), and each domain's (or RewardBench 2 subset's) score, in percent."""
-    from rich.table import Table
+    from rich.table import Table  # start-up cost: rich
 
     rb2 = _is_rb2(rows)
     domains = _domain_order(rows)
@@ -225,10 +223,6 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     RewardBench 2 subset's) score. x = position of the checkpoint in the sweep (labels: directory
     names); y = accuracy (%); the band is [ci.lo, ci.hi] where the rows have intervals.
     """
-    import numpy as np
-
-    from rmbench_fast.results.report import import_pyplot
-
     plt = import_pyplot()
     x = np.arange(len(rows))
     labels = [_checkpoint_label(r) for r in rows]
@@ -303,8 +297,6 @@ def sweep_figure(rows: list[dict[str, Any]], title: str | None = None) -> Any:
 
 def plot_sweep(doc: dict[str, Any], out_dir: Path, title: str | None = None) -> Path:
     """Write OUT/sweep_plot.png (see sweep_figure); returns its path."""
-    from rmbench_fast.results.report import import_pyplot
-
     plt = import_pyplot()
     fig = sweep_figure(doc["models"], title)
     path = out_dir / "sweep_plot.png"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ def classifier_pad_id(info: Any, tok: Any) -> int | None:
     """The pad id run_rm.py leaves in `model.config.pad_token_id`, which the classifier pools
     with: a tokenizer without a pad token gets pad = EOS, which also overrides the config's
     value; otherwise a missing config pad is filled from the tokenizer's."""
-    from rmbench_fast.backends.hf import resolve_classifier_pad_id
+    from rmbench_fast.backends.hf import resolve_classifier_pad_id  # start-up cost: torch (backends.hf)
 
     return resolve_classifier_pad_id(info.pad_token_id, tok.pad_id, tok.eos_id)
 
@@ -87,6 +87,7 @@ def _tokenize_record(
     pad_id: int | None,
     lengths: tuple[int, int] = (2048, 128),
 ) -> list[TokSeq]:
+    # start-up cost: tokenizers
     from rmbench_fast.inputs.tokenization import encode_causal_logit, encode_classifier, encode_dpo_pair
 
     if kind == "causal-logit":
@@ -121,9 +122,8 @@ def head_pooling(seqs: list[list[TokSeq]], head: Any, pad_id: int | None) -> lis
     official pipeline scores it: "last_token" (GRM) reads len(ids) - 1; "first_pad" (INF-ORM)
     reads (first pad) - 1, transformers 4.43.4's rule written into the head's forward; a
     duplicated BOS is masked only where that pipeline masks it."""
-    from dataclasses import replace
 
-    from rmbench_fast.inputs.tokenization import legacy_pool_index
+    from rmbench_fast.inputs.tokenization import legacy_pool_index  # start-up cost: tokenizers
 
     def one(s: TokSeq) -> TokSeq:
         pool = s.pool_index
@@ -141,7 +141,7 @@ def legacy_pooling_diffs(
 ) -> list[dict[str, Any]]:
     """Sequences where transformers 4.43.4's pooling ((first pad) - 1) differs from today's
     (rightmost non-pad): those records would have scored differently under the pinned version."""
-    from rmbench_fast.inputs.tokenization import legacy_pool_index
+    from rmbench_fast.inputs.tokenization import legacy_pool_index  # start-up cost: tokenizers
 
     diffs = []
     for rec, group in zip(records, seqs):
@@ -175,8 +175,8 @@ def tokenize_run(
     cfg: RunConfig, data: LoadedData, model: ModelChoice, cache: EvalCache, log: Callable[[str], None]
 ) -> Tokenized:
     """Step 3: format with the chat template and tokenize (shared across a sweep by fingerprint)."""
-    from rmbench_fast.inputs.format import Formatter
-    from rmbench_fast.inputs.tokenization import Tokenizer
+    from rmbench_fast.inputs.format import Formatter  # start-up cost: jinja2
+    from rmbench_fast.inputs.tokenization import Tokenizer  # start-up cost: tokenizers
 
     formatter = Formatter.from_model_dir(model.model_dir, cfg.chat_template)
     tok = Tokenizer(model.model_dir)

@@ -362,8 +362,8 @@ def _p_eq(p: float) -> str:
 
 def print_comparison(result: dict[str, Any], console: Any) -> None:
     """Two runs: every figure with B − A, its interval and p. More: the ranking table."""
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.markup import escape  # start-up cost: rich
+    from rich.table import Table  # start-up cost: rich
 
     comps = result["comparisons"]
     data = result["data"]

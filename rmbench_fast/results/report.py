@@ -101,9 +101,9 @@ def ci_note(metrics: dict[str, Any]) -> str | None:
 
 def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
     """The 3x3 matrices and accuracies as rich tables, with intervals where metrics.json has them."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.console import Console  # start-up cost: rich
+    from rich.markup import escape  # start-up cost: rich
+    from rich.table import Table  # start-up cost: rich
 
     console = console or Console()
     for name, d in metrics["domains"].items():
@@ -159,10 +159,10 @@ def print_report(metrics: dict[str, Any], console: Any | None = None) -> None:
 
 def import_pyplot() -> Any:
     try:
-        import matplotlib
+        import matplotlib  # optional dependency: matplotlib (the [plot] extra)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional dependency: matplotlib (the [plot] extra)
     except ImportError:
         raise DataError("--plot needs matplotlib: pip install matplotlib") from None
     return plt

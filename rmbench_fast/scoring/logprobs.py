@@ -57,6 +57,7 @@ def check_label_range(labels: torch.Tensor, V: int, ignore_index: int = IGNORE_I
 
 def _have_triton() -> bool:
     try:
+        # optional dependency: triton (the [gpu] extra)
         import triton  # noqa: F401
     except ImportError:
         return False
@@ -98,6 +99,7 @@ def token_logprobs(
     if which == "torch":
         return dpo_logratio_ref(logits, ref_logits, labels, ignore_index=ignore_index)
     if which == "triton":
+        # optional dependency: triton (the [gpu] extra)
         from rmbench_fast.kernels.dpo_logratio import dpo_logratio_triton
 
         return dpo_logratio_triton(logits, ref_logits, labels, ignore_index=ignore_index)
@@ -128,6 +130,7 @@ def linear_token_logprobs(
         raise ValueError("linear_token_logprobs has no CUDA C++ backend; use 'triton' or 'torch'")
     if which == "torch":
         return linear_logratio_ref(hidden, weight, labels, softcap=softcap, ignore_index=ignore_index)
+    # optional dependency: triton (the [gpu] extra)
     from rmbench_fast.kernels.linear_logratio import linear_logratio_triton
 
     return linear_logratio_triton(hidden, weight, labels, softcap=softcap, ignore_index=ignore_index)
@@ -146,7 +149,7 @@ def cuda_dpo_logratio(
     argument (dtype codes, shapes, strides, null and device pointers) before launching.
     """
     try:
-        from rmbench_fast import _cuda
+        from rmbench_fast import _cuda  # optional dependency: the CUDA build (rmbench_fast._cuda)
     except ImportError as e:
         raise RuntimeError(f"backend='cuda' needs rmbench_fast._cuda (built with nvcc): {e}") from e
     if policy_logits.dim() != 2:

@@ -38,7 +38,7 @@ def cache_command(action: str, path: Path | str | None, console: Any, *, model: 
             console.print(f"cleared {what}: {nb} batches, {ns} sequences from {target}")
             return 0
         info = store.info()
-    from rich.table import Table
+    from rich.table import Table  # start-up cost: rich
 
     console.print(
         f"results store {info.path}: {_human_size(info.size_bytes)}, schema {info.schema_version}, "

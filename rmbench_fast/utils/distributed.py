@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from rmbench_fast.errors import UsageError
 
@@ -126,7 +127,6 @@ def init(
         if _WORLD.tp_size != tp_size:
             raise UsageError(f"distributed world already set up with --tp {_WORLD.tp_size}, not {tp_size}")
         return _WORLD
-    import torch.distributed as dist
 
     backend = backend or default_backend(device)
     if backend == "nccl":
@@ -163,7 +163,6 @@ def init(
 def shutdown() -> None:
     """Leave the process group (if one was joined) and go back to the one-process World."""
     global _WORLD
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

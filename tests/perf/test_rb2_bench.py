@@ -49,7 +49,8 @@ def test_bench_rewardbench2_official_and_native(tmp_path: Path, capsys: pytest.C
     assert off["tokens"]["batches"] == -(-n // 64)
     c = doc["comparison"]
     assert c["max_abs_score_diff"] < 1e-4 and c["credits_equal"] == len(rows)
-    assert off["subsets"] == pytest.approx(nat["subsets"], abs=1e-5)  # Ties: its margin term moves with the scores
+    # Ties: its margin term moves with the scores
+    assert off["subsets"] == pytest.approx(nat["subsets"], abs=1e-5)
     assert c["speedup_native_vs_official"] == pytest.approx(off["seconds"] / nat["seconds"])
     assert np.isclose(
         c["official_processed_over_native_packed"], off["tokens"]["processed"] / nat["tokens"]["packed"]

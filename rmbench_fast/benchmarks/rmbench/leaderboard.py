@@ -161,8 +161,8 @@ def placement_lines(p: dict[str, Any]) -> list[str]:
 def print_placement(p: dict[str, Any], console: Any) -> None:
     """The neighbourhood of the run in the published table (the key and the domains it is the
     mean of), then the placement in words."""
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.markup import escape  # start-up cost: rich
+    from rich.table import Table  # start-up cost: rich
 
     key_col = "overall" if p["complete"] else "mean"
     t = Table(title=f"RM-Bench leaderboard placement (by {p['by']})", title_justify="left")

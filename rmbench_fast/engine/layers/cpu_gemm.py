@@ -31,6 +31,7 @@ cannot index, and a second, packed copy would add its size to the peak memory.
 from __future__ import annotations
 
 import functools
+import time
 
 import torch
 import torch.nn.functional as F
@@ -122,8 +123,6 @@ def peak_gemm_rate(device: str, dtype: torch.dtype, n: int = 0, budget_s: float 
     The candidates: torch's mm, and on the CPU also oneDNN with the weight packed (when
     available). MFU figures are fractions of the fastest, never of torch.mm alone, which on some
     CPUs reaches under half of what the machine does (issue 20)."""
-    import time
-
     cuda = device.startswith("cuda")
     n = n or (8192 if cuda else 2048)
     g = torch.Generator(device="cpu").manual_seed(0)

@@ -41,6 +41,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -89,8 +90,6 @@ def all_reduce(t: torch.Tensor, tp: TPInfo, op: str = "sum", tag: str = "") -> t
     if tp.counter is not None:
         tp.counter.add(tag or "other", t)
     if tp.group is not None:
-        import torch.distributed as dist
-
         dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=tp.group)
     return t
 
@@ -108,8 +107,6 @@ def agree_min(value: int, tp: TPInfo | None) -> int:
 
 
 def _group_backend(tp: TPInfo) -> str:
-    import torch.distributed as dist
-
     return str(dist.get_backend(tp.group))
 
 

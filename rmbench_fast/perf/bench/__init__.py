@@ -40,6 +40,7 @@ import importlib.util
 import os
 import platform
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -68,13 +69,11 @@ def bench(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every path on the same prepared records -> the bench document."""
-    from dataclasses import replace
-
     cfg = replace(cfg, no_cache=True, progress=False)
     prep = prepare(cfg, log)
     m = prep.model
     if "native" in paths:
-        from rmbench_fast.engine.scorer import native_supports
+        from rmbench_fast.engine.scorer import native_supports  # start-up cost: the engine
 
         reason = native_supports(m.info.config)
         if reason is not None:
@@ -156,7 +155,7 @@ def bench(
 
 def print_bench(doc: dict[str, Any], console: Any) -> None:
     """One row per path, then the agreement lines."""
-    from rich.table import Table
+    from rich.table import Table  # start-up cost: rich
 
     table = Table(
         title=f"bench: {doc['n_records']} records ({', '.join(doc['domains'])}), {doc['kind']} "

@@ -16,10 +16,10 @@ def make_smollm2_classifier(dst: Path, *, seed: int = 0, std: float = 0.02) -> P
     body and tokenizer with a random score head ([1, H], N(0, std), seeded), written as
     LlamaForSequenceClassification (pad = EOS, as the tokenizer's). Its scores mean nothing;
     its cost is a 135M classifier's, and every path loads it (native, transformers, vLLM)."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    import torch  # start-up cost: torch
+    from safetensors.torch import load_file, save_file  # start-up cost: safetensors
 
-    from rmbench_fast.inputs.demo import ensure_smollm2
+    from rmbench_fast.inputs.demo import ensure_smollm2  # start-up cost: numpy and the demo model's files
 
     src = ensure_smollm2()
     dst.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
+
 DECISIVE_REL_TOL = 1e-4  # a pair is decisive when |chosen - rejected| > tol * (1 + |chosen| + |rejected|)
 
 
@@ -43,8 +45,6 @@ def compare_paths(
 ) -> dict[str, Any]:
     """Each path's metrics, and against `base`: max |Δ|, identical matrices, decisive agreement.
     `activated`: paths whose scores went through a monotone activation (no |Δ| for them)."""
-    from rmbench_fast.benchmarks.rmbench.metrics import compute_metrics
-
     metrics = {p: compute_metrics(records, s, resamples=0) for p, s in scores.items()}
     out: dict[str, Any] = {"metrics": {}, "versus": {}}
     for p, m in metrics.items():

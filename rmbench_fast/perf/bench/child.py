@@ -15,6 +15,7 @@ from typing import Any
 from rmbench_fast.perf.bench.native import run_native
 from rmbench_fast.perf.bench.official import run_official
 from rmbench_fast.perf.bench.prepared import Prepared, prepare
+from rmbench_fast.settings import RunConfig
 
 
 def _cfg_doc(cfg: Any) -> dict[str, Any]:
@@ -23,8 +24,6 @@ def _cfg_doc(cfg: Any) -> dict[str, Any]:
 
 
 def _cfg_from_doc(doc: dict[str, Any]) -> Any:
-    from rmbench_fast.settings import RunConfig
-
     return RunConfig(**doc)
 
 
@@ -73,7 +72,7 @@ def _run_path_here(prep: Prepared, path: str, warmup: int) -> dict[str, Any]:
 
 def child_main(spec_path: str, out_path: str) -> int:
     """The child process of one path: prepare the same records, run the path, write its JSON."""
-    import torch
+    import torch  # start-up cost: torch
 
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("threads"):

@@ -12,7 +12,7 @@ def cpu_s() -> float:
 
 
 def sync(device: str) -> None:
-    import torch
+    import torch  # start-up cost: torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -20,7 +20,7 @@ def sync(device: str) -> None:
 
 def peak_mem(device: str) -> tuple[float, str]:
     """Peak memory in MiB and what it is: CUDA max_memory_allocated, else this process's peak RSS."""
-    import torch
+    import torch  # start-up cost: torch
 
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"

@@ -10,12 +10,13 @@ import numpy as np
 
 from rmbench_fast.perf.bench.measure import cpu_s, peak_mem, sync
 from rmbench_fast.perf.bench.prepared import Prepared
+from rmbench_fast.perf.profiling import matmul_rate, model_shape
 
 
 def run_native(prep: Prepared, warmup: int) -> dict[str, Any]:
     """The native engine on the prepared sequences (with a reference: both models per batch)."""
-    from rmbench_fast.engine import NativeScorer
-    from rmbench_fast.pipeline.score import score_settings
+    from rmbench_fast.engine import NativeScorer  # start-up cost: the engine
+    from rmbench_fast.pipeline.score import score_settings  # start-up cost: the pipeline (torch)
 
     m, cfg = prep.model, prep.cfg
     settings = score_settings(cfg, m.kind, m.ref_free, m.device, m.dtype, prep.pad_id)
@@ -62,9 +63,8 @@ def run_native(prep: Prepared, warmup: int) -> dict[str, Any]:
 def _native_mfu(prep: Prepared, st: dict[str, Any], wall: float) -> dict[str, Any] | None:
     """Model FLOP/s of the native pass, against the best GEMM rate measured here (the fastest
     candidate on a large square product), and against torch's matmul at the model's shapes."""
-    from rmbench_fast.engine.layers.cpu_gemm import peak_gemm_rate
-    from rmbench_fast.perf.profiling import matmul_rate, model_shape
-    from rmbench_fast.utils.dtypes import parse_dtype
+    from rmbench_fast.engine.layers.cpu_gemm import peak_gemm_rate  # start-up cost: the engine
+    from rmbench_fast.utils.dtypes import parse_dtype  # start-up cost: torch
 
     shape = model_shape(prep.model.model_dir)
     if shape is None or wall <= 0:

@@ -26,9 +26,9 @@ def official_style_scores(
 
     With `ref_model`, the reward is Σ log π − Σ log π_ref (fp32 sums, as DPOInference), and the
     processed tokens count both models' forwards."""
-    import torch
+    import torch  # start-up cost: torch
 
-    from rmbench_fast.scoring.rewards import reward_from_logprobs
+    from rmbench_fast.scoring.rewards import reward_from_logprobs  # start-up cost: torch
 
     out = np.zeros((len(seqs), 6))
     processed = 0
@@ -63,7 +63,7 @@ def official_style_scores(
 def _right_padded(batch: Sequence[Any], pad: int) -> tuple[Any, Any]:
     """(ids, attention mask), int64 [B, L]: the sequences' ids right-padded with `pad` to the
     longest, as the official collators pad."""
-    import torch
+    import torch  # start-up cost: torch
 
     L = max(len(s.ids) for s in batch)
     ids = torch.full((len(batch), L), pad, dtype=torch.long)
@@ -81,7 +81,7 @@ def official_style_classifier_scores(
     right-padded forward and their rejected texts in another; the model pools at its rightmost
     non-pad token (config.pad_token_id = `pad`, as run_rm.py sets it); the score is the logit in
     the model dtype, then float. -> (scores [n, 6], processed tokens)."""
-    import torch
+    import torch  # start-up cost: torch
 
     model.config.pad_token_id = int(pad)
     out = np.zeros((len(seqs), 6))
@@ -103,8 +103,8 @@ def official_style_classifier_scores(
 
 
 def _hf_load(model_dir: Path, dtype: str, device: str, eight_bit: bool, classifier: bool) -> Any:
-    import torch
-    import transformers
+    import torch  # start-up cost: torch
+    import transformers  # optional dependency: transformers (the [hf] extra)
 
     auto = (
         transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModelForCausalLM

@@ -23,10 +23,12 @@ class Prepared:
 
 def prepare(cfg: Any, log: Callable[[str], None] = print) -> Prepared:
     """Load, validate and tokenize with the pipeline's own steps (no model weights loaded)."""
-    from rmbench_fast.pipeline.data import load_data
-    from rmbench_fast.pipeline.memo import EvalCache
+    from rmbench_fast.pipeline.data import load_data  # start-up cost: the pipeline (torch)
+    from rmbench_fast.pipeline.memo import EvalCache  # start-up cost: the pipeline (torch)
+
+    # start-up cost: the pipeline (torch)
     from rmbench_fast.pipeline.models import choose_models, resolve_hub_models
-    from rmbench_fast.pipeline.tokens import tokenize_run
+    from rmbench_fast.pipeline.tokens import tokenize_run  # start-up cost: the pipeline (torch)
 
     cache = EvalCache()
     cfg, _sources = resolve_hub_models(cfg, log)  # hub ids -> their snapshot directories

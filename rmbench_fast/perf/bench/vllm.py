@@ -56,9 +56,9 @@ def run_vllm(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run rmbench_fast/perf/vllm_path.py in `python` (the vLLM environment) and reduce its output."""
-    import torch
+    import torch  # start-up cost: torch
 
-    from rmbench_fast.scoring.rewards import reward_from_logprobs
+    from rmbench_fast.scoring.rewards import reward_from_logprobs  # start-up cost: torch
 
     spec = vllm_spec(prep, engine_args)
     env = dict(os.environ)

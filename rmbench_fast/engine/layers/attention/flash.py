@@ -51,7 +51,7 @@ FLASH_MIN_CAPABILITY = (8, 0)  # Ampere and newer
 def _varlen() -> tuple[Any, Any, frozenset[str]]:
     """(varlen_attn, AuxRequest, its keyword names), or (None, None, ∅) when this torch lacks it."""
     try:
-        from torch.nn.attention.varlen import AuxRequest, varlen_attn
+        from torch.nn.attention.varlen import AuxRequest, varlen_attn  # start-up cost: torch
     except ImportError:
         return None, None, frozenset()
     return varlen_attn, AuxRequest, frozenset(inspect.signature(varlen_attn).parameters)
@@ -68,7 +68,7 @@ def lse_heads_first() -> bool | None:
     """True: varlen_attn's LSE is [Hq, Tq]; False: [Tq, Hq]; None: neither (ROCm's [B, H,
     max_q]) or no varlen_attn. Read from the op's fake kernel on meta tensors (Tq=3, Hq=2)."""
     try:
-        from torch.nn.attention.varlen import AuxRequest, varlen_attn
+        from torch.nn.attention.varlen import AuxRequest, varlen_attn  # start-up cost: torch
     except ImportError:
         return None
     T, H, D = 3, 2, 8
@@ -295,6 +295,7 @@ def _fused_merge() -> Any:
     o_A and o_B instead of ~8 [T, Hq, D] fp32 temporaries), or None without triton."""
     if importlib.util.find_spec("triton") is None:
         return None
+    # optional dependency: triton (the [gpu] extra)
     from rmbench_fast.kernels.lse_merge import lse_merge_triton
 
     return lse_merge_triton

@@ -30,7 +30,7 @@ def block_mask(layout: PackedLayout, window: int | None) -> Any:
     """The batch's FlexAttention BlockMask for one (effective) window, cached on the layout."""
 
     def build() -> Any:
-        from torch.nn.attention.flex_attention import create_block_mask
+        from torch.nn.attention.flex_attention import create_block_mask  # start-up cost: torch
 
         T = layout.n_tokens
         return create_block_mask(layout.mask_mod(window), None, None, T, T, device=layout.seg.device)
@@ -40,11 +40,11 @@ def block_mask(layout: PackedLayout, window: int | None) -> Any:
 
 def _compile_errors() -> tuple[type[BaseException], ...]:
     """The exception types torch.compile raises for a failed build (they moved across versions)."""
-    import torch._dynamo.exc as dynamo_exc
+    import torch._dynamo.exc as dynamo_exc  # start-up cost: torch
 
     found: list[type[BaseException]] = [dynamo_exc.BackendCompilerFailed, dynamo_exc.Unsupported]
     try:
-        from torch._inductor.exc import InductorError
+        from torch._inductor.exc import InductorError  # start-up cost: torch
 
         found.append(InductorError)
     except ImportError:  # pragma: no cover - older torch
@@ -54,7 +54,7 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
 
 @functools.cache
 def _compiled_flex() -> Callable[..., Any]:
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention  # start-up cost: torch
 
     return torch.compile(flex_attention, dynamic=True)
 
@@ -69,7 +69,7 @@ def flex_attention(
     softcap: float | None = None,
 ) -> torch.Tensor:
     """q: [T, Hq, D], k/v: [T, Hk, D] -> [T, Hq, D]."""
-    from torch.nn.attention.flex_attention import flex_attention as eager_flex
+    from torch.nn.attention.flex_attention import flex_attention as eager_flex  # start-up cost: torch
 
     compiled = q.device.type == "cuda" or COMPILE_ON_CPU
     fn = _compiled_flex() if compiled else eager_flex
