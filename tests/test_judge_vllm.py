@@ -273,3 +273,48 @@ def test_in_process_engine_gives_the_same_verdicts(
     meta = json.loads((out / "metrics.json").read_text())["meta"]
     assert meta["judge"]["engine"] == "vllm" and meta["judge"]["llm_kwargs"]["enable_prefix_caching"] is True
     assert meta["judge"]["prefix_cache_hit_rate"] is not None
+
+
+def test_rewardbench2_ratings_through_the_server(vllm_server: Server, tmp_path: Path) -> None:
+    """`run --benchmark rewardbench2 --kind generative` against the real server: one request per
+    completion reaches it, every rating is the official parser's reading of the answer, and the
+    subset scores are the official ratings mode's (the wheel's functions) on the same answers."""
+    from rmbench_fast.benchmarks.rewardbench2.data import load_prompts
+    from rmbench_fast.benchmarks.rewardbench2.ratings import parse_rating, rating_prompt
+    from rmbench_fast.commands import main as cli
+    from tests.helpers.rb2_sample import sample_rows
+
+    keep = ("fac-0", "mat-1", "ref:1", "tied:1")
+    rows = [r for r in sample_rows() if r["id"] in keep]
+    data = tmp_path / "rb2.json"
+    data.write_text(json.dumps(rows))
+    out = tmp_path / "rb2"
+    before = vllm_server.metric("vllm:request_success_total")
+    argv = [
+        "run", "--benchmark", "rewardbench2", "--kind", "generative", "--data", str(data), "--out", str(out),
+        "--judge-endpoint", vllm_server.url, "--judge-model", SERVED, "--max-new-tokens", "160",
+        "--resamples", "0", "--no-progress", "--no-cache",
+    ]  # fmt: skip
+    assert cli(argv) == 0
+    n = sum(r["total_completions"] for r in rows)
+    assert vllm_server.metric("vllm:request_success_total") - before == n
+    judgments = _judgments(out)
+    assert len(judgments) == n and all(j["rating"] == parse_rating(j["text"]) for j in judgments)
+    text = {(j["id"], j["completion"]): j["text"] for j in judgments}
+    by_prompt = {
+        rating_prompt(p, c): text[(p.id, k)] for p in load_prompts(data) for k, c in enumerate(p.completions)
+    }
+    try:
+        from tests.helpers.rb2_official import official_ratings_scores
+
+        want, _, want_ratings = official_ratings_scores(rows, lambda m, _t, _temp: by_prompt[m[0]["content"]])
+    except ImportError as e:
+        _missing_vllm(f"the official code is unavailable: {e}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    got = {k: v["score"] for k, v in metrics["subsets"].items()}
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])), (k, got[k], want[k])
+    scores = json.loads((out / "scores.json").read_text())
+    assert [r["scores"] for r in scores] == [[float(v) for v in r] for r in want_ratings]
+    print(f"rb2 ratings: {n} requests; ratings {[j['rating'] for j in judgments]}")
